@@ -1,0 +1,132 @@
+"""/v1/files: the team's datasets as OpenAI file objects (`file-<dataset id>`), uploaded with
+the same streaming validation as POST /api/datasets. A finished job's metrics are its result
+file (`file-results-<job id>`, a CSV with OpenAI's columns): retrieve and content only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+from sqlalchemy import select
+
+from app import dataset_store
+from app.api.datasets import DatasetRejected, receive_dataset
+from app.api.downloads import metrics_csv_text
+from app.datasets.validation import ValidationReport
+from app.deps import AccessDep, SessionDep, TeamAccess
+from app.models import Dataset, Job
+
+from .common import cursor, number_in, page, public_id, unix
+from .errors import OpenAIError, OpenAIRoute, not_found
+
+router = APIRouter(route_class=OpenAIRoute)
+
+FILE = "file"
+RESULTS = "file-results"
+
+
+def result_file_id(job: Job) -> str | None:
+    """The id of a finished job's result file; None before it has finished a step."""
+    return public_id(RESULTS, job.id) if job.state.is_terminal and job.step > 0 else None
+
+
+def file_object(dataset: Dataset) -> dict:
+    return {"id": public_id(FILE, dataset.id), "object": "file", "bytes": dataset.size_bytes,
+            "created_at": unix(dataset.created_at), "filename": dataset.filename, "purpose": dataset.purpose,
+            "status": "processed", "status_details": None, "expires_at": None}  # fmt: skip
+
+
+def _result_file_object(job: Job, content: str) -> dict:
+    return {"id": result_file_id(job), "object": "file", "bytes": len(content.encode()),
+            "created_at": unix(job.finished_at), "filename": f"tunelab-job-{job.id}-results.csv",
+            "purpose": "fine-tune-results", "status": "processed", "status_details": None, "expires_at": None}  # fmt: skip
+
+
+def _rejection_message(report: ValidationReport) -> str:
+    lines = [f"line {error['line']}: {error['message']}" if error.get("line") else error["message"]
+             for error in report.errors]  # fmt: skip
+    if report.error_count > len(report.errors):
+        lines.append(f"... and {report.error_count - len(report.errors)} more")
+    return f"The file has {report.error_count} error(s); nothing was stored.\n" + "\n".join(lines)
+
+
+def _dataset(session, access: TeamAccess, file_id: str, *, write: bool = False) -> Dataset | None:
+    number = number_in(file_id, FILE)
+    if number is None:
+        return None
+    return access.get(session, Dataset, number, write=write)
+
+
+def _finished_job(session, access: TeamAccess, file_id: str) -> Job:
+    """The job whose result file this is; not found unless it has one."""
+    number = number_in(file_id, RESULTS)
+    job = session.scalar(access.scope(select(Job).where(Job.id == number), Job)) if number is not None else None
+    if job is None or result_file_id(job) is None:
+        raise not_found("file", file_id)
+    return job
+
+
+@router.post("/files")
+async def create_file(request: Request, access: AccessDep, session: SessionDep) -> dict:
+    """Upload a JSONL file (multipart: `file`, `purpose` = fine-tune). The same content
+    uploaded again to the team answers the file it already has."""
+    try:
+        dataset, _duplicate = await receive_dataset(request, access, session)
+    except DatasetRejected as rejected:
+        raise OpenAIError(400, _rejection_message(rejected.report), param="file", code="invalid_file") from None
+    return file_object(dataset)
+
+
+@router.get("/files")
+def list_files(
+    access: AccessDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
+) -> dict:
+    query = access.scope(select(Dataset), Dataset).limit(limit + 1)
+    query = query.order_by(Dataset.id.desc() if order == "desc" else Dataset.id)
+    if (last := cursor(after, FILE)) is not None:
+        query = query.where(Dataset.id < last if order == "desc" else Dataset.id > last)
+    if purpose is not None:
+        query = query.where(Dataset.purpose == purpose)
+    rows = session.scalars(query).all()
+    return page([file_object(dataset) for dataset in rows[:limit]], len(rows) > limit)
+
+
+@router.get("/files/{file_id}")
+def retrieve_file(file_id: str, access: AccessDep, session: SessionDep) -> dict:
+    if (dataset := _dataset(session, access, file_id)) is not None:
+        return file_object(dataset)
+    job = _finished_job(session, access, file_id)
+    return _result_file_object(job, metrics_csv_text(session, job))
+
+
+@router.delete("/files/{file_id}")
+def delete_file(file_id: str, access: AccessDep, session: SessionDep) -> dict:
+    dataset = _dataset(session, access, file_id, write=True)
+    if dataset is None:
+        _finished_job(session, access, file_id)
+        raise OpenAIError(400, "a result file belongs to its job and cannot be deleted alone", param="file_id")
+    if using := dataset_store.jobs_using(session, dataset):
+        jobs = ", ".join(public_id("ftjob", job_id) for job_id in using)
+        raise OpenAIError(409, f"the file is in use by unfinished fine-tuning job(s) {jobs}", param="file_id")
+    dataset_store.delete_dataset(session, dataset)
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/files/{file_id}/content")
+async def file_content(file_id: str, access: AccessDep, session: SessionDep) -> Response:
+    dataset = await run_in_threadpool(_dataset, session, access, file_id)
+    if dataset is None:
+        job = await run_in_threadpool(_finished_job, session, access, file_id)
+        text = await run_in_threadpool(metrics_csv_text, session, job)
+        return Response(text, media_type="text/csv; charset=utf-8")
+    path = dataset_store.blob_store().path(dataset.blob_key)
+    if not path.is_file():
+        raise OpenAIError(410, "the file's content is no longer in the store")
+    return FileResponse(path, media_type="application/jsonl", filename=dataset.filename)

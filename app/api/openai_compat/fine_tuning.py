@@ -1,0 +1,294 @@
+"""/v1/fine_tuning/jobs: tunelab's jobs as OpenAI fine-tuning jobs (`ftjob-<job id>`).
+
+A job is created, checked and enqueued by the same code as POST /api/jobs; OpenAI's
+parameters map onto the training spec:
+
+- `model` → base_model; `training_file` / `validation_file` (`file-<id>`) → the datasets;
+- `n_epochs` → epochs, `batch_size` → batch_size, `learning_rate_multiplier` → a multiple of the
+  method's default learning rate; "auto" keeps tunelab's default; given in
+  `method.supervised.hyperparameters` or (deprecated by OpenAI) `hyperparameters`;
+- `suffix`, `seed`, `metadata` as OpenAI defines them.
+
+tunelab's own settings are extra fields: any training spec field (`lora`, `max_steps`,
+`max_seq_length`, ...), `method` as a string ("lora", "qlora", "full") instead of OpenAI's
+method object, and `queue`, `team_id`, `name`.
+
+Statuses: queued, running, succeeded, failed and cancelled as tunelab's; a job asked to
+cancel reads `cancelled` at once (as OpenAI's cancel does), while it stops at its next step.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy import false, select
+
+from app import jobs
+from app.api import jobs as jobs_api
+from app.chat_models import checkpoint_model_id, fine_tuned_model_id, team_slug
+from app.deps import AccessDep, SessionDep, TeamAccess
+from app.models import Artifact, Job, JobEvent, JobMetric, JobState, Team, utcnow
+from app.schemas import JobIn
+from app.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
+
+from .common import cursor, number_in, page, public_id, team_names, unix
+from .errors import OpenAIError, OpenAIRoute, invalid, not_found
+from .files import FILE, result_file_id
+
+router = APIRouter(route_class=OpenAIRoute)
+
+JOB, CHECKPOINT, EVENT = "ftjob", "ftckpt", "ftevent"
+_STATUS = {
+    JobState.queued: "queued", JobState.running: "running", JobState.cancelling: "cancelled",
+    JobState.succeeded: "succeeded", JobState.failed: "failed", JobState.cancelled: "cancelled",
+}  # fmt: skip
+# tunelab's field names → OpenAI's parameter names, in error messages.
+_PARAMS = {"base_model": "model", "dataset_id": "training_file", "validation_dataset_id": "validation_file"}
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Literal["auto"] | int | None = None
+    batch_size: Literal["auto"] | int | None = None
+    learning_rate_multiplier: Literal["auto"] | float | None = None
+
+
+class Supervised(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class OpenAIMethod(BaseModel):
+    type: str
+    supervised: Supervised | None = None
+
+
+class FineTuningJobIn(BaseModel):
+    """OpenAI's parameters; extra fields are tunelab's own (see the module's docstring)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | OpenAIMethod | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    name: str | None = None
+    queue: str | None = None
+    team_id: int | None = None
+
+
+def _invalid(errors, renames) -> OpenAIError:
+    """A 400 naming the parameter at fault as the request named it (no `body.spec.` prefix)."""
+    errors = [{**error, "loc": [part for part in error["loc"] if part not in ("body", "spec")]} for error in errors]
+    return invalid(errors, renames)
+
+
+def _hyperparameters(body: FineTuningJobIn) -> tuple[Hyperparameters, str]:
+    """The hyperparameters given, and the parameter path they were given at."""
+    nested = body.method.supervised if isinstance(body.method, OpenAIMethod) and body.method.supervised else None
+    if nested is not None and nested.hyperparameters is not None:
+        if body.hyperparameters is not None:
+            raise OpenAIError(400, "give hyperparameters in method.supervised.hyperparameters or in hyperparameters, "
+                              "not both", param="hyperparameters")  # fmt: skip
+        return nested.hyperparameters, "method.supervised.hyperparameters"
+    return body.hyperparameters or Hyperparameters(), "hyperparameters"
+
+
+def _file_number(value: str | None, param: str) -> int | None:
+    if value is None:
+        return None
+    number = number_in(value, FILE)
+    if number is None:
+        raise OpenAIError(400, f"no such file: {value!r}", param=param)
+    return number
+
+
+def job_in(body: FineTuningJobIn) -> JobIn:
+    """The tunelab submission an OpenAI job request stands for; raises OpenAIError."""
+    if isinstance(body.method, OpenAIMethod) and body.method.type != "supervised":
+        raise OpenAIError(400, "tunelab fine-tunes with supervised learning only (method type 'supervised'); "
+                          "choose LoRA, QLoRA or full with `method`: 'lora', 'qlora' or 'full'", param="method.type")  # fmt: skip
+    if body.integrations:
+        raise OpenAIError(400, "tunelab has no integrations; follow the job's events or its page instead",
+                          param="integrations")  # fmt: skip
+    hyper, path = _hyperparameters(body)
+    spec: dict[str, Any] = dict(body.model_extra or {})
+    renames = dict(_PARAMS)
+    given = {"base_model": body.model, "seed": body.seed,
+             "method": body.method.value if isinstance(body.method, Method) else None,
+             "epochs": hyper.n_epochs, "batch_size": hyper.batch_size}  # fmt: skip
+    for field, value in given.items():
+        if value is None or value == "auto":
+            continue
+        if field in spec:
+            raise OpenAIError(400, f"{field} is given twice", param=field)
+        spec[field] = value
+    renames.update(epochs=f"{path}.n_epochs", batch_size=f"{path}.batch_size")
+    try:
+        training_spec = TrainingSpec.model_validate(spec)
+        multiplier = hyper.learning_rate_multiplier
+        if multiplier not in (None, "auto"):
+            if training_spec.learning_rate is not None:
+                raise OpenAIError(400, "give learning_rate_multiplier or learning_rate, not both",
+                                  param=f"{path}.learning_rate_multiplier")  # fmt: skip
+            renames["learning_rate"] = f"{path}.learning_rate_multiplier"
+            training_spec.learning_rate = multiplier * DEFAULT_LEARNING_RATE[training_spec.method]
+        return JobIn(
+            spec=training_spec, dataset_id=_file_number(body.training_file, "training_file"),
+            validation_dataset_id=_file_number(body.validation_file, "validation_file"), name=body.name,
+            suffix=body.suffix, team_id=body.team_id, queue=body.queue or JobIn.model_fields["queue"].default,
+            metadata=body.metadata or {},
+        )  # fmt: skip
+    except ValidationError as error:
+        raise _invalid(error.errors(), renames) from None
+
+
+def _round(value: float) -> float | int:
+    value = float(f"{value:.6g}")
+    return int(value) if value.is_integer() else value
+
+
+def hyperparameters_of(job: Job) -> dict[str, Any]:
+    spec = TrainingSpec.model_validate(job.spec)
+    return {"n_epochs": _round(spec.epochs), "batch_size": spec.batch_size,
+            "learning_rate_multiplier": _round(spec.effective_learning_rate / DEFAULT_LEARNING_RATE[spec.method])}  # fmt: skip
+
+
+def job_object(job: Job, team_name: str) -> dict[str, Any]:
+    hyperparameters = hyperparameters_of(job)
+    eta = jobs.eta_seconds(job)
+    return {
+        "object": "fine_tuning.job", "id": public_id(JOB, job.id), "model": job.base_model,
+        "created_at": unix(job.created_at), "finished_at": unix(job.finished_at) if job.state.is_terminal else None,
+        "fine_tuned_model": fine_tuned_model_id(job, team_name), "organization_id": team_slug(team_name),
+        "status": _STATUS[job.state], "result_files": [file_id] if (file_id := result_file_id(job)) else [],
+        "training_file": public_id(FILE, job.dataset_id) if job.dataset_id else None,
+        "validation_file": public_id(FILE, job.validation_dataset_id) if job.validation_dataset_id else None,
+        "hyperparameters": hyperparameters, "trained_tokens": job.trained_tokens,
+        "error": {"code": "training_failed", "message": job.error, "param": None} if job.state == JobState.failed else None,
+        "seed": job.spec.get("seed"), "suffix": job.suffix, "metadata": job.user_metadata or None, "integrations": [],
+        "estimated_finish": unix(utcnow() + timedelta(seconds=eta)) if eta is not None else None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    }  # fmt: skip
+
+
+def _job_number(job_id: str) -> int:
+    number = number_in(job_id, JOB)
+    if number is None:
+        raise not_found("fine-tuning job", job_id)
+    return number
+
+
+def _job(session, access: TeamAccess, job_id: str) -> Job:
+    return access.get(session, Job, _job_number(job_id))
+
+
+def _team_name(session, job: Job) -> str:
+    return session.get(Team, job.team_id).name
+
+
+@router.post("/fine_tuning/jobs")
+def create_fine_tuning_job(body: FineTuningJobIn, access: AccessDep, session: SessionDep) -> dict:
+    submission = job_in(body)
+    try:
+        job = jobs_api.submit_job(session, access, submission)
+    except RequestValidationError as error:
+        raise _invalid(error.errors(), _PARAMS) from None
+    return job_object(job, _team_name(session, job))
+
+
+@router.get("/fine_tuning/jobs")
+def list_fine_tuning_jobs(
+    access: AccessDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    query = access.scope(select(Job), Job).order_by(Job.id.desc()).limit(limit + 1)
+    if (last := cursor(after, JOB)) is not None:
+        query = query.where(Job.id < last)
+    rows = session.scalars(query).all()
+    names = team_names(session, access)
+    return page([job_object(job, names[job.team_id]) for job in rows[:limit]], len(rows) > limit)
+
+
+@router.get("/fine_tuning/jobs/{job_id}")
+def retrieve_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
+    job = _job(session, access, job_id)
+    return job_object(job, _team_name(session, job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/cancel")
+def cancel_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
+    job = jobs_api.cancel(session, access, _job_number(job_id))
+    return job_object(job, _team_name(session, job))
+
+
+_LEVELS = {"warning": "warn", "error": "error"}
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events")
+def list_fine_tuning_events(
+    job_id: str,
+    access: AccessDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict:
+    """The job's events, newest first; `after` pages towards older ones."""
+    job = _job(session, access, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc()).limit(limit + 1)
+    if (last := cursor(after, EVENT)) is not None:
+        query = query.where(JobEvent.id < last)
+    rows = session.scalars(query).all()
+    items = [{"object": "fine_tuning.job.event", "id": public_id(EVENT, event.id), "created_at": unix(event.created_at),
+              "level": _LEVELS.get(event.level, "info"), "message": event.message, "data": event.data,
+              "type": "message"} for event in rows[:limit]]  # fmt: skip
+    return page(items, len(rows) > limit)
+
+
+# The checkpoint metrics OpenAI names, from tunelab's train and eval points of that step.
+_CHECKPOINT_METRICS = {"train_loss": "loss", "train_mean_token_accuracy": "mean_token_accuracy",
+                       "valid_loss": "eval_loss", "valid_mean_token_accuracy": "eval_mean_token_accuracy"}  # fmt: skip
+
+
+def _checkpoint_metrics(session, job: Job, step: int) -> dict[str, float]:
+    values: dict[str, Any] = {}
+    for point in session.scalars(select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step == step)):
+        values.update(point.values)
+    metrics = {name: values[key] for name, key in _CHECKPOINT_METRICS.items() if values.get(key) is not None}
+    return {"step": float(step), **metrics}
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+def list_fine_tuning_checkpoints(
+    job_id: str,
+    access: AccessDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict:
+    """The job's kept checkpoints, newest first, each a model chat can use."""
+    job = _job(session, access, job_id)
+    team_name = _team_name(session, job)
+    query = select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == "checkpoint")
+    query = query.order_by(Artifact.step.desc()).limit(limit + 1)
+    if (last := cursor(after, CHECKPOINT)) is not None:
+        previous = session.scalar(select(Artifact.step).where(Artifact.id == last, Artifact.job_id == job.id))
+        query = query.where(Artifact.step < previous if previous is not None else false())
+    rows = session.scalars(query).all()
+    items = [{"object": "fine_tuning.job.checkpoint", "id": public_id(CHECKPOINT, artifact.id),
+              "created_at": unix(artifact.created_at), "fine_tuning_job_id": public_id(JOB, job.id),
+              "fine_tuned_model_checkpoint": checkpoint_model_id(job, team_name, artifact.step),
+              "step_number": artifact.step, "metrics": _checkpoint_metrics(session, job, artifact.step)}
+             for artifact in rows[:limit]]  # fmt: skip
+    return page(items, len(rows) > limit)

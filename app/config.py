@@ -1,0 +1,124 @@
+"""All of tunelab's settings, in one class, read from the environment (prefix TUNELAB_)
+or from a `.env` file in the working directory.
+
+Everything has a default that runs the embedded mode: SQLite and a SQLite-backed broker
+under the data directory, no other service.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", ""}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNELAB_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(Path("data"), description="Root of the blob store: datasets, checkpoints, adapters.")
+    models_dir: Path | None = Field(None, description="Local base models, one folder each (default: DATA_DIR/models).")
+    database_url: str | None = Field(None, description="SQLAlchemy URL (default: SQLite file DATA_DIR/tunelab.db).")
+    broker_url: str | None = Field(
+        None, description="Celery broker (default: embedded, a SQLite file DATA_DIR/broker.db; redis://... in production)."
+    )
+    redis_url: str | None = Field(None, description="Redis for live push of metrics; without it streams poll the database.")
+    secret_key: SecretStr | None = Field(
+        None, description="Signs session cookies. Required in production; generated and kept in DATA_DIR in development."
+    )
+
+    allow_hub_downloads: bool = Field(
+        False, description="Let workers download base models from the Hugging Face hub (needs internet)."
+    )
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest dataset file accepted.")
+    max_row_chars: int = Field(1_000_000, ge=100, description="Longest dataset row (characters) accepted.")
+    session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
+    cookie_secure: bool = Field(False, description="Send cookies over HTTPS only (set behind TLS).")
+
+    # Workers and job recovery.
+    worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker says it is alive.")
+    worker_stale_after_s: float = Field(60.0, gt=0, description="A job whose worker is silent this long is retried.")
+    job_max_attempts: int = Field(3, ge=1, le=100, description="A job whose worker crashes this many times is marked failed.")
+    broker_visibility_timeout_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Redis broker: redelivery of unacknowledged jobs; above the longest job."
+    )
+    broker_polling_interval_s: float = Field(0.2, gt=0, description="Embedded broker: how often workers look for work.")
+    stream_poll_interval_s: float = Field(0.25, gt=0, description="Without Redis: how often live streams poll the database.")
+
+    # Chat (inference workers).
+    inference_queue: str = Field(
+        "inference", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Queue the inference workers answer chat from."
+    )
+    inference_pickup_timeout_s: float = Field(
+        60.0, gt=0, description="A chat request no inference worker has taken this long is answered with an error."
+    )
+    inference_stall_timeout_s: float = Field(
+        300.0, gt=0, description="A chat answer with no progress this long (model loading included) fails."
+    )
+
+    @field_validator("data_dir", "models_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _production_needs_a_secret(self) -> "Settings":
+        if self.environment == "production":
+            key = self.secret_key.get_secret_value() if self.secret_key else ""
+            if key.lower() in _PLACEHOLDER_SECRETS or len(key) < 32:
+                raise ValueError("TUNELAB_SECRET_KEY must be set to a random string of 32+ characters in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Accept the URLs Postgres tools hand out; use the psycopg 3 driver.
+            for prefix in ("postgres://", "postgresql://"):
+                if url.startswith(prefix):
+                    return "postgresql+psycopg://" + url[len(prefix) :]
+            return url
+        return f"sqlite:///{self.data_dir / 'tunelab.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"embedded+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.celery_broker_url.startswith("embedded+")
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def blobs_path(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def session_secret(self) -> str:
+        """The cookie-signing key: the configured one, else one generated once and kept in
+        DATA_DIR (mode 0600) so that sessions survive a restart of the embedded server."""
+        if self.secret_key:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / "secret_key"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,431 @@
+"""Checks of one parsed row against its format, in words a person can act on.
+
+`check_row(row, fmt, problems)` appends what is wrong with a row whose keys made
+`detect_format` choose `fmt`, and returns what the statistics need: the row's text length in
+characters and the roles of its turns as `to_canonical` will produce them (None for the
+formats that have no turns). `unknown_format_problems(row)` explains a row no format matches,
+guessing the intended format through misspelled keys.
+
+A row accepted here is one `to_canonical` converts without surprise: same keys, same types.
+The checkers run once per row of files of millions of rows, so the common case (a valid row)
+takes the fewest steps; the wording is built only when something is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from app.formats import (
+    CHAT,
+    CHAT_MESSAGE_KEYS,
+    CHAT_ROLES,
+    CLASSIFICATION,
+    FORMAT_TITLES,
+    FORMATS,
+    INSTRUCTION,
+    OPTIONAL_KEYS,
+    PROMPT_COMPLETION,
+    REQUIRED_KEYS,
+    SHAREGPT,
+    SHAREGPT_ROLES,
+    TEXT,
+    detect_format,
+)
+
+from .hints import closest, describe, did_you_mean, quoted, shown
+
+# (text characters, roles of the canonical turns or None)
+RowMeasure = tuple[int, Sequence[str] | None]
+Problems = list[str]
+
+_CHAT_ROLE_SET = frozenset(CHAT_ROLES)
+_SHAREGPT_SPEAKERS = frozenset(SHAREGPT_ROLES)
+_ALL_ROW_KEYS = frozenset().union(*REQUIRED_KEYS.values(), *OPTIONAL_KEYS.values())
+# Keys other tools use for the same thing (Dolly: instruction / context / response).
+_KEY_ALIASES = {"response": "output", "context": "input"}
+_USER_ASSISTANT = ("user", "assistant")
+_SYSTEM_USER_ASSISTANT = ("system", "user", "assistant")
+_NOTHING: RowMeasure = (0, None)
+
+_EXPECTED_KEYS = (
+    'a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", '
+    '"instruction" and "output" (Alpaca), or "text" (with "label" for classification)'
+)
+
+
+def _emptiness(text: str) -> str:
+    return "only whitespace" if text else "empty"
+
+
+def _string_field(row: dict[str, Any], key: str, problems: Problems, *, required: bool = True) -> int:
+    """Length of the string `row[key]`; a problem when it is not a string, or empty and `required`."""
+    value = row[key]
+    if type(value) is str:
+        if required and (not value or value.isspace()):
+            problems.append(f'"{key}" is {_emptiness(value)}')
+        return len(value)
+    problems.append(f'"{key}" must be a string, not {describe(value)}')
+    return 0
+
+
+def _optional_string_field(row: dict[str, Any], key: str, problems: Problems) -> int:
+    """Length of an optional string field; absent or null is fine (to_canonical skips it)."""
+    value = row.get(key)
+    if value is None:
+        return 0
+    return _string_field(row, key, problems, required=False)
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def _content_length(where: str, content: Any, problems: Problems) -> int:
+    """Characters of a message's content that is not a plain string: a list of text parts."""
+    if type(content) is not list:
+        problems.append(f'{where}: "content" must be a string or a list of text parts, not {describe(content)}')
+        return 0
+    problems_before = len(problems)
+    length = 0
+    for number, part in enumerate(content, 1):
+        if type(part) is not dict:
+            problems.append(f'{where}: content part {number} must be an object like {{"type": "text", "text": "..."}}')
+        elif part.get("type") != "text":
+            problems.append(
+                f'{where}: content part {number} has type "{shown(part.get("type"))}"; only "text" parts can be trained on'
+            )
+        elif type(part.get("text")) is not str:
+            problems.append(
+                f'{where}: content part {number} needs "text" as a string, not {describe(part.get("text"))}'
+            )
+        else:
+            length += len(part["text"])
+    if length == 0 and len(problems) == problems_before:
+        problems.append(f'{where}: "content" is empty')
+    return length
+
+
+def _tool_calls_length(where: str, tool_calls: Any, call_ids: set[str], problems: Problems) -> int:
+    """Checks an assistant's tool calls (OpenAI's shape); returns the characters of names and arguments."""
+    if type(tool_calls) is not list:
+        problems.append(f'{where}: "tool_calls" must be a list, not {describe(tool_calls)}')
+        return 0
+    if not tool_calls:
+        problems.append(f'{where}: "tool_calls" is an empty list')
+        return 0
+    length = 0
+    for number, call in enumerate(tool_calls, 1):
+        call_where = f"{where}: tool call {number}"
+        if type(call) is not dict:
+            problems.append(f'{call_where} must be an object like {{"id": ..., "type": "function", "function": ...}}')
+            continue
+        if type(call.get("id")) is not str or not call["id"]:
+            problems.append(f'{call_where} needs an "id" (a string that the tool message answering it repeats)')
+        else:
+            call_ids.add(call["id"])
+        if call.get("type", "function") != "function":
+            problems.append(f'{call_where} has type "{shown(call["type"])}"; the only type is "function"')
+        function = call.get("function")
+        if type(function) is not dict:
+            problems.append(
+                f'{call_where} needs "function": {{"name": ..., "arguments": ...}}, not {describe(function)}'
+            )
+            continue
+        name = function.get("name")
+        if type(name) is not str or not name:
+            problems.append(f'{call_where} needs a function "name"')
+        else:
+            length += len(name)
+        arguments = function.get("arguments")
+        if type(arguments) is str:
+            length += len(arguments)
+            try:
+                orjson.loads(arguments)
+            except orjson.JSONDecodeError:
+                problems.append(f'{call_where}: "arguments" is not valid JSON')
+        elif type(arguments) is not dict:
+            problems.append(
+                f'{call_where}: "arguments" must be a JSON string (or an object), not {describe(arguments)}'
+            )
+    return length
+
+
+def _check_tools(tools: Any, problems: Problems) -> None:
+    if tools is None:
+        return
+    if type(tools) is not list:
+        problems.append(f'"tools" must be a list of tools, not {describe(tools)}')
+        return
+    for number, tool in enumerate(tools, 1):
+        function = tool.get("function") if type(tool) is dict else None
+        if type(function) is not dict:
+            problems.append(f'tool {number} must be an object like {{"type": "function", "function": {{"name": ...}}}}')
+            continue
+        if tool.get("type", "function") != "function":
+            problems.append(f'tool {number} has type "{shown(tool["type"])}"; the only type is "function"')
+        if type(function.get("name")) is not str or not function["name"]:
+            problems.append(f'tool {number} needs a function "name"')
+        if "parameters" in function and type(function["parameters"]) is not dict:
+            problems.append(f'tool {number}: "parameters" must be an object (a JSON schema)')
+
+
+def _role_problem(where: str, message: dict[str, Any]) -> str:
+    allowed = f"roles are {quoted(CHAT_ROLES)}"
+    if "role" not in message:
+        return f'{where} has no "role"' + _typo_of(message, "role", CHAT_MESSAGE_KEYS)
+    role = message["role"]
+    if type(role) is not str:
+        return f'{where}: "role" must be a string, not {describe(role)}; {allowed}'
+    return f'{where} has the unknown role "{shown(role)}"{did_you_mean(role, _CHAT_ROLE_SET)}; {allowed}'
+
+
+def _typo_of(mapping: dict[str, Any], key: str, vocabulary: frozenset[str]) -> str:
+    """' (found "x": did you mean "key"?)' when one of the mapping's keys is a typo of `key`."""
+    for candidate in mapping:
+        if closest(candidate, vocabulary) == key:
+            return f' (found "{shown(candidate)}": did you mean "{key}"?)'
+    return ""
+
+
+def _check_message_details(
+    where: str, role: str, message: dict[str, Any], call_ids: set[str], problems: Problems
+) -> int:
+    """Everything of a message beyond role and content: tools, weight, name, misspelled keys."""
+    length = 0
+    for key in message:
+        if key not in CHAT_MESSAGE_KEYS:
+            suggestion = closest(key, CHAT_MESSAGE_KEYS)
+            if suggestion:
+                problems.append(f'{where} has the unknown key "{shown(key)}" (did you mean "{suggestion}"?)')
+    if message.get("tool_calls") is not None:
+        if role == "assistant":
+            length += _tool_calls_length(where, message["tool_calls"], call_ids, problems)
+        else:
+            problems.append(f'{where} has "tool_calls", but only assistant messages call tools')
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        if call_id is None:
+            problems.append(f'{where} has no "tool_call_id": a tool message names the tool call it answers')
+        elif type(call_id) is not str:
+            problems.append(f'{where}: "tool_call_id" must be a string, not {describe(call_id)}')
+        elif call_id not in call_ids:
+            problems.append(
+                f'{where}: "tool_call_id" "{shown(call_id)}" does not match a tool call of an earlier message'
+            )
+    if "weight" in message:
+        weight = message["weight"]
+        if role != "assistant":
+            problems.append(f'{where} has "weight", but only assistant messages have one')
+        elif type(weight) is not int or weight not in (0, 1):
+            problems.append(f'{where}: "weight" must be 0 or 1, not {describe(weight)}')
+    if "name" in message and type(message["name"]) is not str:
+        problems.append(f'{where}: "name" must be a string, not {describe(message["name"])}')
+    return length
+
+
+def _check_chat(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    messages = row["messages"]
+    if type(messages) is not list:
+        problems.append(f'"messages" must be a list of messages, not {describe(messages)}')
+        return _NOTHING
+    if not messages:
+        problems.append('"messages" is an empty list')
+        return _NOTHING
+    length = 0
+    roles: list[str] = []
+    call_ids: set[str] = set()
+    for number, message in enumerate(messages, 1):
+        if type(message) is not dict:
+            problems.append(
+                f'message {number} is {describe(message)}, not an object like {{"role": "user", "content": "..."}}'
+            )
+            continue
+        role = message.get("role")
+        if type(role) is not str or role not in _CHAT_ROLE_SET:
+            problems.append(_role_problem(f"message {number}", message))
+            continue
+        roles.append(role)
+        content = message.get("content")
+        if type(content) is str and content and not content.isspace():
+            length += len(content)
+        elif role == "assistant" and (content is None or content == "") and message.get("tool_calls"):
+            pass  # OpenAI: an assistant turn that only calls tools has null or empty content
+        elif content is None and "content" not in message:
+            problems.append(
+                f'message {number} ({role}) has no "content"' + _typo_of(message, "content", CHAT_MESSAGE_KEYS)
+            )
+        elif type(content) is str:
+            problems.append(f'message {number} ({role}): "content" is {_emptiness(content)}')
+        else:
+            length += _content_length(f"message {number} ({role})", content, problems)
+        if len(message) > 2 or role == "tool":
+            length += _check_message_details(f"message {number} ({role})", role, message, call_ids, problems)
+    if len(roles) == len(messages) and "assistant" not in roles:
+        problems.append("no assistant message: the model learns from the assistant's replies, so a chat needs one")
+    if "tools" in row:
+        _check_tools(row["tools"], problems)
+    return length, roles
+
+
+# -- ShareGPT --------------------------------------------------------------------------------
+
+
+def _speaker_problem(where: str, turn: dict[str, Any]) -> str:
+    allowed = f"speakers are {quoted(SHAREGPT_ROLES)}"
+    if "from" not in turn:
+        if "role" in turn:
+            return f'{where} has no "from" (it has "role", a chat message key: ShareGPT turns use "from" and "value")'
+        return f'{where} has no "from"' + _typo_of(turn, "from", frozenset({"from", "value"}))
+    speaker = turn["from"]
+    if type(speaker) is not str:
+        return f'{where}: "from" must be a string, not {describe(speaker)}; {allowed}'
+    return f'{where} has the unknown speaker "{shown(speaker)}"{did_you_mean(speaker.strip(), _SHAREGPT_SPEAKERS)}; {allowed}'
+
+
+def _check_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    turns = row["conversations"]
+    if type(turns) is not list:
+        problems.append(f'"conversations" must be a list of turns, not {describe(turns)}')
+        return _NOTHING
+    if not turns:
+        problems.append('"conversations" is an empty list')
+        return _NOTHING
+    length = _optional_string_field(row, "system", problems)
+    roles: list[str] = ["system"] if row.get("system") else []
+    for number, turn in enumerate(turns, 1):
+        if type(turn) is not dict:
+            problems.append(
+                f'turn {number} is {describe(turn)}, not an object like {{"from": "human", "value": "..."}}'
+            )
+            continue
+        speaker = turn.get("from")
+        role = SHAREGPT_ROLES.get(speaker.strip().lower()) if type(speaker) is str else None
+        if role is None:
+            problems.append(_speaker_problem(f"turn {number}", turn))
+            continue
+        roles.append(role)
+        value = turn.get("value")
+        if type(value) is str and value and not value.isspace():
+            length += len(value)
+        elif "value" not in turn:
+            problems.append(
+                f'turn {number} ({shown(speaker)}) has no "value"'
+                + _typo_of(turn, "value", frozenset({"from", "value"}))
+            )
+        elif type(value) is str:
+            problems.append(f'turn {number} ({shown(speaker)}): "value" is {_emptiness(value)}')
+        else:
+            problems.append(f'turn {number} ({shown(speaker)}): "value" must be a string, not {describe(value)}')
+    if len(roles) == len(turns) + bool(row.get("system")) and "assistant" not in roles:
+        problems.append('no "gpt" turn: the model learns from the gpt replies, so a conversation needs one')
+    return length, roles
+
+
+# -- the flat formats ------------------------------------------------------------------------
+
+
+def _check_prompt_completion(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    # An empty prompt is legitimate (unconditional generation); an empty completion teaches nothing.
+    length = _string_field(row, "prompt", problems, required=False) + _string_field(row, "completion", problems)
+    return length, _USER_ASSISTANT
+
+
+def _check_instruction(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    length = (
+        _string_field(row, "instruction", problems)
+        + _optional_string_field(row, "input", problems)
+        + _string_field(row, "output", problems)
+        + _optional_string_field(row, "system", problems)
+    )
+    return length, (_SYSTEM_USER_ASSISTANT if row.get("system") else _USER_ASSISTANT)
+
+
+def _check_classification(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    label = row["label"]
+    if type(label) is str:
+        if not label or label.isspace():
+            problems.append(f'"label" is {_emptiness(label)}')
+    elif type(label) is not int:
+        problems.append(f'"label" must be a string or an integer, not {describe(label)}')
+    return _string_field(row, "text", problems), None
+
+
+def _check_text(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    return _string_field(row, "text", problems), None
+
+
+_CHECKERS: dict[str, Callable[[dict[str, Any], Problems], RowMeasure]] = {
+    CHAT: _check_chat,
+    SHAREGPT: _check_sharegpt,
+    PROMPT_COMPLETION: _check_prompt_completion,
+    INSTRUCTION: _check_instruction,
+    CLASSIFICATION: _check_classification,
+    TEXT: _check_text,
+}
+
+
+def _related_keys(fmt: str) -> frozenset[str]:
+    """Row keys that belong with a format: its own, and those of the formats it is part of
+    (a "text" row may be a classification row with a misspelled "label")."""
+    related: set[str] = set()
+    for other in FORMATS:
+        keys = REQUIRED_KEYS[other] | OPTIONAL_KEYS[other]
+        if REQUIRED_KEYS[fmt] <= keys:
+            related |= keys
+    return frozenset(related)
+
+
+_RELATED_KEYS = {fmt: _related_keys(fmt) for fmt in FORMATS}
+
+
+def _meant_key(key: str, vocabulary: frozenset[str]) -> str | None:
+    """The key of `vocabulary` that `key` stands for: a typo of it, or another tool's name for it."""
+    alias = _KEY_ALIASES.get(key.lower())
+    return closest(key, vocabulary) or (alias if alias in vocabulary else None)
+
+
+def _misspelled_key_problem(key: str, fmt: str) -> str | None:
+    meant = _meant_key(key, _RELATED_KEYS[fmt])
+    return f'unknown key "{key}" (did you mean "{meant}"?)' if meant else None
+
+
+def check_row(row: dict[str, Any], fmt: str, problems: Problems) -> RowMeasure:
+    """Append the problems of a row of format `fmt` to `problems`; return its measure."""
+    if len(row) > len(REQUIRED_KEYS[fmt]):
+        for key in row:
+            problem = _misspelled_key_problem(key, fmt)
+            if problem:
+                problems.append(problem)
+    return _CHECKERS[fmt](row, problems)
+
+
+def unknown_format_problems(row: dict[str, Any]) -> Problems:
+    """Why no format matches a row: the keys missing from the format it was most likely meant to
+    be, with the misspelled key that was probably meant, or which keys a row needs."""
+    if not row:
+        return [f"the row is an empty object: {_EXPECTED_KEYS}"]
+    corrections: dict[str, str] = {}
+    for key in row:
+        if key not in _ALL_ROW_KEYS:
+            meant = _meant_key(key, _ALL_ROW_KEYS)
+            if meant:
+                corrections[key] = meant
+    present = (row.keys() & _ALL_ROW_KEYS) | set(corrections.values())
+    intended = detect_format(dict.fromkeys(present))
+    if intended is None:
+        overlaps = [(len(REQUIRED_KEYS[fmt] & present), fmt) for fmt in FORMATS if REQUIRED_KEYS[fmt] & present]
+        if not overlaps:
+            return [f"no dataset format has the keys {quoted(row)}: {_EXPECTED_KEYS}"]
+        intended = max(overlaps, key=lambda overlap: overlap[0])[1]  # max keeps the first of equals
+    problems = []
+    for key in sorted(REQUIRED_KEYS[intended] - row.keys()):
+        typo = next((found for found, meant in corrections.items() if meant == key), None)
+        if typo:
+            problems.append(f'missing key "{key}" (found "{shown(typo)}": did you mean "{key}"?)')
+        else:
+            problems.append(
+                f'missing key "{key}" ({FORMAT_TITLES[intended]} rows need {quoted(sorted(REQUIRED_KEYS[intended]))})'
+            )
+    return problems

@@ -1,0 +1,259 @@
+"""Streaming validation of a JSONL dataset: bytes in, in chunks cut anywhere; one report out.
+
+One pass over the file does everything: splitting lines, parsing each with orjson, checking it
+against its format (rows.py), detecting the file's format, and gathering statistics and the
+preview index. Memory does not grow with the file: a line is held only until it is checked (and
+a line longer than the row limit is not held at all), and at most `max_listed_errors` messages
+are kept; the rest are only counted.
+
+The file's format is the one most rows have (on a tie, the one that appears first). Rows of
+another format are errors, which can only be known at the end: the validator keeps the first
+line numbers of each format so that it can name them then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.formats import CLASSIFICATION, FORMAT_TITLES, REQUIRED_KEYS, detect_format
+
+from .hints import describe
+from .lines import LineSplitter
+from .preview import LineIndexBuilder
+from .rows import check_row, unknown_format_problems
+from .stats import DatasetStats, DuplicateRows
+
+DEFAULT_MAX_ROW_CHARS = 1_000_000
+MAX_LISTED_ERRORS = 100
+UTF8_BOM = b"\xef\xbb\xbf"
+_ORJSON_WORDING = {
+    "unexpected end of data": "the line ends before the JSON object is complete",
+    "unexpected content after document": "unexpected text after the JSON object (one object per line)",
+}
+
+
+@dataclass
+class ValidationReport:
+    format: str | None
+    rows: int  # non-blank lines
+    errors: list[dict[str, Any]]  # the first `max_listed_errors`: {"line": N or None for the whole file, "message"}
+    error_count: int
+    stats: dict[str, Any]  # of the rows without errors
+    line_index: dict[str, Any]  # for read_preview: {"stride": n, "offsets": [byte offset of every n-th line]}
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def error_body(self) -> dict[str, Any]:
+        """The 422 answer's body."""
+        return {"errors": self.errors, "error_count": self.error_count}
+
+
+def max_line_bytes_for(max_row_chars: int) -> int:
+    """A line of more bytes than this has more than `max_row_chars` characters, whatever they are."""
+    return 4 * max_row_chars + len(b"\r")
+
+
+class DatasetValidator:
+    """Validates a JSONL dataset fed in chunks: `feed(chunk)` as often as needed, then `finish()`.
+
+    With `count_duplicates=False` the report's stats have `"duplicates": None`, for a caller
+    that counts them itself (ValidatorProcess)."""
+
+    def __init__(
+        self,
+        *,
+        max_row_chars: int = DEFAULT_MAX_ROW_CHARS,
+        max_listed_errors: int = MAX_LISTED_ERRORS,
+        count_duplicates: bool = True,
+    ):
+        self.max_row_chars = max_row_chars
+        self.max_listed_errors = max_listed_errors
+        self._lines = LineSplitter(max_line_bytes_for(max_row_chars))
+        self._duplicates = DuplicateRows() if count_duplicates else None
+        self._bytes = 0
+        self._line_number = 0
+        self._line_start = 0  # byte offset of the next line
+        self._rows = 0
+        self._errors: list[tuple[int | None, str]] = []
+        self._error_count = 0
+        self._format_rows: dict[str, int] = {}
+        self._format_first_lines: dict[str, list[int]] = {}
+        self._stats = DatasetStats()
+        self._index = LineIndexBuilder()
+        self._next_indexed_line = 1
+
+    # -- input -------------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> None:
+        self._bytes += len(chunk)
+        self._check_lines(self._lines.feed(chunk))
+
+    def _check_lines(self, lines: list[bytes | int]) -> None:
+        for line in lines:
+            if type(line) is int:
+                self._too_long_to_hold(line)
+            else:
+                self._check_line(line)
+        self._stats.fold_when_due()
+
+    def close(self) -> None:
+        """Release the memory of a validation abandoned before `finish()` (which releases it too)."""
+        if self._duplicates is not None:
+            self._duplicates.close()
+
+    def finish(self) -> ValidationReport:
+        self._check_lines(self._lines.finish())
+        if self._bytes == 0:
+            self._error(None, "the file is empty")
+        fmt, mismatched = self._file_format()
+        errors = sorted(self._errors + mismatched, key=lambda error: error[0] or 0)[: self.max_listed_errors]
+        return ValidationReport(
+            format=fmt,
+            rows=self._rows,
+            errors=[{"line": line, "message": message} for line, message in errors],
+            error_count=self._error_count,
+            stats=self._stats.finish(None if self._duplicates is None else self._duplicates.result()),
+            line_index=self._index.to_dict(),
+        )
+
+    # -- lines -------------------------------------------------------------------------------
+
+    def _error(self, line: int | None, message: str) -> None:
+        self._error_count += 1
+        if len(self._errors) < self.max_listed_errors:
+            self._errors.append((line, message))
+
+    def _start_line(self, length: int) -> int:
+        """Counts a line of `length` bytes (without its newline) and indexes it; returns its number."""
+        self._line_number += 1
+        if self._line_number == self._next_indexed_line:
+            self._index.add(self._line_start)
+            self._next_indexed_line += self._index.stride
+        self._line_start += length + 1
+        return self._line_number
+
+    def _too_long_to_hold(self, length: int) -> None:
+        number = self._start_line(length)
+        self._rows += 1
+        self._error(number, f"the row is longer than the limit of {self.max_row_chars:,} characters")
+
+    def _check_line(self, line: bytes) -> None:
+        number = self._start_line(len(line))
+        if self._duplicates is not None:
+            self._duplicates.add(number, line)
+        if len(line) > self.max_row_chars:
+            chars = len(line.decode("utf-8", "replace"))
+            if chars > self.max_row_chars:
+                self._rows += 1
+                self._error(number, f"the row is {chars:,} characters long, over the limit of {self.max_row_chars:,}")
+                return
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            self._unparsable(number, line, error)
+            return
+        self._rows += 1
+        self._check_row(number, row)
+
+    def _unparsable(self, number: int, line: bytes, error: orjson.JSONDecodeError) -> None:
+        stripped = line.strip()
+        if not stripped:
+            kind = "is blank" if not line or line == b"\r" else "has only whitespace"
+            self._error(number, f"the line {kind}: every line of a JSONL file holds one JSON object; remove it")
+            return
+        self._rows += 1
+        if line.startswith(UTF8_BOM):
+            where = "the file starts" if number == 1 else "the line starts"
+            self._error(number, f"{where} with a UTF-8 byte order mark (BOM): save the file as UTF-8 without BOM")
+            line = line[len(UTF8_BOM) :]
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as rest_error:
+                error = rest_error
+            else:
+                self._check_row(number, row)
+                return
+            if not line.strip():
+                return
+        if len(self._errors) >= self.max_listed_errors:
+            self._error_count += 1  # counted, not listed: no need to word it
+        else:
+            self._error(number, _describe_unparsable(line, error))
+
+    def _check_row(self, number: int, row: Any) -> None:
+        if type(row) is not dict:
+            self._error(number, f'the line is {describe(row)}, not a JSON object like {{"messages": [...]}}')
+            return
+        fmt = detect_format(row)
+        if fmt is None:
+            for problem in unknown_format_problems(row):
+                self._error(number, problem)
+            return
+        rows_of_format = self._format_rows[fmt] = self._format_rows.get(fmt, 0) + 1
+        if rows_of_format <= self.max_listed_errors:
+            self._format_first_lines.setdefault(fmt, []).append(number)
+        problems: list[str] = []
+        text_chars, roles = check_row(row, fmt, problems)
+        if problems:
+            for problem in problems:
+                self._error(number, problem)
+            return
+        self._stats.add_row(text_chars, roles)
+        if fmt == CLASSIFICATION:
+            self._stats.add_label(row["label"])
+
+    # -- the file's format -------------------------------------------------------------------
+
+    def _file_format(self) -> tuple[str | None, list[tuple[int | None, str]]]:
+        """The format most rows have, and an error for each listed row of another format."""
+        if not self._format_rows:
+            return None, []
+        first_line = {fmt: lines[0] for fmt, lines in self._format_first_lines.items()}
+        majority = max(self._format_rows, key=lambda fmt: (self._format_rows[fmt], -first_line[fmt]))
+        majority_title = FORMAT_TITLES[majority]
+        mismatched: list[tuple[int | None, str]] = []
+        for fmt, count in self._format_rows.items():
+            if fmt == majority:
+                continue
+            self._error_count += count
+            missing = REQUIRED_KEYS[majority] - REQUIRED_KEYS[fmt]
+            if REQUIRED_KEYS[fmt] < REQUIRED_KEYS[majority] and len(missing) == 1:
+                message = f'missing key "{next(iter(missing))}" (the other rows are "{majority_title}")'
+            else:
+                message = (
+                    f'the row is "{FORMAT_TITLES[fmt]}" but most rows ({self._format_rows[majority]:,}) are '
+                    f'"{majority_title}": a file holds one format'
+                )
+            mismatched.extend((line, message) for line in self._format_first_lines[fmt])
+        return majority, mismatched
+
+
+def _describe_unparsable(line: bytes, error: orjson.JSONDecodeError) -> str:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        column = len(line[: bad.start].decode("utf-8", "replace")) + 1
+        return (
+            f"not valid UTF-8 text: byte 0x{line[bad.start]:02X} at column {column}; "
+            "save the file with the UTF-8 encoding"
+        )
+    stripped = text.strip()
+    if stripped in ("{", "[") or stripped.startswith('"') or stripped in ("}", "]", "},", "],"):
+        return (
+            "invalid JSON: a row must be a whole JSON object on one line, "
+            "and this looks like a piece of pretty-printed (multi-line) JSON"
+        )
+    message = f"invalid JSON at column {error.colno}: {_ORJSON_WORDING.get(error.msg, error.msg)}"
+    rest = text[error.pos :]
+    if rest.startswith("'"):
+        message += " (strings and keys need double quotes, not single quotes)"
+    elif rest.startswith(("None", "True", "False")):
+        message += " (JSON writes null, true and false in lower case)"
+    elif rest.startswith(("NaN", "Infinity", "-Infinity")):
+        message += " (JSON has no NaN or Infinity)"
+    return message

@@ -1,0 +1,192 @@
+"""Dataset row formats: which keys make which format, and each row in one canonical shape.
+
+Shared by the app (upload validation) and the training library (rendering rows into
+token ids), so that both agree on what a row means. Pure Python, no ML imports.
+
+Formats (detected per row from its keys, the first rule that matches wins):
+
+========================  =====================================================
+chat                      {"messages": [{"role": ..., "content": ...}], "tools"?}
+sharegpt                  {"conversations": [{"from": ..., "value": ...}]}
+prompt_completion         {"prompt": ..., "completion": ...}
+instruction               {"instruction": ..., "input"?: ..., "output": ...}
+classification            {"text": ..., "label": ...}
+text                      {"text": ...}
+========================  =====================================================
+
+The conversions below assume a row that validation has accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CHAT = "chat"
+SHAREGPT = "sharegpt"
+PROMPT_COMPLETION = "prompt_completion"
+INSTRUCTION = "instruction"
+CLASSIFICATION = "classification"
+TEXT = "text"
+
+FORMATS = (CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, CLASSIFICATION, TEXT)
+# Formats trained as causal language modelling; classification trains a sequence classifier.
+CAUSAL_LM_FORMATS = frozenset({CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, TEXT})
+
+FORMAT_TITLES = {
+    CHAT: "Chat messages",
+    SHAREGPT: "ShareGPT conversations",
+    PROMPT_COMPLETION: "Prompt / completion",
+    INSTRUCTION: "Instruction (Alpaca)",
+    CLASSIFICATION: "Text + label",
+    TEXT: "Plain text",
+}
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT speaker names seen in the wild, mapped to chat roles.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
+
+# Keys that decide a format, in the order they are tried.
+_FORMAT_KEYS: tuple[tuple[str, frozenset[str]], ...] = (
+    (CHAT, frozenset({"messages"})),
+    (SHAREGPT, frozenset({"conversations"})),
+    (PROMPT_COMPLETION, frozenset({"prompt", "completion"})),
+    (INSTRUCTION, frozenset({"instruction", "output"})),
+    (CLASSIFICATION, frozenset({"text", "label"})),
+    (TEXT, frozenset({"text"})),
+)
+
+
+REQUIRED_KEYS: dict[str, frozenset[str]] = dict(_FORMAT_KEYS)
+# Row keys that `to_canonical` reads besides the required ones.
+OPTIONAL_KEYS: dict[str, frozenset[str]] = {
+    CHAT: frozenset({"tools"}),
+    SHAREGPT: frozenset({"system"}),
+    PROMPT_COMPLETION: frozenset(),
+    INSTRUCTION: frozenset({"input", "system"}),
+    CLASSIFICATION: frozenset(),
+    TEXT: frozenset(),
+}
+# Keys of a chat message that `to_canonical` reads. "weight" is OpenAI's per-assistant-message
+# switch: 0 keeps the message as context but does not train on it.
+CHAT_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "weight"})
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    """The format a row's keys say it is, or None when no format's keys are all present."""
+    keys = row.keys()
+    for name, needed in _FORMAT_KEYS:
+        if needed <= keys:
+            return name
+    return None
+
+
+@dataclass
+class Conversation:
+    """A row as chat turns. `trainable[i]` says whether turn i's tokens carry loss."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    # Raw concatenation (prompt + completion) instead of a chat template, as OpenAI's
+    # legacy completion format and TRL's non-conversational prompt/completion do.
+    raw: bool = False
+
+    @property
+    def trainable(self) -> list[bool]:
+        return [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in self.messages]
+
+
+@dataclass
+class PlainText:
+    """Continued pre-training: loss on every token."""
+
+    text: str
+
+
+@dataclass
+class Labeled:
+    """Sequence classification."""
+
+    text: str
+    label: str
+
+
+@dataclass
+class Canonical:
+    format: str
+    example: Conversation | PlainText | Labeled
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _content_text(content: Any) -> str:
+    """OpenAI content may be a string or a list of parts; keep the text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "text":
+            parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message["role"], "content": _content_text(message.get("content"))}
+    if message.get("tool_calls"):
+        out["tool_calls"] = message["tool_calls"]
+    if message.get("tool_call_id"):
+        out["tool_call_id"] = message["tool_call_id"]
+    if message.get("name"):
+        out["name"] = message["name"]
+    if message.get("weight") is not None:
+        out["weight"] = message["weight"]
+    return out
+
+
+def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
+    """One validated row in the canonical shape the training library renders."""
+    fmt = fmt or detect_format(row)
+    if fmt == CHAT:
+        messages = [_chat_message(m) for m in row["messages"]]
+        example = Conversation(messages=messages, tools=row.get("tools") or None)
+    elif fmt == SHAREGPT:
+        messages = [
+            {"role": SHAREGPT_ROLES[turn["from"].strip().lower()], "content": str(turn["value"])}
+            for turn in row["conversations"]
+        ]
+        if row.get("system"):
+            messages.insert(0, {"role": "system", "content": str(row["system"])})
+        example = Conversation(messages=messages)
+    elif fmt == PROMPT_COMPLETION:
+        example = Conversation(
+            messages=[
+                {"role": "user", "content": str(row["prompt"])},
+                {"role": "assistant", "content": str(row["completion"])},
+            ],
+            raw=True,
+        )
+    elif fmt == INSTRUCTION:
+        prompt = str(row["instruction"])
+        if row.get("input"):
+            prompt = f"{prompt}\n\n{row['input']}"
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(row["output"])}]
+        if row.get("system"):
+            messages.insert(0, {"role": "system", "content": str(row["system"])})
+        example = Conversation(messages=messages)
+    elif fmt == CLASSIFICATION:
+        example = Labeled(text=str(row["text"]), label=str(row["label"]))
+    elif fmt == TEXT:
+        example = PlainText(text=str(row["text"]))
+    else:
+        raise ValueError(f"unknown dataset format: {fmt!r}")
+    return Canonical(format=fmt, example=example)

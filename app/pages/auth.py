@@ -1,0 +1,88 @@
+"""The first-run page, signing in and out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from app import accounts
+from app.api.account import start_browser_session
+from app.deps import SESSION_USER, SessionDep, form_csrf_guard
+from app.templating import templates
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(form_csrf_guard)])
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site paths, so the sign-in page cannot be used as an open redirect."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+def _require_unset(session) -> None:
+    if accounts.user_count(session) > 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+
+
+@router.get("/setup", response_class=HTMLResponse)
+def setup_page(request: Request, session: SessionDep):
+    _require_unset(session)
+    return templates.TemplateResponse(request, "setup.html", {"form": {}, "error": None})
+
+
+@router.post("/setup", response_class=HTMLResponse)
+def setup_submit(
+    request: Request,
+    session: SessionDep,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1024)],
+    team: Annotated[str, Form(max_length=64)],
+):
+    _require_unset(session)
+    try:
+        user = accounts.create_first_admin(session, email=email, password=password, team_name=team)
+    except accounts.AccountError as error:
+        session.rollback()
+        return templates.TemplateResponse(
+            request, "setup.html", {"form": {"email": email, "team": team}, "error": error.message}, status_code=error.status
+        )
+    start_browser_session(request, user.id)
+    return RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, session: SessionDep, next: str | None = None):
+    if accounts.user_count(session) == 0:
+        return RedirectResponse("/setup", status_code=status.HTTP_303_SEE_OTHER)
+    if isinstance(request.session.get(SESSION_USER), int):
+        return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
+    return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "email": "", "error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login_submit(
+    request: Request,
+    session: SessionDep,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1024)],
+    next: Annotated[str, Form()] = "/",
+):
+    user = accounts.authenticate(session, email=email, password=password)
+    if user is None:
+        context = {"next": _safe_next(next), "email": email, "error": "Wrong email or password."}
+        return templates.TemplateResponse(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)
+    start_browser_session(request, user.id)
+    return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/logout")
+def logout(request: Request):
+    request.session.clear()
+    return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)

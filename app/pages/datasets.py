@@ -1,0 +1,36 @@
+"""Dataset pages: the list with the upload box, and one dataset's preview and statistics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from app.api.datasets import dataset_out
+from app.config import get_settings
+from app.deps import PageAccessDep, SessionDep
+from app.formats import FORMAT_TITLES
+from app.models import Dataset
+from app.pages.common import page_json, render
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, access: PageAccessDep, session: SessionDep):
+    rows = session.scalars(access.scope(select(Dataset), Dataset).order_by(Dataset.id.desc())).all()
+    data = {
+        "datasets": [dataset_out(row).model_dump(mode="json") for row in rows],
+        "formats": FORMAT_TITLES,
+        "max_upload_bytes": get_settings().max_upload_bytes,
+    }
+    return render(request, "datasets.html", access=access, session=session, active="datasets", data=page_json(data))
+
+
+@router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
+def dataset_page(dataset_id: int, request: Request, access: PageAccessDep, session: SessionDep):
+    dataset = access.get(session, Dataset, dataset_id)
+    data = {"dataset": dataset_out(dataset).model_dump(mode="json"), "formats": FORMAT_TITLES,
+            "can_write": access.roles[dataset.team_id].can_write}  # fmt: skip
+    return render(request, "dataset.html", access=access, session=session, active="datasets", dataset=dataset,
+                  data=page_json(data))  # fmt: skip

@@ -1,0 +1,92 @@
+/* One dataset: statistics, the length histogram, and a preview (chats as bubbles). */
+"use strict";
+
+(() => {
+  const { el, fmt } = tl;
+  const data = tl.pageData();
+  const dataset = data.dataset;
+  const stats = dataset.stats || {};
+  const PAGE = 10;
+  let offset = 0;
+
+  document.getElementById("dataset-meta").textContent =
+    `${data.formats[dataset.format] || dataset.format} · ${fmt.bytes(dataset.size_bytes)} · uploaded by ${dataset.created_by || "–"} ${fmt.ago(dataset.created_at)} · sha256 ${dataset.sha256.slice(0, 12)}…`;
+  document.getElementById("train-on-this").href = `/jobs/new?dataset=${dataset.id}`;
+
+  const card = (label, value, note, explanation) => el("section", { class: "card stat-card", title: explanation || null },
+    el("div", { class: "value", text: value }), el("div", { class: "label", text: label }),
+    note ? el("small", { class: "muted", text: note }) : null);
+  const chars = stats.chars_per_row || {};
+  const messages = stats.messages_per_row;
+  const duplicates = stats.duplicates || { rows: 0 };
+  document.getElementById("stat-cards").replaceChildren(
+    card("rows", fmt.number(dataset.row_count)),
+    card("estimated tokens", fmt.compact(stats.estimated_tokens), "≈ characters / 4", stats.token_estimate),
+    card("characters per row", `${fmt.number(chars.median)} median`, `min ${fmt.number(chars.min)} · p95 ${fmt.number(chars.p95)} · max ${fmt.number(chars.max)}`),
+    messages ? card("messages per row", `${fmt.number(messages.median)} median`, `min ${fmt.number(messages.min)} · p95 ${fmt.number(messages.p95)} · max ${fmt.number(messages.max)}`) : null,
+    card("duplicate rows", fmt.number(duplicates.rows), duplicates.rows && duplicates.first_lines ? `e.g. lines ${duplicates.first_lines.slice(0, 5).join(", ")}` : "none found"),
+  );
+
+  const histogram = stats.length_histogram || [];
+  const most = Math.max(1, ...histogram.map((b) => b.rows));
+  document.getElementById("histogram").replaceChildren(...histogram.map((bucket) => {
+    const bar = el("div", { class: "bar", title: `${fmt.number(bucket.from)}–${fmt.number(bucket.to)} characters: ${fmt.number(bucket.rows)} rows` });
+    bar.style.height = `${Math.max(1, (bucket.rows / most) * 100)}%`;
+    return bar;
+  }));
+  if (histogram.length) {
+    document.getElementById("histogram-labels").replaceChildren(
+      el("span", { text: fmt.compact(histogram[0].from) }), el("span", { text: fmt.compact(histogram.at(-1).to) }));
+  }
+
+  const composition = [];
+  for (const [role, count] of Object.entries(stats.roles || {})) composition.push([`${role} messages`, fmt.number(count)]);
+  for (const [label, count] of Object.entries(stats.labels || {}).slice(0, 20)) composition.push([`label “${label}”`, fmt.number(count)]);
+  composition.push(["format", data.formats[dataset.format] || dataset.format]);
+  document.getElementById("composition").replaceChildren(...composition.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+
+  const SHAREGPT_ROLES = { human: "user", user: "user", gpt: "assistant", assistant: "assistant", system: "system", function_call: "assistant", observation: "tool", tool: "tool" };
+  const text = (content) => (content === null || content === undefined ? "" : typeof content === "string" ? content
+    : Array.isArray(content) ? content.map((part) => part.text || "").join("") : JSON.stringify(content));
+
+  function bubbles(turns) {
+    return el("div", { class: "bubbles" }, turns.map(({ role, content, extra }) =>
+      el("div", { class: `bubble ${role}` }, el("span", { class: "role", text: role }), content, extra ? el("code", { class: "block", text: extra }) : null)));
+  }
+
+  function renderRow(row) {
+    if (row.messages) {
+      return bubbles(row.messages.map((m) => ({ role: m.role, content: text(m.content),
+        extra: m.tool_calls ? JSON.stringify(m.tool_calls.map((c) => c.function || c)) : null })));
+    }
+    if (row.conversations) {
+      return bubbles(row.conversations.map((t) => ({ role: SHAREGPT_ROLES[String(t.from).toLowerCase()] || "user", content: text(t.value) })));
+    }
+    return el("dl", { class: "fields" }, Object.entries(row).flatMap(([key, value]) =>
+      [el("dt", { text: key }), el("dd", { text: typeof value === "string" ? value : JSON.stringify(value) })]));
+  }
+
+  async function loadPage() {
+    const response = await tl.api("GET", `/api/datasets/${dataset.id}/preview?offset=${offset}&limit=${PAGE}`);
+    if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
+    document.getElementById("preview").replaceChildren(...response.data.rows.map((item) =>
+      el("div", { class: "preview-row" }, el("div", { class: "line-no", text: `line ${item.line}` }), renderRow(item.row))));
+    const last = Math.min(offset + PAGE, dataset.row_count);
+    document.getElementById("page-label").textContent = `rows ${fmt.number(offset + 1)}–${fmt.number(last)} of ${fmt.number(dataset.row_count)}`;
+    document.getElementById("prev-page").disabled = offset === 0;
+    document.getElementById("next-page").disabled = last >= dataset.row_count;
+  }
+  document.getElementById("prev-page").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); loadPage(); });
+  document.getElementById("next-page").addEventListener("click", () => { offset += PAGE; loadPage(); });
+
+  const remove = document.getElementById("delete-dataset");
+  remove.hidden = !data.can_write;
+  remove.addEventListener("click", async () => {
+    if (!confirm(`Delete ${dataset.name}? Jobs that used it keep their results.`)) return;
+    const response = await tl.api("DELETE", `/api/datasets/${dataset.id}`);
+    if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
+    location.href = "/datasets";
+  });
+
+  loadPage();
+})();

@@ -1,0 +1,172 @@
+/* One job, live: charts, progress, events, downloads. The page arrives with every point
+   stored so far (a finished job is complete on first paint); running jobs then follow the
+   job's SSE stream from the last sequence number the page has. */
+"use strict";
+
+(() => {
+  const { el, fmt } = tl;
+  const data = tl.pageData();
+  let job = data.job;
+  const train = [], evals = [], lr = [], tps = [];
+  const seenMetric = new Set();
+  const seenEvent = new Set();
+
+  const lossChart = charts.line(document.getElementById("loss-chart"), { height: 300 });
+  const lrChart = charts.line(document.getElementById("lr-chart"), { height: 170 });
+  const tpsChart = charts.line(document.getElementById("tps-chart"), { height: 170 });
+  const logScale = document.getElementById("log-scale");
+  const smoothing = document.getElementById("smoothing");
+
+  function addMetric(point) {
+    if (seenMetric.has(point.seq)) return;
+    seenMetric.add(point.seq);
+    const v = point.values;
+    if (point.split === "eval") {
+      if (v.eval_loss !== undefined) evals.push([point.step, v.eval_loss]);
+      return;
+    }
+    if (v.loss !== undefined) train.push([point.step, v.loss]);
+    if (v.learning_rate !== undefined) lr.push([point.step, v.learning_rate]);
+    if (v.tokens_per_second !== undefined) tps.push([point.step, v.tokens_per_second]);
+  }
+
+  let drawPending = false;
+  function drawCharts() {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(() => {
+      drawPending = false;
+      const weight = Number(smoothing.value);
+      document.getElementById("smoothing-value").textContent = weight.toFixed(2);
+      const sorted = (points) => points.slice().sort((a, b) => a[0] - b[0]);
+      const trainSorted = sorted(train);
+      const smoothed = tl.smooth(trainSorted.map((p) => p[1]), weight);
+      const series = [];
+      if (weight > 0) series.push({ label: "train (raw)", points: trainSorted, color: charts.palette[0], faint: true });
+      series.push({ label: weight > 0 ? "train (smoothed)" : "train", points: trainSorted.map((p, i) => [p[0], smoothed[i]]), color: charts.palette[0] });
+      series.push({ label: "eval", points: sorted(evals), color: charts.palette[1], showPoints: true });
+      document.getElementById("loss-empty").hidden = train.length + evals.length > 0;
+      document.getElementById("loss-chart").dataset.points = String(train.length + evals.length);
+      lossChart.draw(series, { log: logScale.checked });
+      lrChart.draw([{ label: "learning rate", points: sorted(lr), color: charts.palette[2] }]);
+      tpsChart.draw([{ label: "tokens/s", points: sorted(tps), color: charts.palette[4] }]);
+    });
+  }
+  logScale.addEventListener("change", drawCharts);
+  smoothing.addEventListener("input", drawCharts);
+
+  function addEvent(event) {
+    if (seenEvent.has(event.seq)) return;
+    seenEvent.add(event.seq);
+    const list = document.getElementById("events");
+    list.append(el("li", { class: `level-${event.level}` },
+      el("time", { datetime: event.created_at, text: new Date(event.created_at).toLocaleTimeString() }),
+      el("span", { text: event.message })));
+    list.scrollTop = list.scrollHeight;
+    if (/^Saved checkpoint|^Saved the|^Job (succeeded|cancelled)/.test(event.message)) refreshArtifacts();
+  }
+
+  function renderJob() {
+    document.getElementById("job-state").replaceChildren(tl.badge(job.state));
+    document.getElementById("job-meta").textContent =
+      ` ${job.base_model} · ${job.method.toUpperCase()} · launched by ${job.created_by || "–"} ${fmt.ago(job.created_at)}`;
+    const bar = document.getElementById("job-progress");
+    bar.className = `progress large state-${job.state}`;
+    const fraction = job.progress ?? (job.state === "succeeded" ? 1 : 0);
+    bar.firstElementChild.style.width = `${(fraction * 100).toFixed(1)}%`;
+    const facts = [
+      ["Step", job.total_steps ? `${fmt.number(job.step)} / ${fmt.number(job.total_steps)}` : "–"],
+      ["Time left", job.state === "running" ? fmt.duration(job.eta_seconds) : "–"],
+      ["Epoch", job.epoch !== null ? job.epoch.toFixed(2) : "–"],
+      ["Train loss", fmt.loss(job.train_loss)],
+      ["Eval loss", fmt.loss(job.eval_loss)],
+      ["Trained tokens", fmt.compact(job.trained_tokens)],
+      ["Dataset", data.dataset ? data.dataset.name : "(deleted)"],
+      ["Attempts", String(job.attempts)],
+    ];
+    document.getElementById("job-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+    const error = document.getElementById("job-error");
+    error.hidden = !job.error;
+    error.textContent = job.error || "";
+    document.getElementById("cancel-job").hidden = !(data.can_write && ["queued", "running"].includes(job.state));
+  }
+
+  function renderDownloads(artifacts) {
+    const downloads = document.getElementById("downloads");
+    const finalWeights = artifacts.find((a) => a.kind === "adapter" || a.kind === "model");
+    const checkpoints = artifacts.filter((a) => a.kind === "checkpoint");
+    const items = [];
+    if (finalWeights || (["cancelled", "failed"].includes(job.state) && checkpoints.length)) {
+      const label = finalWeights && finalWeights.kind === "model" ? "Model weights (.zip)" : "Adapter (.zip, PEFT format)";
+      items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/adapter.zip`, download: "", text: label }),
+        el("span", { class: "muted", text: finalWeights ? fmt.bytes(finalWeights.size_bytes) : "from the last checkpoint" })));
+    }
+    const merged = artifacts.find((a) => a.kind === "merged");
+    if (merged) items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/artifacts/${merged.id}/archive`, download: "", text: "Merged model (.zip)" }),
+      el("span", { class: "muted", text: fmt.bytes(merged.size_bytes) })));
+    else if (data.can_write && job.method !== "full" && ["succeeded", "cancelled", "failed"].includes(job.state) && (finalWeights || checkpoints.length))
+      items.push(el("li", {}, el("button", { type: "button", class: "link", text: "Build merged model", onclick: buildMerged }),
+        el("span", { class: "muted", text: "base model + adapter, built by a worker" })));
+    if (finalWeights) items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/model-card`, target: "_blank", text: "Model card" })));
+    items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/metrics.csv`, download: "", text: "Metrics (.csv)" })));
+    downloads.replaceChildren(...items);
+    document.getElementById("checkpoints").replaceChildren(...(checkpoints.length ? checkpoints.map((c) =>
+      el("li", {}, el("a", { href: `/api/jobs/${job.id}/artifacts/${c.id}/archive`, download: "", text: `Step ${c.step}` }),
+        el("span", { class: "muted", text: fmt.bytes(c.size_bytes) }))) : [el("li", { class: "muted", text: "None yet" })]));
+  }
+
+  /* The merge runs on a worker after the job's stream has ended: follow its events by polling
+     until the worker says it is done (or failed). */
+  async function buildMerged(event) {
+    event.target.disabled = true;
+    event.target.textContent = "Building the merged model…";
+    const response = await tl.api("POST", `/api/jobs/${job.id}/merge`);
+    if (!response.ok) {
+      event.target.disabled = false;
+      event.target.textContent = "Build merged model";
+      return tl.toast(tl.errorText(response.data), "error");
+    }
+    if (response.status === 200) return refreshArtifacts();
+    const poll = setInterval(async () => {
+      const events = await tl.api("GET", `/api/jobs/${job.id}/events?after=${Math.max(0, ...seenEvent)}`);
+      if (!events.ok) return;
+      events.data.forEach(addEvent);
+      if (events.data.some((e) => ["done", "failed"].includes(e.data.merge))) {
+        clearInterval(poll);
+        refreshArtifacts();
+      }
+    }, 1500);
+  }
+
+  async function refreshArtifacts() {
+    const response = await tl.api("GET", `/api/jobs/${job.id}/artifacts`);
+    if (response.ok) renderDownloads(response.data);
+  }
+
+  document.getElementById("cancel-job").addEventListener("click", async (event) => {
+    if (!confirm("Cancel this job? Training stops at the next step; checkpoints are kept.")) return;
+    event.target.disabled = true;
+    const response = await tl.api("POST", `/api/jobs/${job.id}/cancel`);
+    event.target.disabled = false;
+    if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
+    job = response.data;
+    renderJob();
+  });
+
+  data.metrics.forEach(addMetric);
+  data.events.forEach(addEvent);
+  document.getElementById("spec").textContent = JSON.stringify(job.spec, null, 2);
+  renderJob();
+  renderDownloads(data.artifacts);
+  drawCharts();
+
+  if (!["succeeded", "failed", "cancelled"].includes(job.state)) {
+    // The browser resends the last event id by itself when it reconnects.
+    const stream = new EventSource(`/api/jobs/${job.id}/stream?after=${data.last_seq}`);
+    stream.addEventListener("metric", (e) => { addMetric(JSON.parse(e.data)); drawCharts(); });
+    stream.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
+    stream.addEventListener("progress", (e) => { job = JSON.parse(e.data); renderJob(); });
+    stream.addEventListener("end", () => { stream.close(); refreshArtifacts(); });
+  }
+  setInterval(renderJob, 30000);
+})();
