@@ -1,0 +1,68 @@
+"""The Celery worker: `celery -A worker.celery_app worker` (or `tunelab worker`).
+
+Same configuration as the app's client (`app.queue`), plus the tasks and the process
+hooks: a fresh database pool in every forked child, a heartbeat for the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+
+from app.db import dispose_engines
+from app.jobs import reap_orphans
+from app.queue import get_celery
+from worker.heartbeat import Heartbeat
+from worker.reporter import shutdown_requested
+
+log = logging.getLogger(__name__)
+
+celery_app = get_celery()
+celery_app.conf.imports = ("worker.tasks",)
+# How long a pool process lives is the worker command's choice (`tunelab worker`): a fresh one
+# for every training job, so that all of a job's GPU memory is returned when it ends; one for
+# good on an inference worker, so that its loaded models answer the next request at once.
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_process_init.connect
+def _fresh_pool_after_fork(**_kwargs) -> None:
+    # The parent's pooled connections must not be shared with the child.
+    dispose_engines()
+
+
+@worker_shutting_down.connect
+def _ask_running_jobs_to_stop(**_kwargs) -> None:
+    """A warm shutdown waits for the running task; a training job could take hours. Ask it
+    to stop at its next step instead: it keeps a checkpoint and goes back to the queue,
+    where another worker (or this one, restarted) resumes it."""
+    shutdown_requested.set()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **_kwargs) -> None:
+    global _heartbeat
+    queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values())) if sender else "default"
+    _heartbeat = Heartbeat(name=sender.hostname if sender else "worker", queues=queues, device=_device_name())
+    _heartbeat.start()
+    # Jobs left running by a worker that died on this host resume now, not after a timeout.
+    try:
+        if requeued := reap_orphans():
+            log.info("requeued orphaned jobs %s", requeued)
+    except Exception:  # noqa: BLE001 - the app's periodic reaper tries again
+        log.exception("could not look for orphaned jobs")
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+def _device_name() -> str:
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"cuda:{visible}" if visible else "auto"

@@ -1,0 +1,273 @@
+"""The `tunelab` command.
+
+It lives beside the worker, not in `app/`, because `models make-tiny` and `worker` need the
+ML stack, which the web app must never import. Every command imports what it needs when it
+runs, so `tunelab serve` on an app-only install starts without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """tunelab: fine-tune language models from a web dashboard."""
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic upgrade head)."""
+    from app import schema
+
+    schema.upgrade()
+    click.echo(f"database at revision {schema.current_revision()}")
+
+
+def _worker_command(queues: str, concurrency: int = 1) -> list[str]:
+    """The Celery worker for `queues`. A worker that only answers chat keeps its process, and
+    so its loaded models; any other replaces its process after every task, which returns all
+    of a training job's memory."""
+    from app.config import get_settings
+
+    recycle = set(queues.split(",")) != {get_settings().inference_queue}
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--loglevel", "INFO", "--concurrency", str(concurrency), "--queues", queues,
+        "--hostname", f"tunelab-%h-{os.getpid()}-{int(time.time())}-{queues.replace(',', '+')}",
+        *(["--max-tasks-per-child", "1"] if recycle else []),
+    ]  # fmt: skip
+
+
+def _ml_stack_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--worker/--no-worker", default=True, show_default=True,
+              help="Also start a training worker and an inference worker (for chat).")  # fmt: skip
+@click.option("--migrate/--no-migrate", "run_migrations", default=True, show_default=True,
+              help="Upgrade the database schema first.")  # fmt: skip
+def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
+    """Run the dashboard, and beside it a training worker and an inference worker (which
+    answers chat at once, even while a job trains).
+
+    With no settings this is the embedded mode: SQLite and a SQLite-backed broker under
+    ./data, no other service. TUNELAB_DATABASE_URL, TUNELAB_BROKER_URL and TUNELAB_REDIS_URL
+    point the same command at Postgres and Redis.
+    """
+    import uvicorn
+
+    from app import accounts, schema
+    from app.config import get_settings
+    from app.db import session_scope
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.models_path.mkdir(parents=True, exist_ok=True)
+    if run_migrations:
+        schema.upgrade()
+    elif not schema.is_up_to_date():
+        _fail("the database schema is not up to date: run `tunelab migrate` first")
+
+    worker_processes = []
+    if worker:
+        if _ml_stack_installed():
+            worker_processes = [subprocess.Popen(_worker_command(queues), start_new_session=True)
+                                for queues in ("default", settings.inference_queue)]  # fmt: skip
+        else:
+            click.secho("the ML stack (torch, transformers, peft) is not installed: starting without a worker; "
+                        "install with `pip install -e '.[worker]'`", fg="yellow", err=True)  # fmt: skip
+
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    with session_scope() as session:
+        first_run = accounts.user_count(session) == 0
+    click.secho(f"tunelab is running at {url}", fg="green", bold=True)
+    click.echo(f"  data: {settings.data_dir}   models: {settings.models_path}")
+    if first_run:
+        click.echo(f"  first run: open {url}/setup to create the administrator")
+    # uvicorn re-raises the signal that stopped it once it has shut down; exit through
+    # `finally` for SIGTERM as Python already does for SIGINT, so the worker is stopped too.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    try:
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", proxy_headers=True)
+    finally:
+        running = [process for process in worker_processes if process.poll() is None]
+        if running:
+            # Warm shutdown: a job in training checkpoints at its next step and goes back to the queue.
+            click.echo("stopping the workers (a running job checkpoints and is resumed at the next start)", err=True)
+        for process in running:
+            process.terminate()
+        for process in running:
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@main.command("worker")
+@click.option("--queues", default="default", show_default=True,
+              help="Comma-separated queues to take jobs from; 'inference' (alone) answers chat instead.")  # fmt: skip
+@click.option("--gpus", default="auto", show_default=True,
+              help="'auto' (every visible GPU), 'none' (one CPU worker), or a list like '0,1'.")  # fmt: skip
+def worker_command(queues: str, gpus: str) -> None:
+    """Run workers: one worker process per GPU, each taking one job at a time. With
+    `--queues inference` they answer chat requests, keeping the models they load."""
+    devices = _gpu_list(gpus)
+    commands = []
+    for device in devices or [None]:
+        env = dict(os.environ)
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        commands.append((device, env))
+    if len(commands) == 1:
+        os.execvpe(sys.executable, _worker_command(queues), commands[0][1])
+    processes = [subprocess.Popen(_worker_command(queues), env=env) for _device, env in commands]
+    click.echo(f"started {len(processes)} workers on GPUs {', '.join(d for d, _ in commands)}")
+
+    def stop(signum, _frame):
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [process.wait() for process in processes]
+    sys.exit(max(codes))
+
+
+def _gpu_list(gpus: str) -> list[str]:
+    if gpus == "none":
+        return []
+    if gpus != "auto":
+        devices = [d.strip() for d in gpus.split(",") if d.strip()]
+        if not all(d.isdigit() for d in devices):
+            _fail("--gpus takes 'auto', 'none' or GPU indices like '0,1'")
+        return devices
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+@main.group()
+def user() -> None:
+    """Manage users."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="The new user's password (asked for when not given).")  # fmt: skip
+@click.option("--team", required=True, help="Team the user joins; created (with them as owner) if it does not exist.")
+@click.option("--role", type=click.Choice(["owner", "member", "viewer"]), default="member", show_default=True)
+@click.option("--admin", is_flag=True, help="Make the user an administrator.")
+def user_create(email: str, password: str, team: str, role: str, admin: bool) -> None:
+    """Create a user in a team."""
+    from app import accounts
+    from app.db import session_scope
+    from app.models import Role
+
+    try:
+        with session_scope() as session:
+            new_team = accounts.find_team(session, team) is None
+            created = accounts.create_user(session, email=email, password=password, team_name=team,
+                                           role=Role(role), is_admin=admin, create_team_if_missing=True)  # fmt: skip
+            email = created.email
+    except accounts.AccountError as error:
+        _fail(error.message)
+    if new_team:
+        click.echo(f"created team {team.strip()!r} with {email} as its owner", err=True)
+    click.echo(f"created user {email}" + (" (administrator)" if admin else ""), err=True)
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.argument("email")
+@click.option("--name", default="cli", show_default=True, help="A name to recognise the token by.")
+@click.option("--expires-in-days", type=int, default=None, help="Expire the token after this many days.")
+def token_create(email: str, name: str, expires_in_days: int | None) -> None:
+    """Create an API token for a user and print it (alone, on stdout). It is not shown again."""
+    from app import accounts
+    from app.db import session_scope
+
+    try:
+        with session_scope() as session:
+            found = accounts.find_user(session, email)
+            if found is None:
+                _fail(f"no user with email {email.strip().lower()}")
+            _row, secret = accounts.create_api_token(session, user=found, name=name, expires_in_days=expires_in_days)
+    except accounts.AccountError as error:
+        _fail(error.message)
+    click.echo(secret)
+
+
+@main.group()
+def models() -> None:
+    """Manage the local base models (MODELS_DIR)."""
+
+
+@models.command("make-tiny")
+@click.argument("name")
+@click.option("--arch", default="llama", show_default=True, help="Architecture of the tiny model.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing model of that name.")
+def models_make_tiny(name: str, arch: str, seed: int, force: bool) -> None:
+    """Write a tiny causal LM (random weights, a tokenizer trained on the spot) into
+    MODELS_DIR/NAME, to try tunelab end to end on a CPU without downloading anything."""
+    from app.config import get_settings
+
+    if not _MODEL_NAME.fullmatch(name):
+        _fail("model names are letters, digits, '.', '_' and '-' (no slashes)")
+    if not _ml_stack_installed():
+        _fail("the ML stack is not installed: pip install -e '.[worker]'")
+    from worker.training.tiny import make_tiny_model
+
+    target = get_settings().models_path / name
+    if target.exists() and not force:
+        _fail(f"{target} exists already (use --force to replace it)")
+    make_tiny_model(target, arch=arch, seed=seed)
+    click.echo(f"wrote {arch} model {name!r} to {target}")
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the base models found in MODELS_DIR."""
+    from app.catalog import list_local_models
+
+    found = list_local_models()
+    if not found:
+        click.echo("no models yet: `tunelab models make-tiny tiny-llama` writes one to try", err=True)
+    for model in found:
+        click.echo(f"{model.name}\t{model.architecture}\t{model.parameters_human}")
+
+
+if __name__ == "__main__":
+    main()

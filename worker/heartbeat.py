@@ -1,0 +1,56 @@
+"""A worker process's heartbeat: a row in `workers`, refreshed every few seconds.
+
+/healthz counts fresh rows; the job reaper treats a job whose worker row went stale as
+orphaned. The row is deleted on a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from sqlalchemy import delete, select
+
+from app.config import get_settings
+from app.db import session_scope
+from app.models import WorkerProcess, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, name: str, queues: str, device: str | None = None) -> None:
+        self.name = name
+        self.queues = queues
+        self.device = device
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        with session_scope() as session:
+            row = session.scalar(select(WorkerProcess).where(WorkerProcess.name == self.name))
+            if row is None:
+                row = WorkerProcess(name=self.name, hostname=socket.gethostname(), pid=os.getpid(), queues=self.queues,
+                                    device=self.device)  # fmt: skip
+                session.add(row)
+            row.last_seen_at = utcnow()
+
+    def _run(self) -> None:
+        interval = get_settings().worker_heartbeat_s
+        while not self._stop.wait(interval):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
+                log.exception("worker heartbeat failed")
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="tunelab-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with session_scope() as session:
+            session.execute(delete(WorkerProcess).where(WorkerProcess.name == self.name))

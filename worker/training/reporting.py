@@ -1,0 +1,68 @@
+"""How the training library tells the outside world what is happening.
+
+The worker implements `Reporter` (database rows, live pub/sub, cancel flag); the library
+only calls these five methods. `MemoryReporter` keeps everything in lists, for tests and
+the benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Reporter(Protocol):
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Every logging step: loss, learning_rate, grad_norm, epoch, tokens_per_second (real, non-pad tokens),
+        tokens_seen, peak_memory_mb. At each evaluation: eval_loss (and epoch)."""
+
+    def event(self, message: str, level: str = "info", **data: Any) -> None:
+        """A human-readable milestone ("Loaded model ...", "Saved checkpoint at step 40"); level is info|warning."""
+
+    def progress(self, step: int, total_steps: int) -> None:
+        """After every optimizer step; must be cheap."""
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        """A checkpoint directory is complete on disk."""
+
+    def should_stop(self) -> bool:
+        """Checked every optimizer step; True stops training cleanly, keeping a last checkpoint."""
+
+
+@dataclass
+class MemoryReporter:
+    """Records every call. `stop_at_step` makes `should_stop` answer True once that step is done
+    (0: before training starts)."""
+
+    stop_at_step: int | None = None
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
+    # (step, total_steps, time.perf_counter()) of every progress call.
+    steps: list[tuple[int, int, float]] = field(default_factory=list)
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def event(self, message: str, level: str = "info", **data: Any) -> None:
+        self.events.append((level, message, data))
+
+    def progress(self, step: int, total_steps: int) -> None:
+        self.steps.append((step, total_steps, time.perf_counter()))
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        self.checkpoints.append((step, path))
+
+    def should_stop(self) -> bool:
+        last_step = self.steps[-1][0] if self.steps else 0
+        return self.stop_at_step is not None and last_step >= self.stop_at_step
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric, in the order logged."""
+        return [(step, m[name]) for step, m in self.metrics if name in m]
+
+    def messages(self) -> list[str]:
+        return [message for _, message, _ in self.events]

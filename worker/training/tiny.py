@@ -1,0 +1,132 @@
+"""Tiny causal language models of real architectures, built offline in a second or two.
+
+Tests, the benchmark and `tunelab models make-tiny NAME` use them: random weights in a
+real architecture (Llama, Qwen2, Mistral) plus a byte-level BPE tokenizer trained on the
+spot, with a ChatML chat template. They load through exactly the path a downloaded model
+takes (`from_pretrained` on a directory), so nothing needs the internet.
+
+    make_tiny_model(models_dir / "tiny-llama")                 # tests: ~190k parameters
+    make_tiny_model(path, hidden_size=256, num_layers=4, vocab_size=4096)   # benchmark
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+
+# Everyday words the tokenizer is trained on and the benchmark's generated data is made of.
+WORDS = """
+the a an and or but if then so because while when where what which who how why is are was were be been being
+have has had do does did will would can could should may might must shall not no yes all some any each every
+few many much more most less least one two three four five six seven eight nine ten hundred thousand first
+second last next other same different new old good bad great small large long short high low early late
+young right left big little own sure able free full clear close open public private human local social
+national real best better true false hard easy simple strong weak happy sad hot cold warm cool dark light
+time year day week month hour minute people person man woman child world life hand part place case point
+group number company system program question work government problem fact water money story book word home
+room mother father family student teacher friend city country house car road river tree flower animal dog
+cat bird fish food bread apple rice tea coffee music song art game team school class lesson answer idea
+reason result change plan list step rule example method model data file table line page letter name message
+say get make go know take see come think look want give use find tell ask seem feel try leave call keep let
+begin show hear play run move live believe bring happen write provide sit stand lose pay meet include learn
+explain describe summarize translate compare list count sort reverse add subtract multiply divide convert
+red green blue yellow black white north south east west morning evening night today tomorrow yesterday
+please thanks hello goodbye sorry okay very really quite also only just still even again never always often
+user assistant system tool instruction input output response
+""".split()
+
+
+def _corpus(seed: int, lines: int = 4000) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(lines):
+        words = rng.choices(WORDS, k=rng.randint(4, 24))
+        number = str(rng.randint(0, 9999))
+        out.append(" ".join(words).capitalize() + f" {number}" + rng.choice([".", "?", "!", ",", ":"]))
+    return out
+
+
+def make_tokenizer(*, vocab_size: int = 512, seed: int = 0):
+    """A byte-level BPE tokenizer (any text encodes) with ChatML special tokens and template.
+
+    `<|im_end|>` ends each turn and is the EOS token, so a model trained on assistant turns
+    learns to stop; `<|pad|>` is a pad token of its own.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .data import CHATML_TEMPLATE
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=4096,
+    )
+
+
+def make_tiny_model(
+    path: Path,
+    *,
+    arch: str = "llama",
+    seed: int = 0,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    intermediate_size: int | None = None,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_positions: int = 4096,
+    embedding_rows: int | None = None,
+    tie_word_embeddings: bool = False,
+    dtype: str = "float32",
+) -> Path:
+    """Write a random-weight causal LM of `arch` and its tokenizer to `path`; the same seed gives the same files.
+
+    `embedding_rows` (default: the tokenizer's size) can be larger to give the model a real
+    model's vocabulary size, as the benchmark's Llama-3.2-1B shape does; this tokenizer
+    never produces the extra ids.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    tokenizer = make_tokenizer(vocab_size=vocab_size, seed=seed)
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=max(embedding_rows or 0, len(tokenizer)),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie_word_embeddings,
+        # Five times the usual spread: the random model's logits are then peaked enough that
+        # adapters, which cannot rescale the final norm or the output layer, visibly learn.
+        initializer_range=0.1,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
