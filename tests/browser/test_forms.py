@@ -1,0 +1,71 @@
+"""Forms in the browser: a bad value is shown beside its field; tokens are shown once and
+can be revoked; owners manage their team's members."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+from tests.browser.conftest import screenshot
+from tests.conftest import TINY_MODEL, chat_rows, jsonl
+
+
+def test_new_job_shows_each_error_beside_its_field(pages, make_account, db):
+    member = make_account(team="acme", role="member")
+    member.client.post("/api/datasets", files={"file": ("c.jsonl", jsonl(chat_rows(6)))})
+    page = pages.sign_in(member.email)
+    page.goto("/jobs/new")
+    page.select_option("select[name='spec.base_model']", TINY_MODEL)
+    page.fill("input[name='spec.learning_rate']", "5")
+    page.fill("input[name='spec.max_seq_length']", "100000")
+    page.click("#launch")
+    expect(page.locator("[data-error-for='spec.learning_rate']")).to_contain_text("less than or equal to 1")
+    expect(page.locator("input[name='spec.learning_rate']")).to_have_class("invalid")
+    expect(page.locator("#launch")).to_be_enabled()
+    page.fill("input[name='spec.learning_rate']", "0.0002")
+    page.click("#launch")
+    expect(page.locator("[data-error-for='spec.max_seq_length']")).to_contain_text("handles at most 4096 tokens")
+    expect(page.locator("[data-error-for='spec.learning_rate']")).to_have_text("")
+    screenshot(page, "new-job-errors")
+    assert member.client.get("/api/jobs").json()["data"] == []
+
+
+def test_a_token_is_shown_once_and_works_until_revoked(pages, make_account, app):
+    from fastapi.testclient import TestClient
+
+    member = make_account(team="acme", role="member")
+    page = pages.sign_in(member.email)
+    page.goto("/settings")
+    page.fill("#token-form input[name=name]", "laptop")
+    page.click("#token-form button")
+    token = page.locator("#new-token-value")
+    expect(token).to_have_text(re.compile(r"^tl_"))
+    secret = token.text_content()
+    screenshot(page, "settings")
+    assert TestClient(app, headers={"Authorization": f"Bearer {secret}"}).get("/api/me").status_code == 200
+    page.reload()
+    expect(page.locator("#new-token")).to_be_hidden()
+    assert secret not in page.content()
+    row = page.locator("#tokens tr", has_text="laptop")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button:has-text('Revoke')").click()
+    expect(page.locator("#tokens tr", has_text="laptop").locator("button")).to_have_text("Revoked")
+    assert TestClient(app, headers={"Authorization": f"Bearer {secret}"}).get("/api/me").status_code == 401
+
+
+def test_an_owner_adds_a_member_and_changes_their_role(pages, make_account):
+    owner = make_account(team="acme", role="owner")
+    newcomer = make_account(team="globex", role="member")
+    page = pages.sign_in(owner.email)
+    page.goto("/settings")
+    form = page.locator("form.add-member")
+    form.locator("input[name=email]").fill(newcomer.email)
+    form.locator("select[name=role]").select_option("viewer")
+    form.locator("button").click()
+    row = page.locator("#teams tr", has_text=newcomer.email)
+    expect(row.locator("select")).to_have_value("viewer")
+    row.locator("select").select_option("member")
+    expect(page.locator("#teams tr", has_text=newcomer.email).locator("select")).to_have_value("member")
+    roles = {m["email"]: m["role"] for m in owner.client.get(f"/api/teams/{owner.team_id}/members").json()}
+    assert roles[newcomer.email] == "member"
