@@ -58,7 +58,8 @@ class DatabaseReporter:
         self.linger_s = linger_s
         self.heartbeat_s = heartbeat_s
         self._queue: list[_Event | jobs.MetricPoint | _Checkpoint] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the queue
+        self._write_lock = threading.Lock()  # one flush at a time, so batches land in order
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._progress: tuple[int, int] | None = None
@@ -78,6 +79,10 @@ class DatabaseReporter:
     def progress(self, step: int, total_steps: int) -> None:
         self._progress = (step, total_steps)
         self._recent_steps.append((time.monotonic(), step))
+
+    def flush(self) -> None:
+        """Write what is queued now, from the calling (training) thread."""
+        self._flush()
 
     def checkpoint(self, step: int, path: Path) -> None:
         self._put(_Checkpoint(step, path))
@@ -128,6 +133,10 @@ class DatabaseReporter:
         return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
 
     def _flush(self) -> None:
+        with self._write_lock:
+            self._write_queued()
+
+    def _write_queued(self) -> None:
         with self._lock:
             batch, self._queue = self._queue, []
         try:

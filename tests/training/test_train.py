@@ -208,6 +208,26 @@ def test_long_rows_are_truncated_and_reported(make_spec, colour_rows, write_json
     assert ("warning", "Truncated 3 rows longer than 64 tokens") in [(level, m) for level, m, _ in reporter.events]
 
 
+def test_a_checkpoint_becomes_resumable_only_after_its_metrics_are_flushed(make_spec, colour_file, models_dir, tmp_path):
+    """A worker killed just after a checkpoint appears resumes from it; every point logged up
+    to that step must already be durable then, or the loss curve keeps a hole."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    class FlushWatcher(MemoryReporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flushes: list[tuple[list[int], list[str]]] = []
+
+        def flush(self) -> None:
+            visible = sorted(p.name for p in checkpoints.glob("step-*")) if checkpoints.exists() else []
+            self.flushes.append(([step for step, m in self.metrics if "loss" in m], visible))
+
+    reporter = FlushWatcher()
+    train(make_spec(max_steps=6, logging_steps=1, save_steps=2, keep_checkpoints=5), train_file=colour_file,
+          output_dir=tmp_path / "run", reporter=reporter, models_dir=models_dir)  # fmt: skip
+    assert reporter.flushes == [([1, 2], []), ([1, 2, 3, 4], ["step-2"]), ([1, 2, 3, 4, 5, 6], ["step-2", "step-4"])]
+
+
 def test_stop_request_ends_training_cleanly_and_keeps_a_checkpoint(make_spec, colour_file, models_dir, tmp_path):
     reporter = MemoryReporter(stop_at_step=3)
     result = train(

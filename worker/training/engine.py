@@ -264,6 +264,9 @@ class _ReporterCallback(TrainerCallback):
         final = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         if final.exists():
             shutil.rmtree(final)
+        # A crash after the rename resumes from here; the points logged up to here must
+        # survive it, or the loss curve would have a hole that no rerun fills.
+        self.reporter.flush()
         written.rename(final)
         for old in checkpoints(Path(args.output_dir))[: -self.keep_checkpoints]:
             shutil.rmtree(old)

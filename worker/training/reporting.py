@@ -1,7 +1,7 @@
 """How the training library tells the outside world what is happening.
 
 The worker implements `Reporter` (database rows, live pub/sub, cancel flag); the library
-only calls these five methods. `MemoryReporter` keeps everything in lists, for tests and
+only calls these six methods. `MemoryReporter` keeps everything in lists, for tests and
 the benchmark.
 """
 
@@ -24,6 +24,10 @@ class Reporter(Protocol):
 
     def progress(self, step: int, total_steps: int) -> None:
         """After every optimizer step; must be cheap."""
+
+    def flush(self) -> None:
+        """Block until everything reported so far is durable. Called just before a checkpoint
+        becomes visible to resume, so a crash right after it cannot leave a gap in the series."""
 
     def checkpoint(self, step: int, path: Path) -> None:
         """A checkpoint directory is complete on disk."""
@@ -52,6 +56,9 @@ class MemoryReporter:
 
     def progress(self, step: int, total_steps: int) -> None:
         self.steps.append((step, total_steps, time.perf_counter()))
+
+    def flush(self) -> None:
+        pass  # every call is kept the moment it is made
 
     def checkpoint(self, step: int, path: Path) -> None:
         self.checkpoints.append((step, path))
