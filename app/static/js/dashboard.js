@@ -57,7 +57,7 @@
     document.getElementById("jobs-empty").hidden = jobs.size > 0;
     const count = (s) => [...jobs.values()].filter((j) => j.state === s).length;
     document.getElementById("job-counts").textContent =
-      `${jobs.size} jobs · ${count("running")} running · ${count("queued")} queued`;
+      `${jobs.size} ${jobs.size === 1 ? "job" : "jobs"} · ${count("running")} running · ${count("queued")} queued`;
   }
 
   function update(job) {
