@@ -27,11 +27,15 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Local base models, one folder each (default: DATA_DIR/models).")
     database_url: str | None = Field(None, description="SQLAlchemy URL (default: SQLite file DATA_DIR/tunelab.db).")
     broker_url: str | None = Field(
-        None, description="Celery broker (default: embedded, a SQLite file DATA_DIR/broker.db; redis://... in production)."
+        None,
+        description="Celery broker (default: embedded, a SQLite file DATA_DIR/broker.db; redis://... in production).",
     )
-    redis_url: str | None = Field(None, description="Redis for live push of metrics; without it streams poll the database.")
+    redis_url: str | None = Field(
+        None, description="Redis for live push of metrics; without it streams poll the database."
+    )
     secret_key: SecretStr | None = Field(
-        None, description="Signs session cookies. Required in production; generated and kept in DATA_DIR in development."
+        None,
+        description="Signs session cookies. Required in production; generated and kept in DATA_DIR in development.",
     )
 
     allow_hub_downloads: bool = Field(
@@ -45,12 +49,16 @@ class Settings(BaseSettings):
     # Workers and job recovery.
     worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker says it is alive.")
     worker_stale_after_s: float = Field(60.0, gt=0, description="A job whose worker is silent this long is retried.")
-    job_max_attempts: int = Field(3, ge=1, le=100, description="A job whose worker crashes this many times is marked failed.")
+    job_max_attempts: int = Field(
+        3, ge=1, le=100, description="A job whose worker crashes this many times is marked failed."
+    )
     broker_visibility_timeout_s: int = Field(
         7 * 24 * 3600, ge=60, description="Redis broker: redelivery of unacknowledged jobs; above the longest job."
     )
     broker_polling_interval_s: float = Field(0.2, gt=0, description="Embedded broker: how often workers look for work.")
-    stream_poll_interval_s: float = Field(0.25, gt=0, description="Without Redis: how often live streams poll the database.")
+    stream_poll_interval_s: float = Field(
+        0.25, gt=0, description="Without Redis: how often live streams poll the database."
+    )
 
     # Chat (inference workers).
     inference_queue: str = Field(
@@ -69,7 +77,7 @@ class Settings(BaseSettings):
         return value.expanduser().resolve() if value is not None else None
 
     @model_validator(mode="after")
-    def _production_needs_a_secret(self) -> "Settings":
+    def _production_needs_a_secret(self) -> Settings:
         if self.environment == "production":
             key = self.secret_key.get_secret_value() if self.secret_key else ""
             if key.lower() in _PLACEHOLDER_SECRETS or len(key) < 32:

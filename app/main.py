@@ -6,28 +6,20 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.exception_handlers import http_exception_handler
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
-from urllib.parse import quote
 
-from app import jobs
-from app.accounts import AccountError
-from app.api import account, datasets, downloads, health, openai_compat, teams
-from app.api import jobs as jobs_api
+from app.api import account, datasets, downloads, health, jobs, openai_compat, streams, teams
+from app.api.errors import install_error_handlers
 from app.config import get_settings
-from app.deps import NotSignedIn
-from app.pages import auth as auth_pages
+from app.jobs.recovery import reap_orphans
+from app.pages import auth, dashboard, playground
 from app.pages import datasets as dataset_pages
-from app.pages import home as home_pages
 from app.pages import jobs as job_pages
-from app.pages import playground as playground_pages
 from app.pages import settings as settings_pages
-from app.templating import STATIC_DIR, templates
+from app.pages.templating import STATIC_DIR
 
 log = logging.getLogger("tunelab")
 
@@ -71,8 +63,8 @@ async def _reap_orphans_forever(interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await run_in_threadpool(jobs.reap_orphans)
-        except Exception:  # noqa: BLE001 - try again next round
+            await run_in_threadpool(reap_orphans)
+        except Exception:
             log.exception("looking for orphaned jobs failed")
 
 
@@ -87,8 +79,9 @@ async def lifespan(_app: FastAPI):
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="tunelab", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json",
-                  lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="tunelab", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json", lifespan=lifespan
+    )
 
     app.add_middleware(
         SessionMiddleware,
@@ -101,31 +94,11 @@ def create_app() -> FastAPI:
 
     app.add_middleware(SecurityHeaders)
 
-    @app.exception_handler(AccountError)
-    async def account_error(_request: Request, error: AccountError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=error.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):
-        """Pages get a page; the API (and anything asking for JSON) gets JSON."""
-        wants_html = "text/html" in request.headers.get("accept", "") and not request.url.path.startswith(("/api/", "/v1/"))
-        if not wants_html:
-            return await http_exception_handler(request, error)
-        titles = {404: "Not found", 403: "Not allowed", 401: "Please sign in"}
-        context = {"status_code": error.status_code, "title": titles.get(error.status_code, "Something went wrong"),
-                   "message": error.detail if isinstance(error.detail, str) else "", "user": None}  # fmt: skip
-        return templates.TemplateResponse(request, "error.html", context, status_code=error.status_code,
-                                          headers=getattr(error, "headers", None))  # fmt: skip
-
-    @app.exception_handler(NotSignedIn)
-    async def not_signed_in(request: Request, _error: NotSignedIn) -> RedirectResponse:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
-
+    install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    routers = (health.router, account.router, teams.router, datasets.router, jobs_api.router, downloads.router,
-               openai_compat.router, auth_pages.router, playground_pages.router,
-               home_pages.router, job_pages.router, dataset_pages.router, settings_pages.router)  # fmt: skip
+    api = (health, account, teams, datasets, jobs, streams, downloads, openai_compat)
+    pages = (auth, playground, dashboard, job_pages, dataset_pages, settings_pages)
+    routers = [module.router for module in (*api, *pages)]
     for router in routers:
         app.include_router(router)
     return app

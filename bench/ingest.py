@@ -160,10 +160,10 @@ def core_app():
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from app.core.blobs import BlobStore
     from app.datasets.upload import UploadError, receive_upload
     from app.datasets.validation import DatasetValidator
     from app.datasets.validator_process import ValidatorProcess
-    from app.storage import BlobStore
 
     store = BlobStore(Path(os.environ["TUNELAB_DATA_DIR"]) / "blobs")
     validator = {"process": ValidatorProcess, "thread": DatasetValidator}[os.environ.get("BENCH_VALIDATOR", "process")]

@@ -6,7 +6,7 @@
 The same model (random weights, built on the spot: no download), the same data, the same
 hyperparameters and max length, trained three ways:
 
-1. tunelab: `worker.training.train`, as a job runs it (packing on by default);
+1. tunelab: `worker.ml.train`, as a job runs it (packing on by default);
 2. recipe: what the common tutorials do: transformers `Trainer`, the tokenizer padding every
    row to max length with truncation, `DataCollatorForLanguageModeling`, default settings;
 3. ceiling: a bare PyTorch loop (forward, backward, AdamW) over tunelab's own batches: the
@@ -39,11 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import formats
-from app.spec import TrainingSpec
-from worker.training.data import Tokenization, read_jsonl
-from worker.training.reporting import MemoryReporter
-from worker.training.tiny import WORDS, make_tiny_model
+from app.contract import formats
+from app.contract.spec import TrainingSpec
+from worker.ml.data import Tokenization, read_jsonl
+from worker.ml.reporting import MemoryReporter
+from worker.ml.tiny import WORDS, make_tiny_model
 
 PRESETS = {
     # Small enough for a few minutes on two CPU cores. At this width attention over 1024-token
@@ -118,7 +118,7 @@ class _TimingReporter(MemoryReporter):
 
 
 def run_tunelab(args, workdir: Path, spec: TrainingSpec) -> dict:
-    from worker.training import train
+    from worker.ml import train
 
     reporter = _TimingReporter(args.device == "cuda")
     train(
@@ -223,8 +223,8 @@ def run_ceiling(args, workdir: Path, spec: TrainingSpec) -> dict:
 
     import torch
 
-    from worker.training.data import REAL_TOKENS_KEY
-    from worker.training.engine import build_trainer, prepare
+    from worker.ml.data import REAL_TOKENS_KEY
+    from worker.ml.engine import build_trainer, prepare
 
     prepared = prepare(spec, train_file=args.data, reporter=MemoryReporter(), models_dir=workdir / "models")
     # Only for its data loader: tunelab's own sampler (random over packed rows, or length-grouped) and collator.

@@ -3,8 +3,8 @@ connection (tests, `tunelab migrate`) in `config.attributes["connection"]`."""
 
 from alembic import context
 
-from app.db import get_engine
-from app.models import Base
+from app.core.database import get_engine
+from app.core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

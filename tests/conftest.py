@@ -9,11 +9,9 @@ and TUNELAB_TEST_REDIS. If either is unreachable, the run fails: it does not ski
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -22,22 +20,17 @@ import redis as redis_lib
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-POSTGRES_ADMIN_URL = os.environ.get("TUNELAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TUNELAB_TEST_REDIS", "redis://127.0.0.1:6379/0")
-PASSWORD = "correct horse battery"
-
-
-def _reset_caches() -> None:
-    """Forget settings, engines and the Celery client built from earlier environment values."""
-    from app import db, queue
-    from app.config import get_settings
-
-    get_settings.cache_clear()
-    queue.get_celery.cache_clear()
-    for engine in db._engines.values():
-        engine.dispose()
-    db._engines.clear()
-    db._sessionmaker_for.cache_clear()
+from tests.helpers import (
+    PASSWORD,
+    POSTGRES_ADMIN_URL,
+    REDIS_URL,
+    TINY_MODEL,
+    Account,
+    WorkerProcesses,
+    child_env,
+    forget_cached_settings,
+    free_port,
+)
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +68,10 @@ def migrated_database(postgres_url, session_data_dir) -> str:
     """The run's database, upgraded to the latest migration once."""
     os.environ["TUNELAB_DATABASE_URL"] = postgres_url
     os.environ["TUNELAB_DATA_DIR"] = str(session_data_dir)
-    _reset_caches()
-    from app import schema
+    forget_cached_settings()
+    from app.core import migrations
 
-    schema.upgrade()
+    migrations.upgrade()
     return postgres_url
 
 
@@ -92,16 +85,16 @@ def settings_env(migrated_database, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_SECRET_KEY", "test-" + "x" * 40)
     for name in ("TUNELAB_BROKER_URL", "TUNELAB_REDIS_URL", "TUNELAB_MODELS_DIR", "TUNELAB_ENVIRONMENT"):
         monkeypatch.delenv(name, raising=False)
-    _reset_caches()
+    forget_cached_settings()
     yield data_dir
-    _reset_caches()
+    forget_cached_settings()
 
 
 @pytest.fixture
 def db(settings_env):
     """A clean database for the test (every table emptied before it runs)."""
-    from app.db import get_engine, session_scope
-    from app.models import Base
+    from app.core.database import get_engine, session_scope
+    from app.core.tables import Base
 
     tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
     with get_engine().begin() as connection:
@@ -123,35 +116,32 @@ def client(app) -> Iterator[TestClient]:
         yield test_client
 
 
-@dataclass
-class Account:
-    """A user with an API token and an HTTP client that sends it."""
-
-    user_id: int
-    email: str
-    team_id: int
-    team: str
-    token: str
-    client: TestClient
-
-
 @pytest.fixture
 def make_account(app, db):
     """make_account(team="acme", role="member", admin=False) -> Account, with its own client."""
-    from app import accounts
-    from app.models import Role
+    from app.accounts.teams import find_team
+    from app.accounts.tokens import create_api_token
+    from app.accounts.users import create_user
+    from app.core.tables import Role
 
     clients = []
 
     def make(team: str = "acme", role: str = "member", admin: bool = False, email: str | None = None) -> Account:
         email = email or f"{role}-{uuid.uuid4().hex[:8]}@{team.lower()}.test"
-        created_team = accounts.find_team(db, team) is None
-        user = accounts.create_user(db, email=email, password=PASSWORD, team_name=team, role=Role(role),
-                                    is_admin=admin, create_team_if_missing=True)  # fmt: skip
+        created_team = find_team(db, team) is None
+        user = create_user(
+            db,
+            email=email,
+            password=PASSWORD,
+            team_name=team,
+            role=Role(role),
+            is_admin=admin,
+            create_team_if_missing=True,
+        )
         if created_team and role != "owner":
             # create_user makes the first user of a new team its owner; keep the role asked for.
             user.memberships[0].role = Role(role)
-        _row, token = accounts.create_api_token(db, user=user, name="tests")
+        _row, token = create_api_token(db, user=user, name="tests")
         db.commit()
         http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
         clients.append(http)
@@ -162,35 +152,10 @@ def make_account(app, db):
         http.close()
 
 
-_CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
-
-
-def csrf_from(html: str) -> str:
-    match = _CSRF_META.search(html)
-    assert match, "page has no CSRF meta tag"
-    return match.group(1)
-
-
-def browser_sign_in(client: TestClient, email: str, password: str = PASSWORD) -> str:
-    """Sign a TestClient in through the form, as a browser does; returns the CSRF token."""
-    page = client.get("/login")
-    response = client.post(
-        "/login", data={"email": email, "password": password, "csrf_token": csrf_from(page.text)},
-        follow_redirects=False,
-    )  # fmt: skip
-    assert response.status_code == 303, response.text
-    return csrf_from(client.get("/").text)
-
-
-# ---- models, datasets, workers and a live server --------------------------------------------
-
-TINY_MODEL = "tiny-llama"
-
-
 @pytest.fixture(scope="session")
 def shared_models_dir(tmp_path_factory) -> Path:
     """A models directory with a tiny Llama, written once per run with the CLI's own code."""
-    from worker.training.tiny import make_tiny_model
+    from worker.ml.tiny import make_tiny_model
 
     path = tmp_path_factory.mktemp("models")
     make_tiny_model(path / TINY_MODEL)
@@ -200,38 +165,8 @@ def shared_models_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def models_env(settings_env, shared_models_dir, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELAB_MODELS_DIR", str(shared_models_dir))
-    _reset_caches()
+    forget_cached_settings()
     return shared_models_dir
-
-
-def chat_rows(count: int = 48) -> list[dict]:
-    things = {"car": "red", "tree": "green", "sky": "blue", "sun": "yellow", "night": "black", "snow": "white"}
-    names = sorted(things)
-    return [
-        {"messages": [{"role": "user", "content": f"What colour is the {names[i % 6]}?"},
-                      {"role": "assistant", "content": f"The {names[i % 6]} is {things[names[i % 6]]}."}]}
-        for i in range(count)
-    ]  # fmt: skip
-
-
-def jsonl(rows: list[dict]) -> bytes:
-    import json
-
-    return "".join(json.dumps(row) + "\n" for row in rows).encode()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
@@ -245,10 +180,21 @@ def live_server(models_env):
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        env=_child_env(), start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=child_env(),
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -269,76 +215,12 @@ def live_server(models_env):
         process.kill()
 
 
-class WorkerProcesses:
-    """Start real Celery workers (not eager mode) and kill them as a crash would."""
-
-    def __init__(self, queue: str) -> None:
-        self.queue = queue
-        self.processes = []
-
-    def start(self, timeout: float = 60, *, queue: str | None = None, max_tasks_per_child: int | None = 1):
-        """A worker on this test's queue (or `queue`); max_tasks_per_child=None keeps its pool
-        process, as `tunelab worker` does for inference workers."""
-        import subprocess
-        import sys
-        import time
-
-        from sqlalchemy import select
-
-        from app.db import session_scope
-        from app.models import WorkerProcess
-
-        name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        recycle = ["--max-tasks-per-child", str(max_tasks_per_child)] if max_tasks_per_child else []
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-             "--concurrency", "1", "--queues", queue or self.queue, "--hostname", name, *recycle],
-            env=_child_env(), start_new_session=True,
-        )  # fmt: skip
-        self.processes.append(process)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with session_scope() as session:
-                if session.scalar(select(WorkerProcess).where(WorkerProcess.pid == process.pid)):
-                    return process
-            if process.poll() is not None:
-                pytest.fail(f"the worker exited with {process.returncode}")
-            time.sleep(0.2)
-        pytest.fail("the worker did not come up")
-
-    def kill(self, process) -> None:
-        """SIGKILL the worker and its pool children: no clean-up, no acknowledgement."""
-        import signal
-
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def stop(self, process, timeout: float = 120) -> None:
-        """SIGTERM, as `docker stop` or Ctrl-C sends it: a warm shutdown."""
-        import signal
-
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=timeout)
-
-    def stop_all(self) -> None:
-        import signal
-        import subprocess
-
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # a warm shutdown, which stops the pool child itself
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def redis_broker(models_env, redis_url, monkeypatch) -> str:
     """Celery on the real Redis (and live push through it), as in production."""
     monkeypatch.setenv("TUNELAB_BROKER_URL", redis_url)
     monkeypatch.setenv("TUNELAB_REDIS_URL", redis_url)
-    _reset_caches()
+    forget_cached_settings()
     return redis_url
 
 
@@ -348,44 +230,3 @@ def workers(models_env):
     pool = WorkerProcesses(queue=f"test-{uuid.uuid4().hex[:10]}")
     yield pool
     pool.stop_all()
-
-
-def add_dataset(db, account, rows: list[dict], name: str = "colours.jsonl"):
-    """A dataset row and its file, as an accepted upload leaves them."""
-    import hashlib
-
-    from app.config import get_settings
-    from app.formats import detect_format
-    from app.models import Dataset
-    from app.storage import BlobStore
-
-    content = jsonl(rows)
-    digest = hashlib.sha256(content).hexdigest()
-    key = f"datasets/{account.team_id}/{digest}.jsonl"
-    with BlobStore(get_settings().blobs_path).writer(key) as handle:
-        handle.write(content)
-    dataset = Dataset(team_id=account.team_id, created_by_id=account.user_id, name=name, filename=name,
-                      format=detect_format(rows[0]), sha256=digest, size_bytes=len(content), row_count=len(rows),
-                      stats={}, blob_key=key)  # fmt: skip
-    db.add(dataset)
-    db.commit()
-    return dataset
-
-
-def tiny_spec(**overrides) -> dict:
-    spec = {"base_model": TINY_MODEL, "method": "lora", "max_steps": 12, "learning_rate": 5e-3, "batch_size": 4,
-            "logging_steps": 1, "max_seq_length": 128}  # fmt: skip
-    spec.update(overrides)
-    return spec
-
-
-def wait_for(predicate, timeout: float = 120, interval: float = 0.1, message: str = "condition"):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}")

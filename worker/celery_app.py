@@ -1,6 +1,6 @@
 """The Celery worker: `celery -A worker.celery_app worker` (or `tunelab worker`).
 
-Same configuration as the app's client (`app.queue`), plus the tasks and the process
+Same configuration as the app's client (`app.core.queue`), plus the tasks and the process
 hooks: a fresh database pool in every forked child, a heartbeat for the main process.
 """
 
@@ -10,11 +10,11 @@ import logging
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
-from app.db import dispose_engines
-from app.jobs import reap_orphans
-from app.queue import get_celery
+from app.core.database import dispose_engines
+from app.core.queue import get_celery
+from app.jobs.recovery import reap_orphans
+from worker.database_reporter import shutdown_requested
 from worker.heartbeat import Heartbeat
-from worker.reporter import shutdown_requested
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _start_heartbeat(sender=None, **_kwargs) -> None:
     try:
         if requeued := reap_orphans():
             log.info("requeued orphaned jobs %s", requeued)
-    except Exception:  # noqa: BLE001 - the app's periodic reaper tries again
+    except Exception:
         log.exception("could not look for orphaned jobs")
 
 

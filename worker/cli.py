@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import click
 
@@ -32,10 +31,10 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Bring the database schema up to date (Alembic upgrade head)."""
-    from app import schema
+    from app.core import migrations
 
-    schema.upgrade()
-    click.echo(f"database at revision {schema.current_revision()}")
+    migrations.upgrade()
+    click.echo(f"database at revision {migrations.current_revision()}")
 
 
 def _worker_command(queues: str, concurrency: int = 1) -> list[str]:
@@ -46,11 +45,22 @@ def _worker_command(queues: str, concurrency: int = 1) -> list[str]:
 
     recycle = set(queues.split(",")) != {get_settings().inference_queue}
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", str(concurrency), "--queues", queues,
-        "--hostname", f"tunelab-%h-{os.getpid()}-{int(time.time())}-{queues.replace(',', '+')}",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queues,
+        "--hostname",
+        f"tunelab-%h-{os.getpid()}-{int(time.time())}-{queues.replace(',', '+')}",
         *(["--max-tasks-per-child", "1"] if recycle else []),
-    ]  # fmt: skip
+    ]
 
 
 def _ml_stack_installed() -> bool:
@@ -62,10 +72,19 @@ def _ml_stack_installed() -> bool:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--worker/--no-worker", default=True, show_default=True,
-              help="Also start a training worker and an inference worker (for chat).")  # fmt: skip
-@click.option("--migrate/--no-migrate", "run_migrations", default=True, show_default=True,
-              help="Upgrade the database schema first.")  # fmt: skip
+@click.option(
+    "--worker/--no-worker",
+    default=True,
+    show_default=True,
+    help="Also start a training worker and an inference worker (for chat).",
+)
+@click.option(
+    "--migrate/--no-migrate",
+    "run_migrations",
+    default=True,
+    show_default=True,
+    help="Upgrade the database schema first.",
+)
 def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
     """Run the dashboard, and beside it a training worker and an inference worker (which
     answers chat at once, even while a job trains).
@@ -76,30 +95,37 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
     """
     import uvicorn
 
-    from app import accounts, schema
+    from app.accounts.users import user_count
     from app.config import get_settings
-    from app.db import session_scope
+    from app.core import migrations
+    from app.core.database import session_scope
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.models_path.mkdir(parents=True, exist_ok=True)
     if run_migrations:
-        schema.upgrade()
-    elif not schema.is_up_to_date():
+        migrations.upgrade()
+    elif not migrations.is_up_to_date():
         _fail("the database schema is not up to date: run `tunelab migrate` first")
 
     worker_processes = []
     if worker:
         if _ml_stack_installed():
-            worker_processes = [subprocess.Popen(_worker_command(queues), start_new_session=True)
-                                for queues in ("default", settings.inference_queue)]  # fmt: skip
+            worker_processes = [
+                subprocess.Popen(_worker_command(queues), start_new_session=True)
+                for queues in ("default", settings.inference_queue)
+            ]
         else:
-            click.secho("the ML stack (torch, transformers, peft) is not installed: starting without a worker; "
-                        "install with `pip install -e '.[worker]'`", fg="yellow", err=True)  # fmt: skip
+            click.secho(
+                "the ML stack (torch, transformers, peft) is not installed: starting without a worker; "
+                "install with `pip install -e '.[worker]'`",
+                fg="yellow",
+                err=True,
+            )
 
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     with session_scope() as session:
-        first_run = accounts.user_count(session) == 0
+        first_run = user_count(session) == 0
     click.secho(f"tunelab is running at {url}", fg="green", bold=True)
     click.echo(f"  data: {settings.data_dir}   models: {settings.models_path}")
     if first_run:
@@ -124,10 +150,18 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
 
 
 @main.command("worker")
-@click.option("--queues", default="default", show_default=True,
-              help="Comma-separated queues to take jobs from; 'inference' (alone) answers chat instead.")  # fmt: skip
-@click.option("--gpus", default="auto", show_default=True,
-              help="'auto' (every visible GPU), 'none' (one CPU worker), or a list like '0,1'.")  # fmt: skip
+@click.option(
+    "--queues",
+    default="default",
+    show_default=True,
+    help="Comma-separated queues to take jobs from; 'inference' (alone) answers chat instead.",
+)
+@click.option(
+    "--gpus",
+    default="auto",
+    show_default=True,
+    help="'auto' (every visible GPU), 'none' (one CPU worker), or a list like '0,1'.",
+)
 def worker_command(queues: str, gpus: str) -> None:
     """Run workers: one worker process per GPU, each taking one job at a time. With
     `--queues inference` they answer chat requests, keeping the models they load."""
@@ -166,8 +200,13 @@ def _gpu_list(gpus: str) -> list[str]:
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip()]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
@@ -180,24 +219,38 @@ def user() -> None:
 
 @user.command("create")
 @click.argument("email")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-              help="The new user's password (asked for when not given).")  # fmt: skip
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="The new user's password (asked for when not given).",
+)
 @click.option("--team", required=True, help="Team the user joins; created (with them as owner) if it does not exist.")
 @click.option("--role", type=click.Choice(["owner", "member", "viewer"]), default="member", show_default=True)
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
 def user_create(email: str, password: str, team: str, role: str, admin: bool) -> None:
     """Create a user in a team."""
-    from app import accounts
-    from app.db import session_scope
-    from app.models import Role
+    from app.accounts.teams import find_team
+    from app.accounts.users import create_user
+    from app.core.database import session_scope
+    from app.core.errors import AccountError
+    from app.core.tables import Role
 
     try:
         with session_scope() as session:
-            new_team = accounts.find_team(session, team) is None
-            created = accounts.create_user(session, email=email, password=password, team_name=team,
-                                           role=Role(role), is_admin=admin, create_team_if_missing=True)  # fmt: skip
+            new_team = find_team(session, team) is None
+            created = create_user(
+                session,
+                email=email,
+                password=password,
+                team_name=team,
+                role=Role(role),
+                is_admin=admin,
+                create_team_if_missing=True,
+            )
             email = created.email
-    except accounts.AccountError as error:
+    except AccountError as error:
         _fail(error.message)
     if new_team:
         click.echo(f"created team {team.strip()!r} with {email} as its owner", err=True)
@@ -215,16 +268,18 @@ def token() -> None:
 @click.option("--expires-in-days", type=int, default=None, help="Expire the token after this many days.")
 def token_create(email: str, name: str, expires_in_days: int | None) -> None:
     """Create an API token for a user and print it (alone, on stdout). It is not shown again."""
-    from app import accounts
-    from app.db import session_scope
+    from app.accounts.tokens import create_api_token
+    from app.accounts.users import find_user
+    from app.core.database import session_scope
+    from app.core.errors import AccountError
 
     try:
         with session_scope() as session:
-            found = accounts.find_user(session, email)
+            found = find_user(session, email)
             if found is None:
                 _fail(f"no user with email {email.strip().lower()}")
-            _row, secret = accounts.create_api_token(session, user=found, name=name, expires_in_days=expires_in_days)
-    except accounts.AccountError as error:
+            _row, secret = create_api_token(session, user=found, name=name, expires_in_days=expires_in_days)
+    except AccountError as error:
         _fail(error.message)
     click.echo(secret)
 
@@ -248,7 +303,7 @@ def models_make_tiny(name: str, arch: str, seed: int, force: bool) -> None:
         _fail("model names are letters, digits, '.', '_' and '-' (no slashes)")
     if not _ml_stack_installed():
         _fail("the ML stack is not installed: pip install -e '.[worker]'")
-    from worker.training.tiny import make_tiny_model
+    from worker.ml.tiny import make_tiny_model
 
     target = get_settings().models_path / name
     if target.exists() and not force:
@@ -260,7 +315,7 @@ def models_make_tiny(name: str, arch: str, seed: int, force: bool) -> None:
 @models.command("list")
 def models_list() -> None:
     """List the base models found in MODELS_DIR."""
-    from app.catalog import list_local_models
+    from app.chat.catalog import list_local_models
 
     found = list_local_models()
     if not found:

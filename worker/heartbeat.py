@@ -14,8 +14,8 @@ import threading
 from sqlalchemy import delete, select
 
 from app.config import get_settings
-from app.db import session_scope
-from app.models import WorkerProcess, utcnow
+from app.core.database import session_scope
+from app.core.tables import WorkerProcess, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,13 @@ class Heartbeat:
         with session_scope() as session:
             row = session.scalar(select(WorkerProcess).where(WorkerProcess.name == self.name))
             if row is None:
-                row = WorkerProcess(name=self.name, hostname=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-                                    device=self.device)  # fmt: skip
+                row = WorkerProcess(
+                    name=self.name,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    queues=self.queues,
+                    device=self.device,
+                )
                 session.add(row)
             row.last_seen_at = utcnow()
 
@@ -42,7 +47,7 @@ class Heartbeat:
         while not self._stop.wait(interval):
             try:
                 self.beat()
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the worker
+            except Exception:
                 log.exception("worker heartbeat failed")
 
     def start(self) -> None:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from app.queue import MERGE_ADAPTER_TASK, RUN_COMPLETION_TASK, RUN_JOB_TASK
-from worker import inference, jobs, merge
+from app.core.queue import MERGE_ADAPTER_TASK, RUN_COMPLETION_TASK, RUN_JOB_TASK
+from worker import chat_job, merge_job, training_job
 from worker.celery_app import celery_app
 
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: int) -> None:
-    jobs.run_job(job_id)
+    training_job.run_job(job_id)
 
 
 @celery_app.task(name=MERGE_ADAPTER_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def merge_adapter(job_id: int) -> None:
-    merge.merge_job(job_id)
+    merge_job.merge_job(job_id)
 
 
 @celery_app.task(name=RUN_COMPLETION_TASK, ignore_result=True)
 def run_completion(completion_id: int) -> None:
-    inference.run_completion(completion_id)
+    chat_job.run_completion(completion_id)

@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
-from sqlalchemy import select
 
-from app import accounts
-from app.deps import SESSION_CSRF, SESSION_TEAM, SESSION_USER, CurrentUser, SessionDep, csrf_token
-from app.models import ApiToken
-from app.schemas import LoginIn, MeOut, TeamRoleOut, TokenCreatedOut, TokenIn, TokenOut
+from app.accounts import teams, tokens, users
+from app.api.bodies import LoginIn, MeOut, TeamRoleOut, TokenCreatedOut, TokenIn, TokenOut
+from app.api.deps import SESSION_CSRF, SESSION_TEAM, SESSION_USER, CurrentUser, SessionDep, start_browser_session
+from app.core.tables import ApiToken
 
 router = APIRouter(prefix="/api", tags=["account"])
 
 
-def start_browser_session(request: Request, user_id: int) -> None:
-    """Sign a browser in: a fresh session (no fixation), with a new CSRF token."""
-    request.session.clear()
-    request.session[SESSION_USER] = user_id
-    csrf_token(request)
-
-
-def me_out(session, user) -> MeOut:
-    teams = [TeamRoleOut(id=m.team.id, name=m.team.name, role=m.role) for m in accounts.memberships_of(session, user)]
-    return MeOut(id=user.id, email=user.email, is_admin=user.is_admin, teams=teams)
+def _me(session, user) -> MeOut:
+    memberships = teams.memberships_of(session, user)
+    team_roles = [TeamRoleOut(id=m.team.id, name=m.team.name, role=m.role) for m in memberships]
+    return MeOut(id=user.id, email=user.email, is_admin=user.is_admin, teams=team_roles)
 
 
 @router.post("/session", response_model=MeOut)
 def sign_in(body: LoginIn, request: Request, session: SessionDep) -> MeOut:
-    user = accounts.authenticate(session, email=body.email, password=body.password)
+    user = users.authenticate(session, email=body.email, password=body.password)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong email or password")
     start_browser_session(request, user.id)
-    return me_out(session, user)
+    return _me(session, user)
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
@@ -42,20 +35,20 @@ def sign_out(request: Request, user: CurrentUser) -> None:
 
 @router.get("/me", response_model=MeOut)
 def me(user: CurrentUser, session: SessionDep) -> MeOut:
-    return me_out(session, user)
+    return _me(session, user)
 
 
 @router.get("/tokens", response_model=list[TokenOut])
 def list_tokens(user: CurrentUser, session: SessionDep) -> list[ApiToken]:
-    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())))
+    return tokens.tokens_of(session, user)
 
 
 @router.post("/tokens", response_model=TokenCreatedOut, status_code=status.HTTP_201_CREATED)
 def create_token(body: TokenIn, user: CurrentUser, session: SessionDep) -> TokenCreatedOut:
-    row, token = accounts.create_api_token(session, user=user, name=body.name, expires_in_days=body.expires_in_days)
+    row, token = tokens.create_api_token(session, user=user, name=body.name, expires_in_days=body.expires_in_days)
     return TokenCreatedOut(**TokenOut.model_validate(row).model_dump(), token=token)
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
 def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> ApiToken:
-    return accounts.revoke_api_token(session, user=user, token_id=token_id)
+    return tokens.revoke_api_token(session, user=user, token_id=token_id)

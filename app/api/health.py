@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.db import session_scope
-from app.queue import broker_reachable
-from app.workers import live_worker_count
+from app.core.database import session_scope
+from app.core.queue import broker_reachable
+from app.core.worker_registry import live_worker_count
 
 router = APIRouter(tags=["health"])
 

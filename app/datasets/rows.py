@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from app.formats import (
+from app.contract.formats import (
     CHAT,
     CHAT_MESSAGE_KEYS,
     CHAT_ROLES,

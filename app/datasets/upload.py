@@ -1,6 +1,6 @@
 """Receiving a dataset upload: a multipart/form-data body streamed into the blob store.
 
-The body is read from `request.stream()` and parsed with python-multipart's push parser as it
+The body is read chunk by chunk (the route passes `request.stream()`) and parsed with python-multipart's push parser as it
 arrives, so memory holds only a couple of batches (1 MiB each) whatever the file size. The
 `file` field's bytes go, batch by batch, to two worker threads: one hashes (sha256) and writes
 them to a staged blob, the other feeds them to the validator, by default a child process
@@ -8,7 +8,7 @@ them to a staged blob, the other feeds them to the validator, by default a child
 reading the next batch and serving other requests meanwhile. One batch is in flight at a time:
 when the workers fall behind, reading pauses, and TCP slows the client down.
 
-    async with receive_upload(request, store, max_bytes=...) as upload:
+    async with receive_upload(request.stream(), store, content_type=..., content_length=..., max_bytes=...) as upload:
         if not upload.report.ok:
             return JSONResponse(upload.report.error_body(), status_code=422)
         upload.commit(f"datasets/{upload.sha256}.jsonl")
@@ -32,9 +32,8 @@ from typing import Any, BinaryIO, Protocol, Self
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
 
-from app.storage import BlobStore
+from app.core.blobs import BlobStore
 
 from .validation import ValidationReport
 from .validator_process import ValidatorProcess
@@ -91,26 +90,29 @@ class ReceivedUpload:
 
 @asynccontextmanager
 async def receive_upload(
-    request: Request,
+    chunks: AsyncIterator[bytes],
     store: BlobStore,
     *,
+    content_type: str | None,
+    content_length: str | None,
     max_bytes: int,
     validator_factory: Callable[[], Validator] = ValidatorProcess,
 ) -> AsyncIterator[ReceivedUpload]:
     """Stream the form's `file` field into a staged blob, hashing and validating it on the way.
+    `chunks` is the request body; `content_type` and `content_length` its headers.
 
     Raises UploadTooLarge as soon as the file passes `max_bytes` (or when Content-Length says it
     will), and UploadMalformed for a body that is not a complete multipart form with a file.
     `validator_factory` makes the validator: by default one in a child process (see
     validator_process.py); pass e.g. `functools.partial(ValidatorProcess, max_row_chars=...)`.
     """
-    form = _FormReader(_boundary(request.headers.get("content-type")), max_bytes)
-    declared = request.headers.get("content-length", "")
+    form = _FormReader(_boundary(content_type), max_bytes)
+    declared = content_length or ""
     if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
         raise UploadTooLarge(max_bytes)
     with store.staging("upload") as (handle, staged_path):
         async with _Workers(handle, validator_factory()) as workers:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 form.write(chunk)
                 if form.file_bytes_buffered >= BATCH_BYTES:
                     await workers.submit(form.take_file_bytes())

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from app.formats import CLASSIFICATION, FORMAT_TITLES, REQUIRED_KEYS, detect_format
+from app.contract.formats import CLASSIFICATION, FORMAT_TITLES, REQUIRED_KEYS, detect_format
 
 from .hints import describe
 from .lines import LineSplitter

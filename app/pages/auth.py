@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app import accounts
-from app.api.account import start_browser_session
-from app.deps import SESSION_USER, SessionDep, form_csrf_guard
-from app.templating import templates
+from app.accounts import users
+from app.api.deps import SESSION_USER, SessionDep, form_csrf_guard, start_browser_session
+from app.core.errors import AccountError
+from app.pages.templating import templates
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(form_csrf_guard)])
 
@@ -27,7 +27,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _require_unset(session) -> None:
-    if accounts.user_count(session) > 0:
+    if users.user_count(session) > 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
 
 
@@ -47,11 +47,14 @@ def setup_submit(
 ):
     _require_unset(session)
     try:
-        user = accounts.create_first_admin(session, email=email, password=password, team_name=team)
-    except accounts.AccountError as error:
+        user = users.create_first_admin(session, email=email, password=password, team_name=team)
+    except AccountError as error:
         session.rollback()
         return templates.TemplateResponse(
-            request, "setup.html", {"form": {"email": email, "team": team}, "error": error.message}, status_code=error.status
+            request,
+            "setup.html",
+            {"form": {"email": email, "team": team}, "error": error.message},
+            status_code=error.status,
         )
     start_browser_session(request, user.id)
     return RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
@@ -59,7 +62,7 @@ def setup_submit(
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, session: SessionDep, next: str | None = None):
-    if accounts.user_count(session) == 0:
+    if users.user_count(session) == 0:
         return RedirectResponse("/setup", status_code=status.HTTP_303_SEE_OTHER)
     if isinstance(request.session.get(SESSION_USER), int):
         return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
@@ -74,7 +77,7 @@ def login_submit(
     password: Annotated[str, Form(max_length=1024)],
     next: Annotated[str, Form()] = "/",
 ):
-    user = accounts.authenticate(session, email=email, password=password)
+    user = users.authenticate(session, email=email, password=password)
     if user is None:
         context = {"next": _safe_next(next), "email": email, "error": "Wrong email or password."}
         return templates.TemplateResponse(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 
-from app.api.datasets import dataset_out
+from app.api.bodies import DatasetOut
+from app.api.deps import PageAccessDep, SessionDep
 from app.config import get_settings
-from app.deps import PageAccessDep, SessionDep
-from app.formats import FORMAT_TITLES
-from app.models import Dataset
-from app.pages.common import page_json, render
+from app.contract.formats import FORMAT_TITLES
+from app.core.tables import Dataset
+from app.datasets.team_datasets import list_datasets
+from app.pages.rendering import page_json, render
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/datasets", response_class=HTMLResponse)
 def datasets_page(request: Request, access: PageAccessDep, session: SessionDep):
-    rows = session.scalars(access.scope(select(Dataset), Dataset).order_by(Dataset.id.desc())).all()
     data = {
-        "datasets": [dataset_out(row).model_dump(mode="json") for row in rows],
+        "datasets": [DatasetOut.of(row).model_dump(mode="json") for row in list_datasets(session, access)],
         "formats": FORMAT_TITLES,
         "max_upload_bytes": get_settings().max_upload_bytes,
     }
@@ -30,7 +29,17 @@ def datasets_page(request: Request, access: PageAccessDep, session: SessionDep):
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
 def dataset_page(dataset_id: int, request: Request, access: PageAccessDep, session: SessionDep):
     dataset = access.get(session, Dataset, dataset_id)
-    data = {"dataset": dataset_out(dataset).model_dump(mode="json"), "formats": FORMAT_TITLES,
-            "can_write": access.roles[dataset.team_id].can_write}  # fmt: skip
-    return render(request, "dataset.html", access=access, session=session, active="datasets", dataset=dataset,
-                  data=page_json(data))  # fmt: skip
+    data = {
+        "dataset": DatasetOut.of(dataset).model_dump(mode="json"),
+        "formats": FORMAT_TITLES,
+        "can_write": access.roles[dataset.team_id].can_write,
+    }
+    return render(
+        request,
+        "dataset.html",
+        access=access,
+        session=session,
+        active="datasets",
+        dataset=dataset,
+        data=page_json(data),
+    )

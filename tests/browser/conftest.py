@@ -9,12 +9,19 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import PASSWORD
+from tests.helpers import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync", "--disable-quic"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 # Module scope: Playwright's sync API keeps an event loop running in this thread while it is
@@ -22,8 +29,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 @pytest.fixture(scope="module")
 def browser() -> Browser:
     if not CHROMIUM.exists():
-        pytest.fail("the browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(
+            "the browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium", pytrace=False
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -46,13 +54,20 @@ class Pages:
         self.errors: list[str] = []
 
     def sign_in(self, email: str, password: str = PASSWORD) -> Page:
-        context = self.browser.new_context(base_url=self.base_url, viewport={"width": 1360, "height": 900},
-                                           accept_downloads=True)  # fmt: skip
+        context = self.browser.new_context(
+            base_url=self.base_url, viewport={"width": 1360, "height": 900}, accept_downloads=True
+        )
         self.contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: self.errors.append(f"{page.url}: {error}"))
-        page.on("console", lambda message: message.type == "error" and "status of 4" not in message.text
-                and self.errors.append(f"{page.url}: {message.text}"))  # fmt: skip
+        page.on(
+            "console",
+            lambda message: (
+                message.type == "error"
+                and "status of 4" not in message.text
+                and self.errors.append(f"{page.url}: {message.text}")
+            ),
+        )
         page.goto("/login")
         page.fill("input[name=email]", email)
         page.fill("input[name=password]", password)

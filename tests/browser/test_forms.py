@@ -8,7 +8,7 @@ import re
 from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
-from tests.conftest import TINY_MODEL, chat_rows, jsonl
+from tests.helpers import TINY_MODEL, chat_rows, jsonl
 
 
 def test_new_job_shows_each_error_beside_its_field(pages, make_account, db):

@@ -10,11 +10,13 @@ import zipfile
 from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
-from tests.conftest import TINY_MODEL, chat_rows, jsonl
+from tests.helpers import TINY_MODEL, chat_rows, jsonl
 
-BAD_FILE = (b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
-            b'{"mesages": [{"role": "user", "content": "hi"}]}\n'
-            b'{"messages": [{"role": "user", "content": "hi"}]}\n')  # fmt: skip
+BAD_FILE = (
+    b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    b'{"mesages": [{"role": "user", "content": "hi"}]}\n'
+    b'{"messages": [{"role": "user", "content": "hi"}]}\n'
+)
 
 
 def _upload(page, tmp_path, name: str, content: bytes) -> None:
@@ -123,9 +125,20 @@ def test_the_dashboard_follows_jobs_live_without_reloading(pages, make_account, 
     page = pages.sign_in(member.email)
     dataset = member.client.post("/api/datasets", files={"file": ("c.jsonl", jsonl(chat_rows(24)))}).json()
     expect(page.locator("#live")).to_have_class(re.compile("on"))
-    job = member.client.post("/api/jobs", json={"spec": {"base_model": TINY_MODEL, "max_steps": 30, "batch_size": 4,
-                                                         "logging_steps": 1, "max_seq_length": 128},
-                                                "dataset_id": dataset["id"], "queue": workers.queue}).json()  # fmt: skip
+    job = member.client.post(
+        "/api/jobs",
+        json={
+            "spec": {
+                "base_model": TINY_MODEL,
+                "max_steps": 30,
+                "batch_size": 4,
+                "logging_steps": 1,
+                "max_seq_length": 128,
+            },
+            "dataset_id": dataset["id"],
+            "queue": workers.queue,
+        },
+    ).json()
     row = page.locator(f"tr[data-job='{job['id']}']")
     expect(row).to_be_visible()
     expect(row.locator(".state")).to_have_text("running", timeout=120_000)
@@ -138,8 +151,9 @@ def test_a_user_of_another_team_sees_none_of_it(pages, make_account):
     acme = make_account(team="acme", role="member")
     globex = make_account(team="globex", role="member")
     dataset = acme.client.post("/api/datasets", files={"file": ("secret.jsonl", jsonl(chat_rows(6)))}).json()
-    job = acme.client.post("/api/jobs", json={"spec": {"base_model": TINY_MODEL}, "dataset_id": dataset["id"],
-                                              "queue": "nobody"}).json()  # fmt: skip
+    job = acme.client.post(
+        "/api/jobs", json={"spec": {"base_model": TINY_MODEL}, "dataset_id": dataset["id"], "queue": "nobody"}
+    ).json()
 
     page = pages.sign_in(globex.email)
     expect(page.locator("#jobs-empty")).to_be_visible()
@@ -159,8 +173,9 @@ def test_viewers_see_but_cannot_change(pages, make_account):
     member = make_account(team="acme", role="member")
     viewer = make_account(team="acme", role="viewer")
     dataset = member.client.post("/api/datasets", files={"file": ("c.jsonl", jsonl(chat_rows(6)))}).json()
-    member.client.post("/api/jobs", json={"spec": {"base_model": TINY_MODEL}, "dataset_id": dataset["id"],
-                                          "queue": "nobody"})  # fmt: skip
+    member.client.post(
+        "/api/jobs", json={"spec": {"base_model": TINY_MODEL}, "dataset_id": dataset["id"], "queue": "nobody"}
+    )
     page = pages.sign_in(viewer.email)
     expect(page.locator("#jobs-body tr")).to_have_count(1)
     expect(page.locator("a:has-text('New job').button")).to_have_count(0)

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from app.core.blobs import BlobStore
 from app.datasets.upload import UploadError, receive_upload
 from app.datasets.validation import DatasetValidator
-from app.storage import BlobStore
 
 DATA = Path(__file__).parent / "data"
 BOUNDARY = "tunelab-test-boundary"
@@ -36,7 +36,15 @@ class Server:
 
         async def upload(request: Request) -> JSONResponse:
             try:
-                async with receive_upload(request, self.store, max_bytes=max_bytes, **options) as got:
+                headers = request.headers
+                async with receive_upload(
+                    request.stream(),
+                    self.store,
+                    content_type=headers.get("content-type"),
+                    content_length=headers.get("content-length"),
+                    max_bytes=max_bytes,
+                    **options,
+                ) as got:
                     self.seen = got
                     self.staged_exists_inside = got.staged_path.exists()
                     if fail_inside:

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.formats import FORMATS, to_canonical
+from app.contract.formats import FORMATS, to_canonical
 
 DATA = Path(__file__).parent / "data"
 GOOD_FILES = {fmt: f"{fmt}.jsonl" for fmt in FORMATS}

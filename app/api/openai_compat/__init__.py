@@ -15,8 +15,8 @@ OpenAI's shape (`errors.py`). The browser's playground uses the chat route with 
 
 from fastapi import APIRouter
 
-from . import chat, files, fine_tuning, models
+from . import chat, files, fine_tuning, model_list
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
-for _module in (files, fine_tuning, models, chat):
+for _module in (files, fine_tuning, model_list, chat):
     router.include_router(_module.router)

@@ -1,7 +1,7 @@
 """/v1/chat/completions: a base or fine-tuned model answers, on an inference worker.
 
 The request is stored and its id enqueued on the inference queue; the worker writes the
-answer into the row as it is generated (`app.completions`). This route waits until a worker
+answer into the row as it is generated (`app.chat.completions`). This route waits until a worker
 has taken the request (an error if none does in time), then either streams the answer as
 OpenAI does (server-sent `chat.completion.chunk` events, then `data: [DONE]`) or waits for
 the whole of it. A client that goes away mid-stream cancels the request, and the worker stops.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -20,14 +21,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app import chat_models, completions, workers
-from app.completions import Progress
-from app.config import get_settings
-from app.db import session_scope
-from app.deps import AccessDep, SessionDep, TeamAccess
-from app.models import CompletionState
-from app.queue import enqueue_completion
-from app.spec import Sampling
+from app.api.deps import AccessDep, SessionDep
+from app.chat import completions
+from app.chat.completions import Progress
+from app.contract.spec import Sampling
+from app.core.database import session_scope
+from app.core.tables import CompletionState
 
 from .common import public_id
 from .errors import OpenAIError, OpenAIRoute, error_body, invalid
@@ -59,7 +58,7 @@ class ChatCompletionIn(BaseModel):
 
     model: str
     messages: list[MessageIn] = Field(min_length=1)
-    # Sampling: checked by app.spec.Sampling, which the worker receives.
+    # Sampling: checked by app.contract.spec.Sampling, which the worker receives.
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
@@ -103,50 +102,23 @@ def _text(message: MessageIn, index: int) -> str:
 
 
 def worker_request(body: ChatCompletionIn) -> dict[str, Any]:
-    """The messages and the sampling settings (`app.spec.Sampling`), as the worker takes them."""
-    messages = [{"role": "system" if message.role == "developer" else message.role, "content": _text(message, i)}
-                for i, message in enumerate(body.messages)]  # fmt: skip
-    given = {"max_tokens": body.max_completion_tokens or body.max_tokens, "temperature": body.temperature,
-             "top_p": body.top_p, "seed": body.seed, "stop": [body.stop] if isinstance(body.stop, str) else body.stop}  # fmt: skip
+    """The messages and the sampling settings (`app.contract.spec.Sampling`), as the worker takes them."""
+    messages = [
+        {"role": "system" if message.role == "developer" else message.role, "content": _text(message, i)}
+        for i, message in enumerate(body.messages)
+    ]
+    given = {
+        "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed,
+        "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
+    }
     try:
         sampling = Sampling.model_validate({key: value for key, value in given.items() if value is not None})
     except ValidationError as error:
         raise invalid(error.errors()) from None
     return {"messages": messages, "sampling": sampling.model_dump(mode="json")}
-
-
-def _chat_team(access: TeamAccess) -> int:
-    """The team a base-model request is counted in: the one chosen in the browser, else the first."""
-    if access.preferred_team_id in access.roles:
-        return access.preferred_team_id
-    if not access.team_ids:
-        raise OpenAIError(403, "you belong to no team")
-    return min(access.team_ids)
-
-
-def _queue(session, access: TeamAccess, body: ChatCompletionIn) -> int:
-    """Store the request and enqueue it; its id."""
-    try:
-        target = chat_models.resolve(session, access, body.model)
-    except chat_models.ModelNotFound as error:
-        raise OpenAIError(404, str(error), param="model", code="model_not_found") from None
-    request = worker_request(body)
-    queue = get_settings().inference_queue
-    if not workers.serves_queue(session, queue):
-        raise OpenAIError(503, f"No inference worker is running: start one with `tunelab worker --queues {queue}` "
-                          "(`tunelab serve` starts one itself).", code="no_inference_worker")  # fmt: skip
-    completion = completions.create(
-        session, team_id=target.team_id or _chat_team(access), user_id=access.user.id, model=target.model,
-        base_model=target.base_model, weights_key=target.weights.blob_key if target.weights else None, request=request,
-    )  # fmt: skip
-    session.commit()  # the worker must find the row when it gets the id
-    try:
-        enqueue_completion(completion.id)
-    except Exception:  # noqa: BLE001 - any broker failure
-        completions.fail(session, completion.id, "The queue (broker) could not be reached.")
-        session.commit()
-        raise OpenAIError(503, "the queue (broker) is unreachable; try again when /healthz is ok") from None
-    return completion.id
 
 
 def _failure(progress: Progress) -> OpenAIError:
@@ -169,13 +141,21 @@ def _cancel(completion_id: int) -> None:
         completions.cancel(session, completion_id)
 
 
-async def _chunks(completion_id: int, model: str, include_usage: bool, first: Progress,
-                  updates: AsyncIterator[Progress]) -> AsyncIterator[str]:  # fmt: skip
-    head = {"id": public_id(COMPLETION, completion_id), "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "system_fingerprint": None}  # fmt: skip
+async def _chunks(
+    completion_id: int, model: str, include_usage: bool, first: Progress, updates: AsyncIterator[Progress]
+) -> AsyncIterator[str]:
+    head = {
+        "id": public_id(COMPLETION, completion_id),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+    }
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        return _sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
+        return _sse(
+            {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        )
 
     progress, sent, finished = first, 0, False
     try:
@@ -205,7 +185,10 @@ async def _chunks(completion_id: int, model: str, include_usage: bool, first: Pr
 
 @router.post("/chat/completions")
 async def create_chat_completion(body: ChatCompletionIn, access: AccessDep, session: SessionDep):
-    completion_id = await run_in_threadpool(_queue, session, access, body)
+    request = worker_request(body)
+    completion_id = await run_in_threadpool(
+        partial(completions.start_completion, session, access, model=body.model, request=request)
+    )
     updates = completions.follow(completion_id)
     try:
         async for progress in updates:
@@ -215,9 +198,11 @@ async def create_chat_completion(body: ChatCompletionIn, access: AccessDep, sess
             raise _failure(progress)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_chunks(completion_id, body.model, include_usage, progress, updates),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+            return StreamingResponse(
+                _chunks(completion_id, body.model, include_usage, progress, updates),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
         async for progress in updates:
             pass
     except BaseException:
@@ -226,8 +211,18 @@ async def create_chat_completion(body: ChatCompletionIn, access: AccessDep, sess
     if progress.state != CompletionState.succeeded:
         raise _failure(progress)
     return {
-        "id": public_id(COMPLETION, completion_id), "object": "chat.completion", "created": int(time.time()),
-        "model": body.model, "system_fingerprint": None, "usage": _usage(progress),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": progress.text, "refusal": None},
-                     "finish_reason": progress.finish_reason, "logprobs": None}],
-    }  # fmt: skip
+        "id": public_id(COMPLETION, completion_id),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": None,
+        "usage": _usage(progress),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": progress.text, "refusal": None},
+                "finish_reason": progress.finish_reason,
+                "logprobs": None,
+            }
+        ],
+    }

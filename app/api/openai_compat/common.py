@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.deps import TeamAccess
-from app.models import Team
+from app.accounts.access import TeamAccess
+from app.core.tables import Team
 
 from .errors import OpenAIError
 
@@ -41,8 +41,13 @@ def unix(moment: datetime | None) -> int | None:
 
 
 def page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {"object": "list", "data": items, "has_more": has_more,
-            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}  # fmt: skip
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": has_more,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+    }
 
 
 def team_names(session: Session, access: TeamAccess) -> dict[int, str]:

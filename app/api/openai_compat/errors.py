@@ -2,8 +2,8 @@
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "training_file", "code": null}}
 
-Every /v1 route uses `OpenAIRoute`: it answers tunelab's own HTTPException (authentication and
-team scoping included) and validation errors in that shape too. The request's database
+Every /v1 route uses `OpenAIRoute`: it answers the domain's errors (`app.core.errors`, team
+scoping included), HTTP errors (authentication) and validation errors in that shape too. The request's database
 session still commits after such an answer, so handlers raise before they write, as the
 shared code they call does. Every error says `x-should-retry: false`: the openai package
 would otherwise retry some of them (409, 5xx) on its own, several times over.
@@ -20,10 +20,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.errors import DomainError, InvalidField
+
 
 class OpenAIError(HTTPException):
-    def __init__(self, status_code: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code, message, headers=dict(headers) if headers else None)
         self.param = param
         self.code = code
@@ -46,8 +55,11 @@ def error_body(status_code: int, message: str, *, param: str | None = None, code
 
 
 def _response(status_code: int, message: str, *, param=None, code=None, headers=None) -> JSONResponse:
-    return JSONResponse(error_body(status_code, message, param=param, code=code), status_code=status_code,
-                        headers={**(headers or {}), "x-should-retry": "false"})  # fmt: skip
+    return JSONResponse(
+        error_body(status_code, message, param=param, code=code),
+        status_code=status_code,
+        headers={**(headers or {}), "x-should-retry": "false"},
+    )
 
 
 def param_name(loc: Sequence[Any], renames: Mapping[str, str] | None = None) -> str:
@@ -75,11 +87,14 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except OpenAIError as error:
-                return _response(error.status_code, str(error.detail), param=error.param, code=error.code,
-                                 headers=error.headers)  # fmt: skip
-            except RequestValidationError as error:
+                return _response(
+                    error.status_code, str(error.detail), param=error.param, code=error.code, headers=error.headers
+                )
+            except (RequestValidationError, InvalidField) as error:
                 failure = invalid(error.errors())
                 return _response(400, str(failure.detail), param=failure.param)
+            except DomainError as error:
+                return _response(error.status, error.message, code=error.code)
             except StarletteHTTPException as error:
                 code = "invalid_api_key" if error.status_code == 401 else None
                 return _response(error.status_code, str(error.detail), code=code, headers=error.headers)

@@ -11,12 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 
-from app import dataset_store
-from app.api.datasets import DatasetRejected, receive_dataset
-from app.api.downloads import metrics_csv_text
+from app.accounts.access import TeamAccess
+from app.api.deps import AccessDep, SessionDep, streamed_body
+from app.core.tables import Dataset, Job
+from app.datasets import team_datasets
 from app.datasets.validation import ValidationReport
-from app.deps import AccessDep, SessionDep, TeamAccess
-from app.models import Dataset, Job
+from app.jobs.exports import metrics_csv
 
 from .common import cursor, number_in, page, public_id, unix
 from .errors import OpenAIError, OpenAIRoute, not_found
@@ -33,20 +33,38 @@ def result_file_id(job: Job) -> str | None:
 
 
 def file_object(dataset: Dataset) -> dict:
-    return {"id": public_id(FILE, dataset.id), "object": "file", "bytes": dataset.size_bytes,
-            "created_at": unix(dataset.created_at), "filename": dataset.filename, "purpose": dataset.purpose,
-            "status": "processed", "status_details": None, "expires_at": None}  # fmt: skip
+    return {
+        "id": public_id(FILE, dataset.id),
+        "object": "file",
+        "bytes": dataset.size_bytes,
+        "created_at": unix(dataset.created_at),
+        "filename": dataset.filename,
+        "purpose": dataset.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 def _result_file_object(job: Job, content: str) -> dict:
-    return {"id": result_file_id(job), "object": "file", "bytes": len(content.encode()),
-            "created_at": unix(job.finished_at), "filename": f"tunelab-job-{job.id}-results.csv",
-            "purpose": "fine-tune-results", "status": "processed", "status_details": None, "expires_at": None}  # fmt: skip
+    return {
+        "id": result_file_id(job),
+        "object": "file",
+        "bytes": len(content.encode()),
+        "created_at": unix(job.finished_at),
+        "filename": f"tunelab-job-{job.id}-results.csv",
+        "purpose": "fine-tune-results",
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 def _rejection_message(report: ValidationReport) -> str:
-    lines = [f"line {error['line']}: {error['message']}" if error.get("line") else error["message"]
-             for error in report.errors]  # fmt: skip
+    lines = [
+        f"line {error['line']}: {error['message']}" if error.get("line") else error["message"]
+        for error in report.errors
+    ]
     if report.error_count > len(report.errors):
         lines.append(f"... and {report.error_count - len(report.errors)} more")
     return f"The file has {report.error_count} error(s); nothing was stored.\n" + "\n".join(lines)
@@ -73,8 +91,8 @@ async def create_file(request: Request, access: AccessDep, session: SessionDep) 
     """Upload a JSONL file (multipart: `file`, `purpose` = fine-tune). The same content
     uploaded again to the team answers the file it already has."""
     try:
-        dataset, _duplicate = await receive_dataset(request, access, session)
-    except DatasetRejected as rejected:
+        dataset, _duplicate = await team_datasets.receive_dataset(session, access, **streamed_body(request))
+    except team_datasets.DatasetRejected as rejected:
         raise OpenAIError(400, _rejection_message(rejected.report), param="file", code="invalid_file") from None
     return file_object(dataset)
 
@@ -103,7 +121,7 @@ def retrieve_file(file_id: str, access: AccessDep, session: SessionDep) -> dict:
     if (dataset := _dataset(session, access, file_id)) is not None:
         return file_object(dataset)
     job = _finished_job(session, access, file_id)
-    return _result_file_object(job, metrics_csv_text(session, job))
+    return _result_file_object(job, metrics_csv(session, job))
 
 
 @router.delete("/files/{file_id}")
@@ -112,10 +130,10 @@ def delete_file(file_id: str, access: AccessDep, session: SessionDep) -> dict:
     if dataset is None:
         _finished_job(session, access, file_id)
         raise OpenAIError(400, "a result file belongs to its job and cannot be deleted alone", param="file_id")
-    if using := dataset_store.jobs_using(session, dataset):
+    if using := team_datasets.jobs_using(session, dataset):
         jobs = ", ".join(public_id("ftjob", job_id) for job_id in using)
         raise OpenAIError(409, f"the file is in use by unfinished fine-tuning job(s) {jobs}", param="file_id")
-    dataset_store.delete_dataset(session, dataset)
+    team_datasets.delete_dataset(session, dataset)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
@@ -124,9 +142,7 @@ async def file_content(file_id: str, access: AccessDep, session: SessionDep) -> 
     dataset = await run_in_threadpool(_dataset, session, access, file_id)
     if dataset is None:
         job = await run_in_threadpool(_finished_job, session, access, file_id)
-        text = await run_in_threadpool(metrics_csv_text, session, job)
+        text = await run_in_threadpool(metrics_csv, session, job)
         return Response(text, media_type="text/csv; charset=utf-8")
-    path = dataset_store.blob_store().path(dataset.blob_key)
-    if not path.is_file():
-        raise OpenAIError(410, "the file's content is no longer in the store")
+    path = team_datasets.dataset_file(dataset)
     return FileResponse(path, media_type="application/jsonl", filename=dataset.filename)

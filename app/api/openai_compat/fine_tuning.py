@@ -23,17 +23,17 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import false, select
 
-from app import jobs
-from app.api import jobs as jobs_api
-from app.chat_models import checkpoint_model_id, fine_tuned_model_id, team_slug
-from app.deps import AccessDep, SessionDep, TeamAccess
-from app.models import Artifact, Job, JobEvent, JobMetric, JobState, Team, utcnow
-from app.schemas import JobIn
-from app.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
+from app.accounts.access import TeamAccess
+from app.api.deps import AccessDep, SessionDep
+from app.chat.model_names import checkpoint_model_id, fine_tuned_model_id, team_slug
+from app.contract.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
+from app.core.errors import InvalidField
+from app.core.tables import Artifact, ArtifactKind, Job, JobEvent, JobMetric, JobState, Team, utcnow
+from app.jobs.queries import eta_seconds
+from app.jobs.submission import JobSubmission, cancel_job, submit_job
 
 from .common import cursor, number_in, page, public_id, team_names, unix
 from .errors import OpenAIError, OpenAIRoute, invalid, not_found
@@ -43,9 +43,13 @@ router = APIRouter(route_class=OpenAIRoute)
 
 JOB, CHECKPOINT, EVENT = "ftjob", "ftckpt", "ftevent"
 _STATUS = {
-    JobState.queued: "queued", JobState.running: "running", JobState.cancelling: "cancelled",
-    JobState.succeeded: "succeeded", JobState.failed: "failed", JobState.cancelled: "cancelled",
-}  # fmt: skip
+    JobState.queued: "queued",
+    JobState.running: "running",
+    JobState.cancelling: "cancelled",
+    JobState.succeeded: "succeeded",
+    JobState.failed: "failed",
+    JobState.cancelled: "cancelled",
+}
 # tunelab's field names → OpenAI's parameter names, in error messages.
 _PARAMS = {"base_model": "model", "dataset_id": "training_file", "validation_dataset_id": "validation_file"}
 
@@ -67,7 +71,7 @@ class OpenAIMethod(BaseModel):
     supervised: Supervised | None = None
 
 
-class FineTuningJobIn(BaseModel):
+class FineTuningJobSubmission(BaseModel):
     """OpenAI's parameters; extra fields are tunelab's own (see the module's docstring)."""
 
     model_config = ConfigDict(extra="allow")
@@ -92,13 +96,16 @@ def _invalid(errors, renames) -> OpenAIError:
     return invalid(errors, renames)
 
 
-def _hyperparameters(body: FineTuningJobIn) -> tuple[Hyperparameters, str]:
+def _hyperparameters(body: FineTuningJobSubmission) -> tuple[Hyperparameters, str]:
     """The hyperparameters given, and the parameter path they were given at."""
     nested = body.method.supervised if isinstance(body.method, OpenAIMethod) and body.method.supervised else None
     if nested is not None and nested.hyperparameters is not None:
         if body.hyperparameters is not None:
-            raise OpenAIError(400, "give hyperparameters in method.supervised.hyperparameters or in hyperparameters, "
-                              "not both", param="hyperparameters")  # fmt: skip
+            raise OpenAIError(
+                400,
+                "give hyperparameters in method.supervised.hyperparameters or in hyperparameters, not both",
+                param="hyperparameters",
+            )
         return nested.hyperparameters, "method.supervised.hyperparameters"
     return body.hyperparameters or Hyperparameters(), "hyperparameters"
 
@@ -112,20 +119,29 @@ def _file_number(value: str | None, param: str) -> int | None:
     return number
 
 
-def job_in(body: FineTuningJobIn) -> JobIn:
+def job_in(body: FineTuningJobSubmission) -> JobSubmission:
     """The tunelab submission an OpenAI job request stands for; raises OpenAIError."""
     if isinstance(body.method, OpenAIMethod) and body.method.type != "supervised":
-        raise OpenAIError(400, "tunelab fine-tunes with supervised learning only (method type 'supervised'); "
-                          "choose LoRA, QLoRA or full with `method`: 'lora', 'qlora' or 'full'", param="method.type")  # fmt: skip
+        raise OpenAIError(
+            400,
+            "tunelab fine-tunes with supervised learning only (method type 'supervised'); "
+            "choose LoRA, QLoRA or full with `method`: 'lora', 'qlora' or 'full'",
+            param="method.type",
+        )
     if body.integrations:
-        raise OpenAIError(400, "tunelab has no integrations; follow the job's events or its page instead",
-                          param="integrations")  # fmt: skip
+        raise OpenAIError(
+            400, "tunelab has no integrations; follow the job's events or its page instead", param="integrations"
+        )
     hyper, path = _hyperparameters(body)
     spec: dict[str, Any] = dict(body.model_extra or {})
     renames = dict(_PARAMS)
-    given = {"base_model": body.model, "seed": body.seed,
-             "method": body.method.value if isinstance(body.method, Method) else None,
-             "epochs": hyper.n_epochs, "batch_size": hyper.batch_size}  # fmt: skip
+    given = {
+        "base_model": body.model,
+        "seed": body.seed,
+        "method": body.method.value if isinstance(body.method, Method) else None,
+        "epochs": hyper.n_epochs,
+        "batch_size": hyper.batch_size,
+    }
     for field, value in given.items():
         if value is None or value == "auto":
             continue
@@ -138,16 +154,23 @@ def job_in(body: FineTuningJobIn) -> JobIn:
         multiplier = hyper.learning_rate_multiplier
         if multiplier not in (None, "auto"):
             if training_spec.learning_rate is not None:
-                raise OpenAIError(400, "give learning_rate_multiplier or learning_rate, not both",
-                                  param=f"{path}.learning_rate_multiplier")  # fmt: skip
+                raise OpenAIError(
+                    400,
+                    "give learning_rate_multiplier or learning_rate, not both",
+                    param=f"{path}.learning_rate_multiplier",
+                )
             renames["learning_rate"] = f"{path}.learning_rate_multiplier"
             training_spec.learning_rate = multiplier * DEFAULT_LEARNING_RATE[training_spec.method]
-        return JobIn(
-            spec=training_spec, dataset_id=_file_number(body.training_file, "training_file"),
-            validation_dataset_id=_file_number(body.validation_file, "validation_file"), name=body.name,
-            suffix=body.suffix, team_id=body.team_id, queue=body.queue or JobIn.model_fields["queue"].default,
+        return JobSubmission(
+            spec=training_spec,
+            dataset_id=_file_number(body.training_file, "training_file"),
+            validation_dataset_id=_file_number(body.validation_file, "validation_file"),
+            name=body.name,
+            suffix=body.suffix,
+            team_id=body.team_id,
+            queue=body.queue or JobSubmission.model_fields["queue"].default,
             metadata=body.metadata or {},
-        )  # fmt: skip
+        )
     except ValidationError as error:
         raise _invalid(error.errors(), renames) from None
 
@@ -159,26 +182,40 @@ def _round(value: float) -> float | int:
 
 def hyperparameters_of(job: Job) -> dict[str, Any]:
     spec = TrainingSpec.model_validate(job.spec)
-    return {"n_epochs": _round(spec.epochs), "batch_size": spec.batch_size,
-            "learning_rate_multiplier": _round(spec.effective_learning_rate / DEFAULT_LEARNING_RATE[spec.method])}  # fmt: skip
+    return {
+        "n_epochs": _round(spec.epochs),
+        "batch_size": spec.batch_size,
+        "learning_rate_multiplier": _round(spec.effective_learning_rate / DEFAULT_LEARNING_RATE[spec.method]),
+    }
 
 
 def job_object(job: Job, team_name: str) -> dict[str, Any]:
     hyperparameters = hyperparameters_of(job)
-    eta = jobs.eta_seconds(job)
+    eta = eta_seconds(job)
     return {
-        "object": "fine_tuning.job", "id": public_id(JOB, job.id), "model": job.base_model,
-        "created_at": unix(job.created_at), "finished_at": unix(job.finished_at) if job.state.is_terminal else None,
-        "fine_tuned_model": fine_tuned_model_id(job, team_name), "organization_id": team_slug(team_name),
-        "status": _STATUS[job.state], "result_files": [file_id] if (file_id := result_file_id(job)) else [],
+        "object": "fine_tuning.job",
+        "id": public_id(JOB, job.id),
+        "model": job.base_model,
+        "created_at": unix(job.created_at),
+        "finished_at": unix(job.finished_at) if job.state.is_terminal else None,
+        "fine_tuned_model": fine_tuned_model_id(job, team_name),
+        "organization_id": team_slug(team_name),
+        "status": _STATUS[job.state],
+        "result_files": [file_id] if (file_id := result_file_id(job)) else [],
         "training_file": public_id(FILE, job.dataset_id) if job.dataset_id else None,
         "validation_file": public_id(FILE, job.validation_dataset_id) if job.validation_dataset_id else None,
-        "hyperparameters": hyperparameters, "trained_tokens": job.trained_tokens,
-        "error": {"code": "training_failed", "message": job.error, "param": None} if job.state == JobState.failed else None,
-        "seed": job.spec.get("seed"), "suffix": job.suffix, "metadata": job.user_metadata or None, "integrations": [],
+        "hyperparameters": hyperparameters,
+        "trained_tokens": job.trained_tokens,
+        "error": {"code": "training_failed", "message": job.error, "param": None}
+        if job.state == JobState.failed
+        else None,
+        "seed": job.spec.get("seed"),
+        "suffix": job.suffix,
+        "metadata": job.user_metadata or None,
+        "integrations": [],
         "estimated_finish": unix(utcnow() + timedelta(seconds=eta)) if eta is not None else None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-    }  # fmt: skip
+    }
 
 
 def _job_number(job_id: str) -> int:
@@ -197,11 +234,11 @@ def _team_name(session, job: Job) -> str:
 
 
 @router.post("/fine_tuning/jobs")
-def create_fine_tuning_job(body: FineTuningJobIn, access: AccessDep, session: SessionDep) -> dict:
+def create_fine_tuning_job(body: FineTuningJobSubmission, access: AccessDep, session: SessionDep) -> dict:
     submission = job_in(body)
     try:
-        job = jobs_api.submit_job(session, access, submission)
-    except RequestValidationError as error:
+        job = submit_job(session, access, submission)
+    except InvalidField as error:
         raise _invalid(error.errors(), _PARAMS) from None
     return job_object(job, _team_name(session, job))
 
@@ -229,7 +266,7 @@ def retrieve_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
-    job = jobs_api.cancel(session, access, _job_number(job_id))
+    job = cancel_job(session, access, _job_number(job_id))
     return job_object(job, _team_name(session, job))
 
 
@@ -250,15 +287,28 @@ def list_fine_tuning_events(
     if (last := cursor(after, EVENT)) is not None:
         query = query.where(JobEvent.id < last)
     rows = session.scalars(query).all()
-    items = [{"object": "fine_tuning.job.event", "id": public_id(EVENT, event.id), "created_at": unix(event.created_at),
-              "level": _LEVELS.get(event.level, "info"), "message": event.message, "data": event.data,
-              "type": "message"} for event in rows[:limit]]  # fmt: skip
+    items = [
+        {
+            "object": "fine_tuning.job.event",
+            "id": public_id(EVENT, event.id),
+            "created_at": unix(event.created_at),
+            "level": _LEVELS.get(event.level, "info"),
+            "message": event.message,
+            "data": event.data,
+            "type": "message",
+        }
+        for event in rows[:limit]
+    ]
     return page(items, len(rows) > limit)
 
 
 # The checkpoint metrics OpenAI names, from tunelab's train and eval points of that step.
-_CHECKPOINT_METRICS = {"train_loss": "loss", "train_mean_token_accuracy": "mean_token_accuracy",
-                       "valid_loss": "eval_loss", "valid_mean_token_accuracy": "eval_mean_token_accuracy"}  # fmt: skip
+_CHECKPOINT_METRICS = {
+    "train_loss": "loss",
+    "train_mean_token_accuracy": "mean_token_accuracy",
+    "valid_loss": "eval_loss",
+    "valid_mean_token_accuracy": "eval_mean_token_accuracy",
+}
 
 
 def _checkpoint_metrics(session, job: Job, step: int) -> dict[str, float]:
@@ -280,15 +330,22 @@ def list_fine_tuning_checkpoints(
     """The job's kept checkpoints, newest first, each a model chat can use."""
     job = _job(session, access, job_id)
     team_name = _team_name(session, job)
-    query = select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == "checkpoint")
+    query = select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == ArtifactKind.checkpoint)
     query = query.order_by(Artifact.step.desc()).limit(limit + 1)
     if (last := cursor(after, CHECKPOINT)) is not None:
         previous = session.scalar(select(Artifact.step).where(Artifact.id == last, Artifact.job_id == job.id))
         query = query.where(Artifact.step < previous if previous is not None else false())
     rows = session.scalars(query).all()
-    items = [{"object": "fine_tuning.job.checkpoint", "id": public_id(CHECKPOINT, artifact.id),
-              "created_at": unix(artifact.created_at), "fine_tuning_job_id": public_id(JOB, job.id),
-              "fine_tuned_model_checkpoint": checkpoint_model_id(job, team_name, artifact.step),
-              "step_number": artifact.step, "metrics": _checkpoint_metrics(session, job, artifact.step)}
-             for artifact in rows[:limit]]  # fmt: skip
+    items = [
+        {
+            "object": "fine_tuning.job.checkpoint",
+            "id": public_id(CHECKPOINT, artifact.id),
+            "created_at": unix(artifact.created_at),
+            "fine_tuning_job_id": public_id(JOB, job.id),
+            "fine_tuned_model_checkpoint": checkpoint_model_id(job, team_name, artifact.step),
+            "step_number": artifact.step,
+            "metrics": _checkpoint_metrics(session, job, artifact.step),
+        }
+        for artifact in rows[:limit]
+    ]
     return page(items, len(rows) > limit)

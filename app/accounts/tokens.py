@@ -1,0 +1,62 @@
+"""API tokens: created (shown once), looked up by their hash, revoked."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.accounts.credentials import hash_api_token, new_api_token, token_display_prefix
+from app.core.errors import AccountError
+from app.core.tables import ApiToken, User, utcnow
+
+
+def create_api_token(
+    session: Session, *, user: User, name: str = "default", expires_in_days: int | None = None
+) -> tuple[ApiToken, str]:
+    """A new token row and the token itself, which is not stored and cannot be shown again."""
+    name = name.strip() or "default"
+    if len(name) > 100:
+        raise AccountError("token names are at most 100 characters", 422)
+    if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+        raise AccountError("expires_in_days must be between 1 and 3650", 422)
+    token = new_api_token()
+    row = ApiToken(
+        user_id=user.id,
+        name=name,
+        prefix=token_display_prefix(token),
+        token_hash=hash_api_token(token),
+        expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def user_for_token(session: Session, token: str, *, now: datetime | None = None) -> User | None:
+    """The active user owning a live (not revoked, not expired) token, or None."""
+    now = now or utcnow()
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(token)))
+    if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    if not row.user.is_active:
+        return None
+    # Written at most once a minute per token, so that API calls stay read-only in the common case.
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+        row.last_used_at = now
+    return row.user
+
+
+def revoke_api_token(session: Session, *, user: User, token_id: int) -> ApiToken:
+    row = session.scalar(select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id))
+    if row is None:
+        raise AccountError("token not found", 404)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def tokens_of(session: Session, user: User) -> list[ApiToken]:
+    """The user's tokens, newest first (revoked and expired ones included)."""
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())))

@@ -1,0 +1,206 @@
+"""Request and response bodies of the JSON API (pydantic), and how rows become them. The
+training spec lives in `app.contract.spec` (shared with the worker); a job submission in
+`app.jobs.submission`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.tables import ArtifactKind, Dataset, Job, JobState, Role
+from app.jobs.queries import eta_seconds, progress
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class LoginIn(_In):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+
+
+class TeamRoleOut(BaseModel):
+    id: int
+    name: str
+    role: Role
+
+
+class MeOut(BaseModel):
+    id: int
+    email: str
+    is_admin: bool
+    teams: list[TeamRoleOut]
+
+
+class TokenIn(_In):
+    name: str = Field("default", max_length=100)
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class TokenOut(_Out):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="The token itself. It is shown this once and cannot be recovered.")
+
+
+class TeamIn(_In):
+    name: str = Field(max_length=64)
+
+
+class MemberIn(_In):
+    email: str = Field(max_length=254)
+    role: Role = Role.member
+
+
+class MemberOut(BaseModel):
+    user_id: int
+    email: str
+    role: Role
+
+
+class UserIn(_In):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+    team: str = Field(max_length=64)
+    role: Role = Role.member
+    is_admin: bool = False
+
+
+class UserOut(_Out):
+    id: int
+    email: str
+    is_admin: bool
+
+
+# ---- jobs ----------------------------------------------------------------------------------
+
+
+class ArtifactOut(_Out):
+    id: int
+    kind: ArtifactKind
+    step: int
+    size_bytes: int
+    created_at: datetime
+    meta: dict
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    suffix: str | None
+    team_id: int
+    created_by: str | None
+    state: JobState
+    base_model: str
+    method: str
+    dataset_id: int | None
+    validation_dataset_id: int | None
+    queue: str
+    spec: dict
+    metadata: dict
+    error: str | None
+    attempts: int
+    step: int
+    total_steps: int | None
+    progress: float | None = Field(description="step / total_steps, 0 to 1")
+    eta_seconds: float | None
+    epoch: float | None
+    train_loss: float | None
+    eval_loss: float | None
+    trained_tokens: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            name=job.name,
+            suffix=job.suffix,
+            team_id=job.team_id,
+            created_by=job.created_by.email if job.created_by else None,
+            state=job.state,
+            base_model=job.base_model,
+            method=job.method,
+            dataset_id=job.dataset_id,
+            validation_dataset_id=job.validation_dataset_id,
+            queue=job.queue,
+            spec=job.spec,
+            metadata=job.user_metadata,
+            error=job.error,
+            attempts=job.attempts,
+            step=job.step,
+            total_steps=job.total_steps,
+            progress=progress(job),
+            eta_seconds=eta_seconds(job),
+            epoch=job.epoch,
+            train_loss=job.train_loss,
+            eval_loss=job.eval_loss,
+            trained_tokens=job.trained_tokens,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            updated_at=job.updated_at,
+        )
+
+
+class JobPage(BaseModel):
+    data: list[JobOut]
+    has_more: bool
+
+
+class JobEventOut(_Out):
+    seq: int
+    created_at: datetime
+    level: str
+    message: str
+    data: dict
+
+
+class MetricOut(BaseModel):
+    seq: int
+    step: int
+    split: str
+    created_at: datetime
+    values: dict
+
+
+# ---- datasets ------------------------------------------------------------------------------
+
+
+class DatasetOut(_Out):
+    id: int
+    team_id: int
+    name: str
+    filename: str
+    purpose: str
+    format: str
+    row_count: int
+    size_bytes: int
+    sha256: str
+    stats: dict
+    created_at: datetime
+    created_by: str | None = None
+    duplicate: bool = Field(False, description="True when this exact file was already uploaded to the team.")
+
+    @classmethod
+    def of(cls, dataset: Dataset, duplicate: bool = False) -> DatasetOut:
+        fields = {name: getattr(dataset, name) for name in cls.model_fields if name not in ("created_by", "duplicate")}
+        created_by = dataset.created_by.email if dataset.created_by else None
+        return cls(**fields, created_by=created_by, duplicate=duplicate)

@@ -1,0 +1,118 @@
+"""The models chat can talk to, and their names (as in OpenAI's API).
+
+- A base model is named as the catalog names it: `tiny-llama`, `org/model`.
+- A succeeded job's model: `ft:<base>:<team>:<suffix>:ftjob-<job id>` (OpenAI's pattern; the
+  suffix may be empty).
+- A checkpoint of any job, while it is kept: the same plus `:ckpt-step-<step>`.
+
+`resolve` turns a name back into what a worker loads, within the caller's teams: a name that
+does not match exactly, or another team's job, is not found, like a missing one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.accounts.access import TeamAccess
+from app.chat import catalog
+from app.contract.formats import CLASSIFICATION
+from app.core.tables import Artifact, ArtifactKind, Dataset, Job, JobState, Team
+from app.jobs.artifacts import FINAL_KINDS, final_weights
+
+_FINE_TUNED = re.compile(r"^ft:.+:ftjob-(?P<job>\d{1,18})(?::ckpt-step-(?P<step>\d{1,18}))?$")
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The model {name!r} does not exist or you do not have access to it.")
+
+
+def team_slug(team_name: str) -> str:
+    """A team name as it appears in model names: lower case, no spaces or colons."""
+    return re.sub(r"[^a-z0-9._-]+", "-", team_name.lower()).strip("-") or "team"
+
+
+def job_public_id(job_id: int) -> str:
+    return f"ftjob-{job_id}"
+
+
+def _job_model_prefix(job: Job, team_name: str) -> str:
+    return f"ft:{job.base_model}:{team_slug(team_name)}:{job.suffix or ''}:{job_public_id(job.id)}"
+
+
+def fine_tuned_model_id(job: Job, team_name: str) -> str | None:
+    """The name of a job's trained model; None until the job has succeeded."""
+    return _job_model_prefix(job, team_name) if job.state == JobState.succeeded else None
+
+
+def checkpoint_model_id(job: Job, team_name: str, step: int) -> str:
+    return f"{_job_model_prefix(job, team_name)}:ckpt-step-{step}"
+
+
+def finished_job_model(session: Session, job: Job, team_name: str) -> str | None:
+    """The model a finished job left to chat with: its trained model, or for a cancelled or
+    failed job its latest checkpoint. None when it left none."""
+    weights = final_weights(session, job) if job.state.is_terminal else None
+    if weights is None:
+        return None
+    if weights.kind in FINAL_KINDS:
+        return fine_tuned_model_id(job, team_name)
+    return checkpoint_model_id(job, team_name, weights.step)
+
+
+@dataclass(frozen=True)
+class ChatTarget:
+    model: str  # the name asked for
+    base_model: str
+    weights: Artifact | None  # the fine-tuned weights, loaded on (adapter) or instead of (model) the base
+    team_id: int | None  # the team whose job trained the weights; None for a base model
+
+
+def resolve(session: Session, access: TeamAccess, name: str) -> ChatTarget:
+    """What to load for the model `name`; raises ModelNotFound."""
+    match = _FINE_TUNED.fullmatch(name)
+    if match is None:
+        if catalog.find_model(name) is None:
+            raise ModelNotFound(name)
+        return ChatTarget(model=name, base_model=name, weights=None, team_id=None)
+    job = session.scalar(access.scope(select(Job).where(Job.id == int(match["job"])), Job))
+    if job is None:
+        raise ModelNotFound(name)
+    team_name = session.get(Team, job.team_id).name
+    weights_query = select(Artifact).where(Artifact.job_id == job.id)
+    if match["step"] is None:
+        expected = fine_tuned_model_id(job, team_name)
+        weights = session.scalar(weights_query.where(Artifact.kind.in_(FINAL_KINDS)))
+    else:
+        step = int(match["step"])
+        expected = checkpoint_model_id(job, team_name, step)
+        weights = session.scalar(weights_query.where(Artifact.kind == ArtifactKind.checkpoint, Artifact.step == step))
+    if name != expected or weights is None:
+        raise ModelNotFound(name)
+    return ChatTarget(model=name, base_model=job.base_model, weights=weights, team_id=job.team_id)
+
+
+_FINISHED = (JobState.succeeded, JobState.cancelled, JobState.failed)
+
+
+def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) -> list[tuple[Job, str, bool]]:
+    """(job, model name, is a checkpoint) for the caller's finished jobs that left a model to
+    chat with, newest first; classifiers are left out (they do not chat)."""
+    names = dict(session.execute(select(Team.id, Team.name).where(Team.id.in_(access.team_ids))).all())
+    classifiers = select(Dataset.id).where(Dataset.format == CLASSIFICATION)
+    query = (
+        access.scope(select(Job), Job)
+        .where(Job.state.in_(_FINISHED), or_(Job.dataset_id.is_(None), Job.dataset_id.not_in(classifiers)))
+        .order_by(Job.id.desc())
+        .limit(limit)
+    )
+    found = []
+    for job in session.scalars(query):
+        model = finished_job_model(session, job, names[job.team_id])
+        if model is not None:
+            found.append((job, model, job.state != JobState.succeeded))
+    return found

@@ -1,0 +1,122 @@
+"""The Celery client: how the app hands a job to the workers.
+
+Only the job's id travels, as JSON. `commit_then_enqueue` is the one way a
+request hands work over. The worker side (`worker.celery_app`) builds on the
+same configuration and registers the tasks; the app never imports it, it sends by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+from app.core.errors import Unavailable
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_SCHEME = "embedded"  # the embedded broker's URL scheme: app.embedded_broker registers it
+
+RUN_JOB_TASK = "tunelab.run_job"
+MERGE_ADAPTER_TASK = "tunelab.merge_adapter"
+RUN_COMPLETION_TASK = "tunelab.run_completion"
+DEFAULT_QUEUE = "default"
+
+
+def make_celery(settings: Settings) -> Celery:
+    # Imported here: Celery and kombu are a tenth of the web app's start-up, and only
+    # enqueueing needs them.
+    from celery import Celery
+
+    from app.core import embedded_broker  # noqa: F401 - registers the embedded+sqlite:// transport
+
+    celery = Celery("tunelab", broker=settings.celery_broker_url)
+    celery.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A job is acknowledged only when it has finished; if the worker process dies, the
+        # message goes back to the queue instead of being lost.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=DEFAULT_QUEUE,
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=not settings.embedded_broker,
+    )
+    return celery
+
+
+def _transport_options(settings: Settings) -> dict:
+    url = settings.celery_broker_url
+    if url.startswith(EMBEDDED_SCHEME + "+"):
+        # How soon an idle worker sees a new job.
+        return {"polling_interval": settings.broker_polling_interval_s}
+    if url.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacknowledged message after this long: set above the longest job,
+        # or a long run would be started twice. Crashed workers are handled by the reaper instead.
+        return {"visibility_timeout": settings.broker_visibility_timeout_s}
+    return {}
+
+
+@lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: int, queue: str = DEFAULT_QUEUE) -> None:
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+
+
+def enqueue_merge(job_id: int, queue: str) -> None:
+    """Build a finished job's merged model on a worker of the job's own queue (it needs the
+    memory of the base model, as training did)."""
+    get_celery().send_task(MERGE_ADAPTER_TASK, args=[job_id], queue=queue)
+
+
+def enqueue_completion(completion_id: int) -> None:
+    """Hand a chat request to the inference workers. The message expires when the app has
+    stopped waiting for it, so a worker that starts later does not answer a forgotten request."""
+    settings = get_settings()
+    get_celery().send_task(
+        RUN_COMPLETION_TASK,
+        args=[completion_id],
+        queue=settings.inference_queue,
+        expires=settings.inference_pickup_timeout_s,
+    )
+
+
+def commit_then_enqueue(
+    session: Session, send: Callable[[], None], *, on_failure: Callable[[], None], message: str
+) -> None:
+    """Commit the session (the worker must find the row when it gets the id), then `send`.
+    When the broker cannot be reached, `on_failure` records that in the session, which is
+    committed too, and Unavailable(`message`) is raised: the caller hears 503, the row says why."""
+    session.commit()
+    try:
+        send()
+    except Exception as error:  # noqa: BLE001 - any broker failure
+        log.error("could not enqueue (%s: %s)", type(error).__name__, error)
+        on_failure()
+        session.commit()
+        raise Unavailable(message) from None
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with get_celery().connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable" to a health check
+        return False

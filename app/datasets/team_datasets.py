@@ -1,0 +1,160 @@
+"""A team's datasets: receiving an upload (streamed, validated, stored), listing, reading
+and deleting them. Behind the datasets API, OpenAI's files API and the pages."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from anyio import to_thread
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.accounts.access import TeamAccess
+from app.config import get_settings
+from app.core.blobs import blob_store
+from app.core.errors import DomainError, Forbidden
+from app.core.tables import Dataset, Job, JobState
+from app.datasets.upload import ReceivedUpload, UploadError, receive_upload
+from app.datasets.validation import ValidationReport
+from app.datasets.validator_process import ValidatorProcess
+
+ACTIVE_STATES = (JobState.queued, JobState.running, JobState.cancelling)
+PURPOSES = ("fine-tune",)
+
+
+class DatasetRejected(Exception):
+    """The uploaded file has errors; `report.errors` lists them with their line numbers."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__(f"the file has {report.error_count} error(s)")
+        self.report = report
+
+
+def dataset_key(team_id: int, sha256: str) -> str:
+    return f"datasets/{team_id}/{sha256}.jsonl"
+
+
+def _form_team_id(fields: dict[str, str]) -> int | None:
+    value = fields.get("team_id", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise DomainError("team_id must be a number", 422)
+    return int(value)
+
+
+async def receive_dataset(
+    session: Session,
+    access: TeamAccess,
+    *,
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+) -> tuple[Dataset, bool]:
+    """Stream, validate and store an upload (a multipart form with the file in `file`, and
+    optionally `name`, `purpose`, `team_id`). Returns (dataset, duplicate); raises
+    DatasetRejected when the file has errors, DomainError for a bad request. Nothing is
+    stored unless it returns."""
+    if not any(role.can_write for role in access.roles.values()):
+        raise Forbidden("viewers cannot upload datasets")
+    settings = get_settings()
+    validator = functools.partial(ValidatorProcess, max_row_chars=settings.max_row_chars)
+    try:
+        async with receive_upload(
+            chunks,
+            blob_store(),
+            content_type=content_type,
+            content_length=content_length,
+            max_bytes=settings.max_upload_bytes,
+            validator_factory=validator,
+        ) as upload:
+            if not upload.report.ok:
+                raise DatasetRejected(upload.report)
+            purpose = upload.fields.get("purpose") or PURPOSES[0]
+            if purpose not in PURPOSES:
+                raise DomainError(f"purpose must be {' or '.join(PURPOSES)}")
+            team_id = access.team_for_new(_form_team_id(upload.fields))
+            store = functools.partial(
+                store_upload,
+                session,
+                upload=upload,
+                team_id=team_id,
+                user_id=access.user.id,
+                name=upload.fields.get("name"),
+                purpose=purpose,
+            )
+            return await to_thread.run_sync(store)
+    except UploadError as error:
+        raise DomainError(str(error), error.status_code) from None
+
+
+def store_upload(
+    session: Session,
+    *,
+    upload: ReceivedUpload,
+    team_id: int,
+    user_id: int,
+    name: str | None,
+    purpose: str = "fine-tune",
+) -> tuple[Dataset, bool]:
+    """The team's dataset for a validated upload: the existing one when the team already has
+    this exact content (then nothing new is stored), else a new row with its file in the store.
+    Returns (dataset, duplicate). Commits, so that file and row exist together or not at
+    all: if the row cannot be written, the file is removed again."""
+    existing = session.scalar(select(Dataset).where(Dataset.team_id == team_id, Dataset.sha256 == upload.sha256))
+    if existing is not None:
+        return existing, True
+    filename = (upload.filename or "dataset.jsonl")[:255]
+    key = dataset_key(team_id, upload.sha256)
+    upload.commit(key)
+    try:
+        dataset = Dataset(
+            team_id=team_id,
+            created_by_id=user_id,
+            name=(name or filename).strip()[:200] or filename,
+            filename=filename,
+            purpose=purpose,
+            format=upload.report.format,
+            sha256=upload.sha256,
+            size_bytes=upload.size,
+            row_count=upload.report.rows,
+            stats=upload.report.stats,
+            line_index=upload.report.line_index,
+            blob_key=key,
+        )
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        blob_store().delete(key)
+        raise
+    return dataset, False
+
+
+def list_datasets(session: Session, access: TeamAccess) -> list[Dataset]:
+    """The caller's teams' datasets, newest first."""
+    return list(session.scalars(access.scope(select(Dataset), Dataset).order_by(Dataset.id.desc())))
+
+
+def dataset_file(dataset: Dataset) -> Path:
+    """The dataset's file on disk; Gone when it is no longer in the store."""
+    return blob_store().existing_file(dataset.blob_key, "the dataset's file")
+
+
+def jobs_using(session: Session, dataset: Dataset) -> list[int]:
+    """Ids of the unfinished jobs that train or evaluate on this dataset."""
+    query = select(Job.id).where(
+        or_(Job.dataset_id == dataset.id, Job.validation_dataset_id == dataset.id), Job.state.in_(ACTIVE_STATES)
+    )
+    return list(session.scalars(query))
+
+
+def delete_dataset(session: Session, dataset: Dataset) -> None:
+    """Delete the row, then the file (a file without a row would be invisible; the reverse
+    would break previews). Callers check `jobs_using` first."""
+    key = dataset.blob_key
+    session.delete(dataset)
+    session.flush()
+    blob_store().delete(key)

@@ -1,0 +1,73 @@
+"""What a job hands out beyond its own files: the metrics as CSV (the columns of OpenAI's
+result files), and the merged model, built on request by a worker."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from sqlalchemy.orm import Session
+
+from app.accounts.access import TeamAccess
+from app.contract.spec import Method
+from app.core.errors import Conflict
+from app.core.queue import commit_then_enqueue, enqueue_merge
+from app.core.tables import Artifact, Job
+from app.jobs.artifacts import final_weights, merged_model
+from app.jobs.timeline import add_event, metrics
+
+# OpenAI's result-file columns first, then what tunelab also records: (column, metric key).
+METRIC_COLUMNS = [
+    ("step", None),
+    ("train_loss", "loss"),
+    ("train_accuracy", "mean_token_accuracy"),
+    ("valid_loss", "eval_loss"),
+    ("valid_mean_token_accuracy", "eval_mean_token_accuracy"),
+    ("epoch", "epoch"),
+    ("learning_rate", "learning_rate"),
+    ("grad_norm", "grad_norm"),
+    ("tokens_per_second", "tokens_per_second"),
+    ("peak_memory_mb", "peak_memory_mb"),
+]
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def metrics_csv(session: Session, job: Job) -> str:
+    """One row per step: train and eval values of the same step side by side."""
+    by_step: dict[int, dict] = {}
+    for point in metrics(session, job):
+        by_step.setdefault(point.step, {}).update(point.values)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([column for column, _ in METRIC_COLUMNS])
+    for step, values in sorted(by_step.items()):
+        writer.writerow([step if key is None else _number(values.get(key)) for _, key in METRIC_COLUMNS])
+    return buffer.getvalue()
+
+
+def request_merge(session: Session, access: TeamAccess, job_id: int) -> Artifact | None:
+    """Have a worker of the job's queue build the base model with the job's adapter merged in
+    (its progress shows in the job's events). Returns the merged model when it exists already,
+    else None once the build is queued. Conflict when there is nothing to merge (yet)."""
+    job = access.get(session, Job, job_id, write=True)
+    if job.method == Method.full.value:
+        raise Conflict("full fine-tuning has no adapter to merge: its weights are the model")
+    if not job.state.is_terminal:
+        raise Conflict(f"the job is {job.state.value}: merge it once it has finished")
+    if final_weights(session, job) is None:
+        raise Conflict("the job left no adapter to merge")
+    if (merged := merged_model(session, job)) is not None:
+        return merged
+    add_event(session, job, f"Merged model requested by {access.user.email}", merge="queued")
+    commit_then_enqueue(
+        session,
+        lambda: enqueue_merge(job.id, job.queue),
+        on_failure=lambda: add_event(
+            session, job, "The merge could not be queued: the broker is unreachable", level="error", merge="failed"
+        ),
+        message="the job queue is unreachable; try again later",
+    )
+    return None

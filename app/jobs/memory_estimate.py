@@ -1,0 +1,88 @@
+"""GPU memory a job will need, estimated before launch from the model's shape and the spec.
+
+An estimate, not a promise: it counts weights, trainable parameters with their gradients
+and AdamW states, activations (with or without gradient checkpointing; attention by a
+fused kernel, so no seq² term), the logits, and the CUDA context. Good to tell a 24 GB
+card from an 80 GB one, which is the decision a user makes with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.chat.catalog import BaseModelInfo
+from app.contract.spec import Method, TrainingSpec
+
+GIB = 1024**3
+CUDA_CONTEXT_BYTES = 0.6 * GIB
+# Activation bytes kept per token per layer, in units of hidden size (bf16, fused attention,
+# after Korthikanti et al. 2022 without the attention-score term).
+ACTIVATION_BYTES_PER_HIDDEN = 34
+COMMON_GPUS = (
+    ("24 GB (RTX 4090, A10G, L4)", 24),
+    ("40 GB (A100 40G)", 40),
+    ("48 GB (L40S, A6000)", 48),
+    ("80 GB (A100 80G, H100)", 80),
+)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    parts: dict[str, float]  # name -> bytes
+    trainable_parameters: int
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.parts.values())
+
+    def as_dict(self) -> dict:
+        total_gib = self.total_bytes / GIB
+        return {
+            "total_gib": round(total_gib, 2),
+            "trainable_parameters": self.trainable_parameters,
+            "parts": [{"name": name, "gib": round(size / GIB, 2)} for name, size in self.parts.items()],
+            "fits": [{"gpu": name, "fits": total_gib <= size * 0.95} for name, size in COMMON_GPUS],
+        }
+
+
+def lora_parameters(model: BaseModelInfo, rank: int) -> int:
+    """Trainable LoRA parameters with every linear layer of a Llama-style block targeted:
+    rank x (in + out) for q, k, v, o, gate, up and down."""
+    hidden = model.hidden_size or 1024
+    layers = model.num_layers or 12
+    heads = model.num_heads or max(1, hidden // 64)
+    head_dim = model.head_dim or hidden // heads
+    kv = (model.num_kv_heads or heads) * head_dim
+    intermediate = model.intermediate_size or 4 * hidden
+    q_and_o = 2 * (hidden + heads * head_dim)
+    k_and_v = 2 * (hidden + kv)
+    mlp = 3 * (hidden + intermediate)
+    return layers * rank * (q_and_o + k_and_v + mlp)
+
+
+def estimate_memory(model: BaseModelInfo, spec: TrainingSpec) -> MemoryEstimate:
+    hidden, layers, vocab = model.hidden_size or 1024, model.num_layers or 12, model.vocab_size or 32000
+    params = model.parameters
+    tokens = spec.batch_size * spec.max_seq_length
+    parts: dict[str, float] = {}
+    if spec.method == Method.full:
+        trainable = params
+        parts["weights (bf16)"] = 2 * params
+        parts["gradients (bf16)"] = 2 * params
+        parts["AdamW states (fp32)"] = 8 * params
+    else:
+        trainable = lora_parameters(model, spec.lora.r)
+        embeddings = 2 * vocab * hidden
+        if spec.method == Method.qlora:
+            bits = 4.127 if spec.quantization.double_quant else 4.5  # NF4 plus its quantization constants
+            parts["base weights (4-bit)"] = (params - embeddings) * bits / 8 + 2 * embeddings
+        else:
+            parts["base weights (bf16)"] = 2 * params
+        parts["LoRA weights, gradients, AdamW (fp32)"] = 16 * trainable
+    if spec.gradient_checkpointing:
+        parts["activations (checkpointed)"] = tokens * hidden * (2 * layers + ACTIVATION_BYTES_PER_HIDDEN)
+    else:
+        parts["activations"] = tokens * hidden * layers * ACTIVATION_BYTES_PER_HIDDEN
+    parts["logits (fp32, with their gradient)"] = tokens * vocab * 4 * 2
+    parts["CUDA context and allocator slack"] = CUDA_CONTEXT_BYTES
+    return MemoryEstimate(parts=parts, trainable_parameters=trainable)

@@ -1,0 +1,112 @@
+"""Jobs whose worker vanished: found (a dead process on this host, or a silent heartbeat),
+then requeued to resume from their last checkpoint, or failed after too many crashes.
+
+`reap_orphans` runs when a worker starts and periodically in the web app.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.core.database import session_scope
+from app.core.queue import enqueue_job
+from app.core.tables import Job, JobState, utcnow
+from app.jobs.states import IllegalTransition, transition
+
+_ACTIVE = (JobState.running, JobState.cancelling)
+
+
+def worker_identity(pid: int) -> str:
+    """How a job (or a chat request) names the process that holds it: `host:pid`."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+def _owner_is_dead_here(owner: str | None) -> bool:
+    """True when the owner was a process on this host that no longer runs: gone, or a zombie
+    (killed, its parent gone too, and not yet reaped; in a container nobody may ever reap it)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        # /proc/<pid>/stat: "pid (name) state ..."; the name may hold spaces, the state follows the last ')'.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def is_orphaned(job: Job, *, stale_after_s: float) -> bool:
+    """A running (or cancelling) job whose worker is gone: a dead process on this host, or
+    no heartbeat for `stale_after_s`."""
+    if job.state not in _ACTIVE:
+        return False
+    if _owner_is_dead_here(job.worker):
+        return True
+    last = job.heartbeat_at or job.started_at or job.updated_at
+    return utcnow() - last > timedelta(seconds=stale_after_s)
+
+
+def recover_orphan(session: Session, job: Job, *, max_attempts: int) -> bool:
+    """Requeue (or, after too many crashes, fail) a job whose worker is gone. Returns True
+    when the job should be sent to the queue again. Safe to race: the transition is a
+    compare-and-set, so of two reapers only one acts."""
+    if job.state == JobState.cancelling:
+        transition(session, job, JobState.cancelled, message="Job cancelled (its worker stopped while cancelling)")
+        return False
+    where = f"at step {job.step}" if job.step else "before the first step"
+    crashes = job.crashes + 1
+    if crashes >= max_attempts:
+        error = (
+            f"The worker running this job stopped {crashes} times ({where} the last time); giving up. "
+            "Check the worker's logs, e.g. for running out of memory."
+        )
+        transition(session, job, JobState.failed, crashes=crashes, error=error)
+        return False
+    message = (
+        f"Worker lost {where}; the job will resume from its last checkpoint (crash {crashes} of {max_attempts} allowed)"
+    )
+    transition(
+        session,
+        job,
+        JobState.queued,
+        worker=None,
+        heartbeat_at=None,
+        steps_per_second=None,
+        crashes=crashes,
+        message=message,
+    )
+    return True
+
+
+def find_orphans(session: Session, *, stale_after_s: float) -> list[Job]:
+    candidates = session.scalars(select(Job).where(Job.state.in_(_ACTIVE))).all()
+    return [job for job in candidates if is_orphaned(job, stale_after_s=stale_after_s)]
+
+
+def reap_orphans() -> list[int]:
+    """Requeue the jobs whose worker is gone (or fail those that crashed too often). Returns
+    the requeued ids."""
+    settings = get_settings()
+    requeue: list[tuple[int, str]] = []
+    with session_scope() as session:
+        for job in find_orphans(session, stale_after_s=settings.worker_stale_after_s):
+            try:
+                if recover_orphan(session, job, max_attempts=settings.job_max_attempts):
+                    requeue.append((job.id, job.queue))
+            except IllegalTransition:
+                continue  # someone else got there first
+    for job_id, queue in requeue:
+        enqueue_job(job_id, queue)
+    return [job_id for job_id, _ in requeue]

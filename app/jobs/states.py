@@ -1,0 +1,81 @@
+"""A job's states, and the one function that changes them (`transition`)::
+
+    queued ──> running ──> succeeded | failed
+      │           │  └───> queued            (its worker died: retried from the last checkpoint)
+      │           └──────> cancelling ──> cancelled | failed
+      └──> cancelled | failed
+
+Each change is a compare-and-set on the current state (`app.core.state_machine`) and is
+also a job event, which the live streams carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.live import ring_after_commit, team_channel
+from app.core.state_machine import IllegalTransition, StateMachine
+from app.core.tables import Job, JobState, utcnow
+from app.jobs.timeline import add_event
+
+__all__ = ["JOB_STATES", "IllegalTransition", "request_cancel", "transition"]
+
+_QUEUED, _RUNNING, _CANCELLING = JobState.queued, JobState.running, JobState.cancelling
+_SUCCEEDED, _FAILED, _CANCELLED = JobState.succeeded, JobState.failed, JobState.cancelled
+
+JOB_STATES = StateMachine(
+    Job,
+    {
+        _QUEUED: frozenset({_RUNNING, _CANCELLED, _FAILED}),
+        _RUNNING: frozenset({_SUCCEEDED, _FAILED, _CANCELLING, _QUEUED}),
+        _CANCELLING: frozenset({_CANCELLED, _FAILED}),
+        _SUCCEEDED: frozenset(),
+        _FAILED: frozenset(),
+        _CANCELLED: frozenset(),
+    },
+    what="job",
+)
+
+_STATE_MESSAGES = {
+    _RUNNING: "Training started",
+    _SUCCEEDED: "Job succeeded",
+    _FAILED: "Job failed",
+    _CANCELLING: "Cancelling: training stops at the next step",
+    _CANCELLED: "Job cancelled",
+    _QUEUED: "Job queued",
+}
+
+
+def transition(
+    session: Session, job: Job, to: JobState, *, message: str | None = None, error: str | None = None, **fields: Any
+) -> Job:
+    """Move a job to state `to`, or raise IllegalTransition: when `to` is not reachable from
+    its state, or when another process changed the job since it was read (that one won)."""
+    current = job.state
+    values: dict[str, Any] = dict(fields)
+    if to == _RUNNING and job.started_at is None:
+        values["started_at"] = utcnow()
+    if to.is_terminal:
+        values["steps_per_second"] = None
+    if error is not None:
+        values["error"] = error
+    if not JOB_STATES.move(session, job.id, from_states=[current], to=to, **values):
+        session.refresh(job)
+        raise IllegalTransition("job", job.id, job.state, to)
+    session.refresh(job)
+    extra = {"error": error} if error else {}
+    level = "error" if to == _FAILED else "info"
+    add_event(session, job, message or _STATE_MESSAGES[to], level=level, state=to.value, **extra)
+    ring_after_commit(session, team_channel(job.team_id))
+    return job
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    if job.state == _QUEUED:
+        return transition(session, job, _CANCELLED, message="Job cancelled before it started")
+    if job.state == _RUNNING:
+        return transition(session, job, _CANCELLING)
+    raise IllegalTransition("job", job.id, job.state, _CANCELLED)

@@ -1,0 +1,128 @@
+"""A job's timeline: its events and metric points, which share one per-job sequence number.
+
+The sequence (`Job.last_seq`) is handed out by an UPDATE of the job's row. That row lock also
+orders commits, so a stream that has seen sequence n never later meets a smaller one; the
+number is the SSE event id of the live streams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.core.live import job_channel, ring_after_commit
+from app.core.tables import Job, JobEvent, JobMetric, utcnow
+
+
+def _allocate_seq(session: Session, job_id: int, count: int) -> int:
+    """Reserve `count` sequence numbers for a job; returns the first."""
+    last = session.execute(
+        update(Job).where(Job.id == job_id).values(last_seq=Job.last_seq + count).returning(Job.last_seq)
+    ).scalar_one()
+    return last - count + 1
+
+
+def add_event(session: Session, job: Job, message: str, *, level: str = "info", **data: Any) -> JobEvent:
+    seq = _allocate_seq(session, job.id, 1)
+    row = JobEvent(job_id=job.id, seq=seq, level=level, message=message, data=data)
+    session.add(row)
+    ring_after_commit(session, job_channel(job.id))
+    return row
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    step: int
+    split: str  # "train" or "eval"
+    values: Mapping[str, float]
+
+
+def _clean(values: Mapping[str, Any]) -> dict[str, float | None]:
+    """JSON cannot carry NaN or infinity; a diverged loss is kept as null."""
+    out: dict[str, float | None] = {}
+    for key, value in values.items():
+        if isinstance(value, (int, float)):
+            out[key] = float(value) if math.isfinite(value) else None
+    return out
+
+
+def add_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) -> int:
+    """Append metric points; a (split, step) the job already has is skipped, so a retried
+    job never duplicates points. Returns how many were added."""
+    points = list({(p.split, p.step): p for p in points}.values())
+    if not points:
+        return 0
+    existing = set(
+        session.execute(
+            select(JobMetric.split, JobMetric.step).where(
+                JobMetric.job_id == job.id, JobMetric.step.in_({p.step for p in points})
+            )
+        ).all()
+    )
+    fresh = sorted((p for p in points if (p.split, p.step) not in existing), key=lambda p: (p.step, p.split))
+    if not fresh:
+        return 0
+    first = _allocate_seq(session, job.id, len(fresh))
+    now = utcnow()
+    rows = [
+        {
+            "job_id": job.id,
+            "seq": first + i,
+            "split": p.split,
+            "step": p.step,
+            "values": _clean(p.values),
+            "created_at": now,
+        }
+        for i, p in enumerate(fresh)
+    ]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(JobMetric).values(rows).on_conflict_do_nothing())
+    latest: dict[str, Any] = {"updated_at": now}
+    for point in fresh:
+        if point.split == "train" and "loss" in point.values:
+            latest["train_loss"] = _clean(point.values)["loss"]
+        if point.split == "eval" and "eval_loss" in point.values:
+            latest["eval_loss"] = _clean(point.values)["eval_loss"]
+        if "epoch" in point.values:
+            latest["epoch"] = float(point.values["epoch"])
+        if point.values.get("tokens_seen") is not None:
+            latest["trained_tokens"] = int(point.values["tokens_seen"])
+    session.execute(update(Job).where(Job.id == job.id).values(**latest))
+    ring_after_commit(session, job_channel(job.id))
+    return len(fresh)
+
+
+def items_after(session: Session, job_id: int, after_seq: int, limit: int = 1000) -> list[JobEvent | JobMetric]:
+    """Events and metric points with a sequence number above `after_seq`, in order."""
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq).order_by(JobEvent.seq).limit(limit)
+    ).all()
+    metrics = session.scalars(
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.seq > after_seq)
+        .order_by(JobMetric.seq)
+        .limit(limit)
+    ).all()
+    return sorted([*events, *metrics], key=lambda item: item.seq)[:limit]
+
+
+def events(session: Session, job: Job, *, after_seq: int = 0, limit: int | None = None) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.seq > after_seq).order_by(JobEvent.seq)
+    return list(session.scalars(query.limit(limit) if limit else query))
+
+
+def metrics(
+    session: Session, job: Job, *, after_step: int = -1, split: str | None = None, limit: int | None = None
+) -> list[JobMetric]:
+    """Metric points in step order (train before eval at the same step)."""
+    query = select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step > after_step)
+    if split:
+        query = query.where(JobMetric.split == split)
+    query = query.order_by(JobMetric.step, JobMetric.split)
+    return list(session.scalars(query.limit(limit) if limit else query))

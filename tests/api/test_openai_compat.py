@@ -1,0 +1,278 @@
+"""The OpenAI-compatible API driven by the official `openai` package, as a team would drive it:
+against the app served by uvicorn, with real Celery workers (one training, one inference) on
+Redis and Postgres."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.helpers import TINY_MODEL, chat_rows, forget_cached_settings, jsonl, wait_for
+
+SKY = [{"role": "user", "content": "What colour is the sky?"}]
+SNOW = [{"role": "user", "content": "What colour is the snow?"}]
+
+
+@pytest.fixture
+def inference_queue(workers, monkeypatch) -> str:
+    """This test's own inference queue, for the app and the worker alike."""
+    queue = f"{workers.queue}-inference"
+    monkeypatch.setenv("TUNELAB_INFERENCE_QUEUE", queue)
+    forget_cached_settings()
+    return queue
+
+
+@pytest.fixture
+def server(redis_broker, inference_queue, live_server) -> str:
+    return live_server
+
+
+@pytest.fixture
+def acme(make_account):
+    return make_account(team="acme", role="member")
+
+
+def openai_client(server: str, account) -> OpenAI:
+    return OpenAI(base_url=f"{server}/v1", api_key=account.token, max_retries=0, timeout=120)
+
+
+def _finished(client: OpenAI, job_id: str):
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    return job if job.status in ("succeeded", "failed", "cancelled") else None
+
+
+def _unzip(response: httpx.Response, target):
+    assert response.status_code == 200, response.text
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    archive.extractall(target)
+    return target / archive.namelist()[0].split("/")[0]
+
+
+def _greedy(model, tokenizer, messages) -> str:
+    import torch
+
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=30, do_sample=False)
+    return tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_upload_train_follow_chat_and_download_with_the_openai_package(
+    acme, server, workers, inference_queue, tmp_path
+):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.config import get_settings
+
+    workers.start()
+    workers.start(queue=inference_queue, max_tasks_per_child=None)
+    client = openai_client(server, acme)
+
+    # A file with errors is refused with every error and its line number; nothing is stored.
+    good = jsonl(chat_rows(1))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("bad.jsonl", good + b"{not json\n" + b'{"prompt": 1}\n'), purpose="fine-tune")
+    assert refused.value.body["param"] == "file" and refused.value.body["type"] == "invalid_request_error"
+    assert "line 2:" in refused.value.body["message"] and "line 3:" in refused.value.body["message"]
+    assert client.files.list().data == []
+
+    content = jsonl(chat_rows())
+    uploaded = client.files.create(file=("colours.jsonl", content), purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(content) and uploaded.purpose == "fine-tune"
+    assert [f.id for f in client.files.list().data] == [uploaded.id]
+    assert client.files.content(uploaded.id).content == content
+
+    job = client.fine_tuning.jobs.create(
+        model=TINY_MODEL,
+        training_file=uploaded.id,
+        suffix="colours",
+        seed=42,
+        metadata={"ticket": "ML-7"},
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"batch_size": 4, "learning_rate_multiplier": 50}},
+        },
+        extra_body={
+            "queue": workers.queue,
+            "max_steps": 24,
+            "save_steps": 12,
+            "logging_steps": 1,
+            "max_seq_length": 128,
+        },
+    )
+    assert job.id.startswith("ftjob-") and job.status == "queued" and job.model == TINY_MODEL
+    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 50
+    assert job.training_file == uploaded.id and job.seed == 42 and job.metadata == {"ticket": "ML-7"}
+    assert job.fine_tuned_model is None and job.finished_at is None
+
+    done = wait_for(lambda: _finished(client, job.id), timeout=300, interval=0.5, message="the job to finish")
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{TINY_MODEL}:acme:colours:{job.id}" and done.organization_id == "acme"
+    assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=5))  # the package pages through them all
+    assert events[0].message == "Job succeeded after 24 steps" and events[-1].message.startswith("Job created by")
+    assert len({event.id for event in events}) == len(events) > 5
+    results = client.files.content(done.result_files[0]).text.splitlines()
+    assert results[0].startswith("step,train_loss,train_accuracy,valid_loss") and len(results) == 25
+    with pytest.raises(openai.BadRequestError, match="belongs to its job"):
+        client.files.delete(done.result_files[0])
+
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [24, 12]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-24"
+    assert checkpoints[0].metrics.train_loss > 0 and checkpoints[0].fine_tuning_job_id == job.id
+    older = client.fine_tuning.jobs.checkpoints.list(job.id, after=checkpoints[0].id).data
+    assert [c.step_number for c in older] == [12]
+
+    models = {model.id: model for model in client.models.list()}
+    assert models[TINY_MODEL].owned_by == "system" and models[done.fine_tuned_model].owned_by == "acme"
+    assert client.models.retrieve(done.fine_tuned_model).id == done.fine_tuned_model
+
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=SKY, temperature=0, max_tokens=30)
+    assert reply.choices[0].message.content == "The sky is blue." and reply.choices[0].finish_reason == "stop"
+    assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    chunks = list(
+        client.chat.completions.create(
+            model=done.fine_tuned_model,
+            messages=SNOW,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "The snow is white."
+    assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+
+    base = client.chat.completions.create(model=TINY_MODEL, messages=SKY, temperature=0, max_tokens=5)
+    assert base.choices[0].finish_reason == "length" and base.choices[0].message.content != "The sky is blue."
+    earlier = client.chat.completions.create(
+        model=checkpoints[1].fine_tuned_model_checkpoint, messages=SKY, temperature=0, max_tokens=30
+    )
+    assert earlier.choices[0].message.content and earlier.model.endswith(":ckpt-step-12")
+
+    # The adapter downloads as an archive that peft loads as it is, and answers the same.
+    auth = {"Authorization": f"Bearer {acme.token}"}
+    job_number = job.id.removeprefix("ftjob-")
+    folder = _unzip(httpx.get(f"{server}/api/jobs/{job_number}/adapter.zip", headers=auth, timeout=60), tmp_path / "a")
+    base_dir = get_settings().models_path / TINY_MODEL
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder).eval()
+    assert _greedy(adapted, tokenizer, SKY) == "The sky is blue."
+
+    # The merged model is built on request by a worker, reporting as job events.
+    merge = httpx.post(f"{server}/api/jobs/{job_number}/merge", headers=auth)
+    assert merge.status_code == 202 and merge.json()["status"] == "queued"
+
+    def merged():
+        artifacts = httpx.get(f"{server}/api/jobs/{job_number}/artifacts", headers=auth).json()
+        return next((a for a in artifacts if a["kind"] == "merged"), None)
+
+    artifact = wait_for(merged, timeout=180, interval=0.5, message="the merged model")
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert (
+        messages[0].startswith("Saved the merged model")
+        and "Merge: Merging the adapter into the base weights" in messages
+    )
+    again = httpx.post(f"{server}/api/jobs/{job_number}/merge", headers=auth)
+    assert again.status_code == 200 and again.json()["artifact"]["id"] == artifact["id"]
+    archive = httpx.get(f"{server}/api/jobs/{job_number}/artifacts/{artifact['id']}/archive", headers=auth, timeout=60)
+    merged_model = AutoModelForCausalLM.from_pretrained(_unzip(archive, tmp_path / "m")).eval()
+    assert not any("lora" in name for name, _ in merged_model.named_parameters())
+    assert _greedy(merged_model, tokenizer, SKY) == "The sky is blue."
+
+
+def test_another_teams_files_jobs_and_models_are_not_found(acme, make_account, server, workers):
+    globex = make_account(team="globex")
+    ours, theirs = openai_client(server, acme), openai_client(server, globex)
+    file = ours.files.create(file=("colours.jsonl", jsonl(chat_rows())), purpose="fine-tune")
+    job = ours.fine_tuning.jobs.create(model=TINY_MODEL, training_file=file.id, extra_body={"queue": workers.queue})
+    model = f"ft:{TINY_MODEL}:acme::{job.id}"
+
+    for call in (
+        lambda: theirs.files.retrieve(file.id),
+        lambda: theirs.files.content(file.id),
+        lambda: theirs.files.delete(file.id),
+        lambda: theirs.fine_tuning.jobs.retrieve(job.id),
+        lambda: theirs.fine_tuning.jobs.cancel(job.id),
+        lambda: theirs.fine_tuning.jobs.list_events(job.id),
+        lambda: theirs.fine_tuning.jobs.checkpoints.list(job.id),
+        lambda: theirs.models.retrieve(model),
+        lambda: theirs.chat.completions.create(model=model, messages=SKY),
+    ):
+        with pytest.raises(openai.NotFoundError) as missing:
+            call()
+        assert set(missing.value.body) == {"message", "type", "param", "code"}
+    assert theirs.files.list().data == [] and theirs.fine_tuning.jobs.list().data == []
+    with pytest.raises(openai.BadRequestError) as refused:
+        theirs.fine_tuning.jobs.create(model=TINY_MODEL, training_file=file.id)
+    assert refused.value.body["param"] == "training_file"
+    assert ours.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    with pytest.raises(openai.AuthenticationError) as unknown:
+        OpenAI(base_url=f"{server}/v1", api_key="tl_not-a-token", max_retries=0).models.list()
+    assert unknown.value.body["code"] == "invalid_api_key"
+
+
+def test_jobs_page_newest_first_and_cancel_at_once(acme, server, workers):
+    client = openai_client(server, acme)
+    file = client.files.create(file=("colours.jsonl", jsonl(chat_rows())), purpose="fine-tune")
+    ids = [
+        client.fine_tuning.jobs.create(model=TINY_MODEL, training_file=file.id, extra_body={"queue": workers.queue}).id
+        for _ in range(3)
+    ]
+
+    first = client.fine_tuning.jobs.list(limit=2)
+    assert [job.id for job in first.data] == ids[::-1][:2] and first.has_more
+    assert [job.id for job in client.fine_tuning.jobs.list(limit=2, after=first.data[-1].id).data] == [ids[0]]
+    assert [job.id for job in client.fine_tuning.jobs.list(limit=2)] == ids[::-1], "the package follows the pages"
+
+    cancelled = client.fine_tuning.jobs.cancel(ids[1])
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert client.fine_tuning.jobs.cancel(ids[1]).status == "cancelled", "asking twice is no error"
+    assert client.fine_tuning.jobs.list_events(ids[1]).data[0].message == "Job cancelled before it started"
+    with pytest.raises(openai.ConflictError) as in_use:
+        client.files.delete(file.id)
+    assert ids[0] in in_use.value.body["message"]
+    for job_id in (ids[0], ids[2]):
+        client.fine_tuning.jobs.cancel(job_id)
+    assert client.files.delete(file.id).deleted is True
+    assert client.files.list().data == []
+
+
+@pytest.mark.parametrize(
+    "change, param, message",
+    [
+        ({"training_file": "file-999999"}, "training_file", "dataset not found"),
+        ({"training_file": "colours.jsonl"}, "training_file", "no such file"),
+        ({"model": "no-such-model"}, "model", "is not in the models directory"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "greater than 0"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 0}}}},
+            "method.supervised.hyperparameters.batch_size",
+            "greater than or equal to 1",
+        ),
+        ({"method": {"type": "dpo"}}, "method.type", "supervised learning only"),
+        ({"extra_body": {"method": "qlora", "lora": {"r": 0}}}, "lora.r", "greater than or equal to 1"),
+        ({"extra_body": {"unknown_knob": 1}}, "unknown_knob", "Extra inputs are not permitted"),
+        ({"suffix": "has:colons"}, "suffix", "should match pattern"),
+    ],
+)
+def test_bad_job_requests_are_refused_beside_their_parameter(acme, server, change, param, message):
+    client = openai_client(server, acme)
+    file = client.files.create(file=("colours.jsonl", jsonl(chat_rows())), purpose="fine-tune")
+    request = {"model": TINY_MODEL, "training_file": file.id, **change}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(**request)
+    assert refused.value.body["param"] == param and message in refused.value.body["message"], refused.value.body
+    assert client.fine_tuning.jobs.list().data == []

@@ -1,0 +1,102 @@
+"""The `tunelab` command, run as a user runs it: the installed console script, in a
+subprocess, against the test run's Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.core.tables import ApiToken, Team, User
+
+TUNELAB = shutil.which("tunelab", path=str(Path(sys.executable).parent)) or "tunelab"
+
+
+@pytest.fixture
+def run(db, settings_env):
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k.startswith(("TUNELAB_", "PATH", "HOME", "LANG"))}
+        return subprocess.run(
+            [TUNELAB, *args], check=False, capture_output=True, text=True, env=env, input=input, timeout=120
+        )
+
+    return run
+
+
+def test_migrate_reports_the_revision(run):
+    result = run("migrate")
+    assert result.returncode == 0, result.stderr
+    assert "database at revision 0002" in result.stdout
+
+
+def test_user_and_token_creation_give_a_working_token(run, app, db):
+    created = run("user", "create", "Ada@Example.com", "--password", "a long password", "--team", "research", "--admin")
+    assert created.returncode == 0, created.stderr
+    assert "created team 'research'" in created.stderr and "created user ada@example.com" in created.stderr
+
+    token = run("token", "create", "ada@example.com", "--name", "laptop")
+    assert token.returncode == 0, token.stderr
+    secret = token.stdout.strip()
+    assert token.stdout == secret + "\n" and secret.startswith("tl_"), "stdout must be the token alone"
+
+    me = TestClient(app, headers={"Authorization": f"Bearer {secret}"}).get("/api/me").json()
+    assert me["email"] == "ada@example.com" and me["is_admin"] is True
+    assert me["teams"][0]["name"] == "research" and me["teams"][0]["role"] == "owner"
+
+
+def test_password_is_asked_for_when_not_given(run, db):
+    result = run("user", "create", "bob@example.com", "--team", "research", input="a long password\na long password\n")
+    assert result.returncode == 0, result.stderr
+    assert db.scalar(select(User).where(User.email == "bob@example.com")) is not None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["user", "create", "not-an-email", "--password", "a long password", "--team", "t"], "not a valid email"),
+        (["user", "create", "x@y.test", "--password", "short", "--team", "t"], "at least 8 characters"),
+        (["token", "create", "ghost@example.com"], "no user with email ghost@example.com"),
+        (["models", "make-tiny", "../escape"], "model names are"),
+    ],
+)
+def test_bad_input_fails_with_a_message_and_changes_nothing(run, db, args, message):
+    result = run(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert result.stdout == ""
+    db.expire_all()
+    assert db.scalar(select(func.count()).select_from(User)) == 0
+    assert db.scalar(select(func.count()).select_from(Team)) == 0
+
+
+def test_an_email_already_taken_is_refused(run, db):
+    assert run("user", "create", "a@b.test", "--password", "a long password", "--team", "t").returncode == 0
+    again = run("user", "create", "A@B.test", "--password", "another password", "--team", "t")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    db.expire_all()
+    assert db.scalar(select(func.count()).select_from(User)) == 1
+    assert db.scalar(select(func.count()).select_from(ApiToken)) == 0
+
+
+def test_make_tiny_writes_a_model_that_models_list_shows(run, settings_env):
+    result = run("models", "make-tiny", "tiny-llama")
+    assert result.returncode == 0, result.stderr
+    folder = settings_env / "models" / "tiny-llama"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert any(folder.glob("*.safetensors")) and any(folder.glob("tokenizer*.json"))
+
+    listed = run("models", "list")
+    assert listed.returncode == 0
+    name, architecture, size = listed.stdout.strip().split("\t")
+    assert (name, architecture) == ("tiny-llama", "LlamaForCausalLM") and size.endswith(("K", "M"))
+
+    again = run("models", "make-tiny", "tiny-llama")
+    assert again.returncode == 1 and "exists already" in again.stderr

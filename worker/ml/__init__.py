@@ -1,0 +1,54 @@
+"""tunelab's training library: full, LoRA and QLoRA fine-tuning of a spec on a dataset file.
+
+    from worker.ml import MemoryReporter, train
+    result = train(spec, train_file=Path("data.jsonl"), output_dir=Path("runs/42"),
+                   reporter=MemoryReporter(), models_dir=Path("/models"))
+
+`train(spec, *, train_file, output_dir, reporter, eval_file=None, models_dir=None, resume=True,
+dataset_name=None)`
+writes checkpoints to `output_dir/checkpoints/step-N/` (a rerun resumes from the latest),
+and the adapter or weights, tokenizer and README.md model card to `output_dir/final/`
+(plus `output_dir/merged/` when the spec asks). `merge_adapter(base_model, adapter_dir,
+output_dir, *, models_dir=None, on_progress=None)` merges an adapter into its base.
+`worker.ml.inference` chats with a base or fine-tuned model (`ModelCache`, `generate_chat`).
+
+Importing this package is cheap: torch and transformers load on the first call.
+"""
+
+from typing import TYPE_CHECKING
+
+from .errors import (
+    ConfigurationError,
+    DatasetError,
+    InferenceError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    TrainingError,
+)
+from .reporting import MemoryReporter, Reporter
+from .result import TrainResult
+
+if TYPE_CHECKING:
+    from .engine import merge_adapter, train
+
+__all__ = [
+    "ConfigurationError",
+    "DatasetError",
+    "InferenceError",
+    "MemoryReporter",
+    "ModelNotFoundError",
+    "OutOfMemoryError",
+    "Reporter",
+    "TrainResult",
+    "TrainingError",
+    "merge_adapter",
+    "train",
+]
+
+
+def __getattr__(name: str):
+    if name in ("train", "merge_adapter"):
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,174 @@
+"""Running one job on this worker: claim it, train it, record how it ended.
+
+The Celery task is a one-line call into `run_job`; everything here is plain code that a
+test can call directly. The job's state changes only through `app.jobs.states.transition`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import get_settings
+from app.contract.spec import TrainingSpec
+from app.core.blobs import BlobStore, blob_store
+from app.core.database import session_scope
+from app.core.queue import enqueue_job
+from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
+from app.jobs.artifacts import job_output_key, record_artifact
+from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
+from app.jobs.states import IllegalTransition, transition
+from worker.database_reporter import DatabaseReporter
+
+log = logging.getLogger(__name__)
+
+
+class JobInputError(Exception):
+    """The job's inputs are gone; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: int
+    spec: TrainingSpec
+    dataset_key: str | None
+    dataset_name: str | None
+    validation_key: str | None
+    attempt: int
+
+
+def claim(job_id: int, owner: str) -> Claimed | None:
+    """Mark the job running on this worker, or return None when it is not ours to run:
+    finished, cancelled, or held by a worker that is still alive (a duplicate delivery)."""
+    settings = get_settings()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("job %s does not exist; dropping the message", job_id)
+            return None
+        try:
+            if job.state == JobState.cancelling:
+                transition(session, job, JobState.cancelled, message="Job cancelled before it resumed")
+                return None
+            if job.state == JobState.running:
+                if not is_orphaned(job, stale_after_s=settings.worker_stale_after_s):
+                    log.info("job %s is running on %s; dropping a duplicate message", job_id, job.worker)
+                    return None
+                if not recover_orphan(session, job, max_attempts=settings.job_max_attempts):
+                    return None
+            if job.state != JobState.queued:
+                return None
+            attempt = job.attempts + 1
+            where = f"on {owner.rpartition(':')[0]}"
+            message = f"Training started {where}" if attempt == 1 else f"Training resumed {where} (attempt {attempt})"
+            transition(
+                session, job, JobState.running, message=message, worker=owner, attempts=attempt, heartbeat_at=utcnow()
+            )
+        except IllegalTransition as race:
+            log.info("job %s changed while claiming it (%s); leaving it", job_id, race)
+            return None
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        validation = session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
+        return Claimed(
+            job_id=job.id,
+            spec=TrainingSpec.model_validate(job.spec),
+            dataset_key=dataset.blob_key if dataset else None,
+            dataset_name=dataset.name if dataset else None,
+            validation_key=validation.blob_key if validation else None,
+            attempt=attempt,
+        )
+
+
+def _input_file(store: BlobStore, key: str | None, what: str) -> Path:
+    if key is None or not store.exists(key):
+        raise JobInputError(f"The {what} dataset no longer exists (it was deleted after the job was created).")
+    return store.path(key)
+
+
+def run_job(job_id: int) -> None:
+    """Claim, train and finish one job. Never raises for a training failure: the job ends
+    `failed` with a message the user can act on."""
+    from worker import ml
+
+    settings = get_settings()
+    store = blob_store()
+    claimed = claim(job_id, worker_identity(os.getpid()))
+    if claimed is None:
+        return
+    reporter = DatabaseReporter(job_id, store).start()
+    result, error = None, None
+    try:
+        train_file = _input_file(store, claimed.dataset_key, "training")
+        eval_file = _input_file(store, claimed.validation_key, "validation") if claimed.validation_key else None
+        result = ml.train(
+            claimed.spec,
+            train_file=train_file,
+            eval_file=eval_file,
+            reporter=reporter,
+            output_dir=store.path(job_output_key(job_id)),
+            models_dir=settings.models_path,
+            dataset_name=claimed.dataset_name,
+        )
+    except (ml.TrainingError, JobInputError) as failure:
+        error = str(failure)
+    except Exception as failure:
+        log.exception("job %s failed", job_id)
+        error = f"Training failed unexpectedly: {type(failure).__name__}: {failure}"
+    finally:
+        reporter.close()
+    _finish(job_id, claimed, store, result, error)
+
+
+def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str | None) -> None:
+    requeue = False
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        try:
+            if error is not None:
+                transition(session, job, JobState.failed, error=error)
+            elif result.completed and job.state == JobState.running:
+                _record_outputs(session, job, claimed, store, result)
+                transition(
+                    session,
+                    job,
+                    JobState.succeeded,
+                    step=result.step,
+                    total_steps=result.total_steps,
+                    trained_tokens=result.trained_tokens,
+                    message=f"Job succeeded after {result.step} steps",
+                )
+            elif job.state == JobState.cancelling:
+                transition(
+                    session,
+                    job,
+                    JobState.cancelled,
+                    message=f"Job cancelled at step {result.step}; its checkpoints are kept",
+                )
+            elif job.state == JobState.running:
+                # Stopped without a cancel: this worker is shutting down. Another one resumes it.
+                transition(
+                    session,
+                    job,
+                    JobState.queued,
+                    worker=None,
+                    heartbeat_at=None,
+                    message=f"Worker stopped at step {result.step}; the job will resume from there",
+                )
+                requeue = True
+        except IllegalTransition as race:
+            log.warning("job %s: could not record the outcome (%s)", job_id, race)
+        queue = job.queue
+    if requeue:
+        enqueue_job(job_id, queue)
+
+
+def _record_outputs(session, job: Job, claimed: Claimed, store: BlobStore, result) -> None:
+    final_kind = ArtifactKind.adapter if claimed.spec.uses_adapter else ArtifactKind.model
+    meta = {"metrics": result.metrics, "truncated_rows": result.truncated_rows}
+    for kind, path in ((final_kind, result.final_dir), (ArtifactKind.merged, result.merged_dir)):
+        if path is not None:
+            record_artifact(session, store, job_id=job.id, kind=kind, step=result.step, path=path, meta=meta)
