@@ -18,6 +18,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
+from app.accounts.teams import teams_by_id
 from app.chat import catalog
 from app.contract.formats import CLASSIFICATION
 from app.core.tables import Artifact, ArtifactKind, Dataset, Job, JobState, Team
@@ -102,7 +103,7 @@ _FINISHED = (JobState.succeeded, JobState.cancelled, JobState.failed)
 def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) -> list[tuple[Job, str, bool]]:
     """(job, model name, is a checkpoint) for the caller's finished jobs that left a model to
     chat with, newest first; classifiers are left out (they do not chat)."""
-    names = dict(session.execute(select(Team.id, Team.name).where(Team.id.in_(access.team_ids))).all())
+    names = {team.id: team.name for team in teams_by_id(session, access.team_ids)}
     classifiers = select(Dataset.id).where(Dataset.format == CLASSIFICATION)
     query = (
         access.scope(select(Job), Job)

@@ -133,9 +133,23 @@ def store_upload(
     return dataset, False
 
 
-def list_datasets(session: Session, access: TeamAccess) -> list[Dataset]:
-    """The caller's teams' datasets, newest first."""
-    return list(session.scalars(access.scope(select(Dataset), Dataset).order_by(Dataset.id.desc())))
+def list_datasets(
+    session: Session,
+    access: TeamAccess,
+    *,
+    newest_first: bool = True,
+    after_id: int | None = None,
+    purpose: str | None = None,
+    limit: int | None = None,
+) -> list[Dataset]:
+    """The caller's teams' datasets, newest first (or oldest first); `after_id` continues
+    after that dataset in the same order."""
+    query = access.scope(select(Dataset), Dataset).order_by(Dataset.id.desc() if newest_first else Dataset.id)
+    if after_id is not None:
+        query = query.where(Dataset.id < after_id if newest_first else Dataset.id > after_id)
+    if purpose is not None:
+        query = query.where(Dataset.purpose == purpose)
+    return list(session.scalars(query.limit(limit) if limit else query))
 
 
 def dataset_file(dataset: Dataset) -> Path:

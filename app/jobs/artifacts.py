@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import false, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,17 @@ def forget_rotated_checkpoints(session: Session, store: BlobStore, job_id: int, 
 def checkpoints(session: Session, job_id: int, *, newest_first: bool = False) -> list[Artifact]:
     query = select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == ArtifactKind.checkpoint)
     return list(session.scalars(query.order_by(Artifact.step.desc() if newest_first else Artifact.step)))
+
+
+def checkpoints_before(session: Session, job_id: int, *, before_id: int | None, limit: int) -> list[Artifact]:
+    """A page of the job's checkpoints, newest first; `before_id` (a checkpoint's id) pages
+    towards older ones, and one that is not this job's checkpoint gives an empty page."""
+    query = select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == ArtifactKind.checkpoint)
+    query = query.order_by(Artifact.step.desc()).limit(limit)
+    if before_id is not None:
+        previous = session.scalar(select(Artifact.step).where(Artifact.id == before_id, Artifact.job_id == job_id))
+        query = query.where(Artifact.step < previous if previous is not None else false())
+    return list(session.scalars(query))
 
 
 def all_artifacts(session: Session, job_id: int) -> list[Artifact]:

@@ -16,10 +16,13 @@ def list_jobs(
     states: list[JobState] | None = None,
     created_by: str | None = None,
     before_id: int | None = None,
-    limit: int = 200,
+    limit: int | None = 200,
 ) -> list[Job]:
-    """The caller's teams' jobs, newest first; `before_id` pages towards older ones."""
-    query = access.scope(select(Job), Job).order_by(Job.id.desc()).limit(limit)
+    """The caller's teams' jobs, newest first; `before_id` pages towards older ones. `limit`
+    None: all of them."""
+    query = access.scope(select(Job), Job).order_by(Job.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
     if states:
         query = query.where(Job.state.in_(states))
     if created_by:

@@ -117,6 +117,22 @@ def events(session: Session, job: Job, *, after_seq: int = 0, limit: int | None 
     return list(session.scalars(query.limit(limit) if limit else query))
 
 
+def events_newest_first(session: Session, job: Job, *, before_id: int | None, limit: int) -> list[JobEvent]:
+    """A page of the job's events, newest first; `before_id` pages towards older ones."""
+    query = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(JobEvent.id < before_id)
+    return list(session.scalars(query))
+
+
+def values_at(session: Session, job: Job, step: int) -> dict[str, Any]:
+    """The train and eval values logged at one step, merged."""
+    values: dict[str, Any] = {}
+    for point in session.scalars(select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step == step)):
+        values.update(point.values)
+    return values
+
+
 def metrics(
     session: Session, job: Job, *, after_step: int = -1, split: str | None = None, limit: int | None = None
 ) -> list[JobMetric]:

@@ -6,11 +6,10 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
-from app.core.tables import Team
+from app.accounts.teams import teams_by_id
 
 from .errors import OpenAIError
 
@@ -52,4 +51,4 @@ def page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 def team_names(session: Session, access: TeamAccess) -> dict[int, str]:
     """Names of the caller's teams, which model names carry."""
-    return dict(session.execute(select(Team.id, Team.name).where(Team.id.in_(access.team_ids))).all())
+    return {team.id: team.name for team in teams_by_id(session, access.team_ids)}

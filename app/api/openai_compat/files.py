@@ -106,13 +106,9 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> dict:
-    query = access.scope(select(Dataset), Dataset).limit(limit + 1)
-    query = query.order_by(Dataset.id.desc() if order == "desc" else Dataset.id)
-    if (last := cursor(after, FILE)) is not None:
-        query = query.where(Dataset.id < last if order == "desc" else Dataset.id > last)
-    if purpose is not None:
-        query = query.where(Dataset.purpose == purpose)
-    rows = session.scalars(query).all()
+    rows = team_datasets.list_datasets(
+        session, access, newest_first=order == "desc", after_id=cursor(after, FILE), purpose=purpose, limit=limit + 1
+    )
     return page([file_object(dataset) for dataset in rows[:limit]], len(rows) > limit)
 
 

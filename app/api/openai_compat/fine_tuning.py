@@ -24,16 +24,17 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlalchemy import false, select
 
 from app.accounts.access import TeamAccess
 from app.api.deps import AccessDep, SessionDep
 from app.chat.model_names import checkpoint_model_id, fine_tuned_model_id, team_slug
 from app.contract.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
 from app.core.errors import InvalidField
-from app.core.tables import Artifact, ArtifactKind, Job, JobEvent, JobMetric, JobState, Team, utcnow
-from app.jobs.queries import eta_seconds
+from app.core.tables import Job, JobState, Team, utcnow
+from app.jobs.artifacts import checkpoints_before
+from app.jobs.queries import eta_seconds, list_jobs
 from app.jobs.submission import JobSubmission, cancel_job, submit_job
+from app.jobs.timeline import events_newest_first, values_at
 
 from .common import cursor, number_in, page, public_id, team_names, unix
 from .errors import OpenAIError, OpenAIRoute, invalid, not_found
@@ -192,6 +193,8 @@ def hyperparameters_of(job: Job) -> dict[str, Any]:
 def job_object(job: Job, team_name: str) -> dict[str, Any]:
     hyperparameters = hyperparameters_of(job)
     eta = eta_seconds(job)
+    failed = job.state == JobState.failed
+    error = {"code": "training_failed", "message": job.error, "param": None} if failed else None
     return {
         "object": "fine_tuning.job",
         "id": public_id(JOB, job.id),
@@ -206,9 +209,7 @@ def job_object(job: Job, team_name: str) -> dict[str, Any]:
         "validation_file": public_id(FILE, job.validation_dataset_id) if job.validation_dataset_id else None,
         "hyperparameters": hyperparameters,
         "trained_tokens": job.trained_tokens,
-        "error": {"code": "training_failed", "message": job.error, "param": None}
-        if job.state == JobState.failed
-        else None,
+        "error": error,
         "seed": job.spec.get("seed"),
         "suffix": job.suffix,
         "metadata": job.user_metadata or None,
@@ -250,10 +251,7 @@ def list_fine_tuning_jobs(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict:
-    query = access.scope(select(Job), Job).order_by(Job.id.desc()).limit(limit + 1)
-    if (last := cursor(after, JOB)) is not None:
-        query = query.where(Job.id < last)
-    rows = session.scalars(query).all()
+    rows = list_jobs(session, access, before_id=cursor(after, JOB), limit=limit + 1)
     names = team_names(session, access)
     return page([job_object(job, names[job.team_id]) for job in rows[:limit]], len(rows) > limit)
 
@@ -283,10 +281,7 @@ def list_fine_tuning_events(
 ) -> dict:
     """The job's events, newest first; `after` pages towards older ones."""
     job = _job(session, access, job_id)
-    query = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc()).limit(limit + 1)
-    if (last := cursor(after, EVENT)) is not None:
-        query = query.where(JobEvent.id < last)
-    rows = session.scalars(query).all()
+    rows = events_newest_first(session, job, before_id=cursor(after, EVENT), limit=limit + 1)
     items = [
         {
             "object": "fine_tuning.job.event",
@@ -312,9 +307,7 @@ _CHECKPOINT_METRICS = {
 
 
 def _checkpoint_metrics(session, job: Job, step: int) -> dict[str, float]:
-    values: dict[str, Any] = {}
-    for point in session.scalars(select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step == step)):
-        values.update(point.values)
+    values = values_at(session, job, step)
     metrics = {name: values[key] for name, key in _CHECKPOINT_METRICS.items() if values.get(key) is not None}
     return {"step": float(step), **metrics}
 
@@ -330,12 +323,7 @@ def list_fine_tuning_checkpoints(
     """The job's kept checkpoints, newest first, each a model chat can use."""
     job = _job(session, access, job_id)
     team_name = _team_name(session, job)
-    query = select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == ArtifactKind.checkpoint)
-    query = query.order_by(Artifact.step.desc()).limit(limit + 1)
-    if (last := cursor(after, CHECKPOINT)) is not None:
-        previous = session.scalar(select(Artifact.step).where(Artifact.id == last, Artifact.job_id == job.id))
-        query = query.where(Artifact.step < previous if previous is not None else false())
-    rows = session.scalars(query).all()
+    rows = checkpoints_before(session, job.id, before_id=cursor(after, CHECKPOINT), limit=limit + 1)
     items = [
         {
             "object": "fine_tuning.job.checkpoint",

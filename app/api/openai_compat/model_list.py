@@ -4,11 +4,11 @@ names chat takes (see `app.chat.model_names`)."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from app.api.deps import AccessDep, SessionDep
 from app.chat import catalog, model_names
-from app.core.tables import Job, JobState, Team
+from app.core.tables import JobState, Team
+from app.jobs.queries import list_jobs
 
 from .common import team_names, unix
 from .errors import OpenAIError, OpenAIRoute
@@ -29,9 +29,7 @@ def _base_model(info: catalog.BaseModelInfo) -> dict:
 @router.get("/models")
 def list_models(access: AccessDep, session: SessionDep) -> dict:
     names = team_names(session, access)
-    fine_tuned = session.scalars(
-        access.scope(select(Job), Job).where(Job.state == JobState.succeeded).order_by(Job.id.desc())
-    )
+    fine_tuned = list_jobs(session, access, states=[JobState.succeeded], limit=None)
     data = [_base_model(info) for info in catalog.list_local_models()]
     data += [
         model_object(
