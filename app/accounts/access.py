@@ -33,10 +33,14 @@ class TeamAccess:
         """Restrict a query on a team-owned model to the caller's teams."""
         return query.where(model.team_id.in_(self.team_ids))
 
+    def find(self, session: Session, model: type[RowT], object_id: int) -> RowT | None:
+        """One team-owned row by id, or None when it is missing or another team's."""
+        return session.scalar(self.scope(select(model).where(model.id == object_id), model))
+
     def get(self, session: Session, model: type[RowT], object_id: int, *, write: bool = False) -> RowT:
         """One team-owned row by id. NotFound when it is missing or belongs to another team
         (the caller cannot tell them apart); Forbidden when `write` and the caller is a viewer there."""
-        row = session.scalar(self.scope(select(model).where(model.id == object_id), model))
+        row = self.find(session, model, object_id)
         if row is None:
             raise NotFound(f"{model.__name__.lower()} not found")
         if write:

@@ -3,9 +3,8 @@ card, the metrics as CSV, and the request that has a worker build the merged mod
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from sqlalchemy import select
 
 from app.api.bodies import ArtifactOut
 from app.api.deps import AccessDep, SessionDep
@@ -13,7 +12,7 @@ from app.core.blobs import blob_store
 from app.core.errors import Conflict, NotFound
 from app.core.tables import Artifact, Job
 from app.jobs.archives import stream_zip
-from app.jobs.artifacts import archive_name, final_weights
+from app.jobs.artifacts import archive_name, artifact_of, final_weights
 from app.jobs.exports import metrics_csv, request_merge
 
 router = APIRouter(prefix="/api", tags=["downloads"])
@@ -32,10 +31,7 @@ def _zip_response(job: Job, artifact: Artifact) -> StreamingResponse:
 @router.get("/jobs/{job_id}/artifacts/{artifact_id}/archive", response_class=StreamingResponse)
 def download_artifact(job_id: int, artifact_id: int, access: AccessDep, session: SessionDep) -> StreamingResponse:
     job = access.get(session, Job, job_id)
-    artifact = session.scalar(select(Artifact).where(Artifact.id == artifact_id, Artifact.job_id == job.id))
-    if artifact is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "artifact not found")
-    return _zip_response(job, artifact)
+    return _zip_response(job, artifact_of(session, job, artifact_id))
 
 
 @router.get("/jobs/{job_id}/adapter.zip", response_class=StreamingResponse)

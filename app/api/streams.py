@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.bodies import JobEventOut, JobOut, MetricOut
@@ -18,6 +17,7 @@ from app.api.deps import AccessDep, SessionDep
 from app.core.database import session_scope
 from app.core.live import Doorbell, job_channel, team_channel
 from app.core.tables import Job, JobEvent, JobMetric, JobState, utcnow
+from app.jobs.queries import jobs_changed_since
 from app.jobs.timeline import items_after
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -84,9 +84,7 @@ async def stream_job(
 
 def _read_team_jobs(team_ids: list[int], since) -> list[JobOut]:
     with session_scope() as session:
-        query = select(Job).where(Job.team_id.in_(team_ids)).order_by(Job.id.desc())
-        query = query.where(Job.updated_at >= since) if since is not None else query.limit(200)
-        return [JobOut.of(job) for job in session.scalars(query)]
+        return [JobOut.of(job) for job in jobs_changed_since(session, team_ids, since)]
 
 
 # Clocks of app and worker hosts may differ a little: each read looks back this far.

@@ -80,7 +80,7 @@ def resolve(session: Session, access: TeamAccess, name: str) -> ChatTarget:
         if catalog.find_model(name) is None:
             raise ModelNotFound(name)
         return ChatTarget(model=name, base_model=name, weights=None, team_id=None)
-    job = session.scalar(access.scope(select(Job).where(Job.id == int(match["job"])), Job))
+    job = access.find(session, Job, int(match["job"]))
     if job is None:
         raise ModelNotFound(name)
     team_name = session.get(Team, job.team_id).name

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.blobs import BlobStore, directory_size
+from app.core.errors import NotFound
 from app.core.tables import Artifact, ArtifactKind, Job, JobState
 
 FINAL_KINDS = (ArtifactKind.adapter, ArtifactKind.model)  # an adapter (lora, qlora), or all the weights (full)
@@ -73,6 +74,14 @@ def checkpoints_before(session: Session, job_id: int, *, before_id: int | None, 
         previous = session.scalar(select(Artifact.step).where(Artifact.id == before_id, Artifact.job_id == job_id))
         query = query.where(Artifact.step < previous if previous is not None else false())
     return list(session.scalars(query))
+
+
+def artifact_of(session: Session, job: Job, artifact_id: int) -> Artifact:
+    """One of the job's artifacts; NotFound for any other id."""
+    artifact = session.scalar(select(Artifact).where(Artifact.id == artifact_id, Artifact.job_id == job.id))
+    if artifact is None:
+        raise NotFound("artifact not found")
+    return artifact
 
 
 def all_artifacts(session: Session, job_id: int) -> list[Artifact]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
@@ -30,6 +32,12 @@ def list_jobs(
     if before_id is not None:
         query = query.where(Job.id < before_id)
     return list(session.scalars(query))
+
+
+def jobs_changed_since(session: Session, team_ids: list[int], since: datetime | None) -> list[Job]:
+    """The teams' jobs changed at or after `since`, newest first; with no `since`, the 200 newest."""
+    query = select(Job).where(Job.team_id.in_(team_ids)).order_by(Job.id.desc())
+    return list(session.scalars(query.where(Job.updated_at >= since) if since is not None else query.limit(200)))
 
 
 def eta_seconds(job: Job) -> float | None:

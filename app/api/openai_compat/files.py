@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
-from sqlalchemy import select
 
 from app.accounts.access import TeamAccess
 from app.api.deps import AccessDep, SessionDep, streamed_body
@@ -80,7 +79,7 @@ def _dataset(session, access: TeamAccess, file_id: str, *, write: bool = False) 
 def _finished_job(session, access: TeamAccess, file_id: str) -> Job:
     """The job whose result file this is; not found unless it has one."""
     number = number_in(file_id, RESULTS)
-    job = session.scalar(access.scope(select(Job).where(Job.id == number), Job)) if number is not None else None
+    job = access.find(session, Job, number) if number is not None else None
     if job is None or result_file_id(job) is None:
         raise not_found("file", file_id)
     return job
