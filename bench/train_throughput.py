@@ -224,7 +224,7 @@ def run_ceiling(args, workdir: Path, spec: TrainingSpec) -> dict:
     import torch
 
     from worker.ml.data import REAL_TOKENS_KEY
-    from worker.ml.engine import build_trainer, prepare
+    from worker.ml.training_run import build_trainer, prepare
 
     prepared = prepare(spec, train_file=args.data, reporter=MemoryReporter(), models_dir=workdir / "models")
     # Only for its data loader: tunelab's own sampler (random over packed rows, or length-grouped) and collator.

@@ -14,6 +14,7 @@ from worker.ml.data import (
     IGNORE_INDEX,
     REAL_TOKENS_KEY,
     BatchCollator,
+    Task,
     Tokenization,
     pack,
     read_jsonl,
@@ -183,7 +184,7 @@ def test_long_rows_are_truncated_and_counted_and_rows_left_without_answer_skippe
 def test_classification_rows_get_class_indices(tokenizer):
     rows = [{"text": "warm sun", "label": "hot"}, {"text": "snow", "label": "cold"}]
     examples = Tokenization(tokenizer, max_length=32, class_names=["cold", "hot"])(rows)
-    assert examples.task == "classification"
+    assert examples.task == Task.classification
     assert examples.labels == [1, 0]
 
 
@@ -234,10 +235,10 @@ def alone(model, input_ids, labels):
 
 @pytest.fixture(scope="module")
 def tiny_model(models_dir, tokenizer):
-    """Loaded the way the engine loads it."""
+    """Loaded the way a training run loads it."""
     spec = TrainingSpec(base_model="tiny-llama", method="full")
     model = load_model(
-        spec, plan_device(spec), models_dir / "tiny-llama", task="causal_lm", pad_token_id=tokenizer.pad_token_id
+        spec, plan_device(spec), models_dir / "tiny-llama", task=Task.causal_lm, pad_token_id=tokenizer.pad_token_id
     )
     return model.eval()
 
@@ -273,7 +274,7 @@ def test_packed_examples_never_see_each_other(tokenizer, tiny_model):
     torch.testing.assert_close(out.loss, total_loss / trained_tokens, atol=1e-5, rtol=1e-5)
 
     # The same batch with the KV cache on (transformers' default) lets examples attend to
-    # each other: this is what the engine must avoid, and what this test would catch.
+    # each other: this is what training must avoid, and what this test would catch.
     with torch.no_grad():
         leaky = tiny_model(**batch, use_cache=True)
     assert (leaky.logits - out.logits).abs().max() > 1e-2

@@ -6,14 +6,18 @@ import json
 import shutil
 import subprocess
 import sys
+import weakref
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 from worker.ml import ConfigurationError, DatasetError, MemoryReporter, ModelNotFoundError, train
-from worker.ml.engine import build_trainer, prepare, save_final
+from worker.ml.data import IGNORE_INDEX, Task
 from worker.ml.loading import load_model, plan_device, quantization_config_for, resolve_model
+from worker.ml.saving import save_final
+from worker.ml.training_run import build_trainer, prepare
 
 METHODS = ["full", "lora", "qlora"]
 
@@ -30,6 +34,10 @@ def every(interval: int, total: int) -> list[int]:
 
 def losses(reporter: MemoryReporter) -> list[float]:
     return [value for _, value in reporter.series("loss")]
+
+
+def accuracies(reporter: MemoryReporter, name: str = "mean_token_accuracy") -> list[float]:
+    return [value for _, value in reporter.series(name)]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -49,7 +57,7 @@ def test_qlora_trains_adapters_on_real_4bit_layers(make_spec, models_dir, tokeni
 
     spec = make_spec(method="qlora")
     model = load_model(
-        spec, plan_device(spec), models_dir / "tiny-llama", task="causal_lm", pad_token_id=tokenizer.pad_token_id
+        spec, plan_device(spec), models_dir / "tiny-llama", task=Task.causal_lm, pad_token_id=tokenizer.pad_token_id
     )
     attention = model.base_model.model.model.layers[0].self_attn
     assert isinstance(attention.q_proj, LoraLinear4bit)
@@ -64,7 +72,7 @@ def test_qlora_still_learns_after_an_evaluation(make_spec, models_dir, tokenizer
     """bitsandbytes repacks 4-bit weights for CPU inference in eval mode; gradients must still flow after it."""
     spec = make_spec(method="qlora", lora={"dropout": 0.0})
     model = load_model(
-        spec, plan_device(spec), models_dir / "tiny-llama", task="causal_lm", pad_token_id=tokenizer.pad_token_id
+        spec, plan_device(spec), models_dir / "tiny-llama", task=Task.causal_lm, pad_token_id=tokenizer.pad_token_id
     )
     ids = torch.tensor([tokenizer("The car is red and the sky is blue.")["input_ids"]])
     first_lora = model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
@@ -168,7 +176,9 @@ def test_reports_metrics_progress_events_and_checkpoints(make_spec, colour_file,
     for _, point in train_points:
         assert {"loss", "learning_rate", "grad_norm", "epoch", "tokens_per_second", "peak_memory_mb"} <= point.keys()
         assert point["tokens_per_second"] > 0 and point["peak_memory_mb"] > 0
+        assert 0 <= point["mean_token_accuracy"] <= 1
     assert [step for step, m in reporter.metrics if "eval_loss" in m] == every(3, total)
+    assert all(0 <= m["eval_mean_token_accuracy"] <= 1 for _, m in reporter.metrics if "eval_loss" in m)
     assert [step for step, _ in reporter.checkpoints] == every(4, total)
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == sorted(path.name for _, path in reporter.checkpoints[-2:])
@@ -176,6 +186,42 @@ def test_reports_metrics_progress_events_and_checkpoints(make_spec, colour_file,
     assert any(m.startswith("Loaded model tiny-llama") for m in messages)
     assert any(m.startswith("Read 48 rows from colours.jsonl") for m in messages)
     assert "Saved checkpoint at step 4" in messages
+
+
+def test_token_accuracy_rises_as_the_model_learns(make_spec, colour_file, models_dir, tmp_path):
+    reporter = MemoryReporter()
+    spec = make_spec(max_steps=16, eval_split=0.25, eval_steps=4)
+    train(spec, train_file=colour_file, output_dir=tmp_path / "run", reporter=reporter, models_dir=models_dir)
+    curve, eval_curve = accuracies(reporter), accuracies(reporter, "eval_mean_token_accuracy")
+    assert len(curve) == len(losses(reporter)) and len(eval_curve) == 4
+    assert all(0 <= value <= 1 for value in curve + eval_curve)
+    assert mean(curve[-3:]) > curve[0] + 0.3, curve
+    assert eval_curve[-1] > eval_curve[0] + 0.2, eval_curve
+    assert not reporter.series("accuracy") and not reporter.series("eval_accuracy"), "those are a classifier's"
+
+
+def test_eval_token_accuracy_is_the_share_of_trained_tokens_predicted_right(
+    make_spec, colour_file, models_dir, tmp_path
+):
+    # One evaluation batch holds all the held-out examples, so the figure is over all their tokens.
+    spec = make_spec(max_steps=6, eval_split=0.25, batch_size=16)
+    reporter = MemoryReporter()
+    prepared = prepare(spec, train_file=colour_file, reporter=reporter, models_dir=models_dir)
+    trainer, _ = build_trainer(prepared, tmp_path / "checkpoints", reporter)
+    trainer.train()
+    logged = trainer.evaluate()["eval_mean_token_accuracy"]
+
+    model, right, trained = trainer.model.eval(), 0, 0
+    with torch.no_grad():
+        for ids, labels in zip(prepared.eval_examples.input_ids, prepared.eval_examples.labels):
+            predicted = model(input_ids=torch.tensor([ids])).logits[0].argmax(-1)  # predicted[i]: token i + 1
+            for position, label in enumerate(labels):
+                if label != IGNORE_INDEX:
+                    trained += 1
+                    right += int(predicted[position - 1]) == label
+    assert 0 < logged < 1
+    assert logged == pytest.approx(right / trained)
+    assert reporter.series("eval_mean_token_accuracy")[-1] == (6, logged)
 
 
 def test_trained_tokens_count_every_real_token_once_per_epoch(make_spec, colour_file, models_dir, tmp_path, tokenizer):
@@ -286,6 +332,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(packing, make_spec, co
     assert resumed.completed and resumed.step == expected.step == 20
     assert resumed.trained_tokens == expected.trained_tokens
     assert losses(second) == pytest.approx(losses(straight)[7:], rel=1e-4)
+    assert accuracies(second) == pytest.approx(accuracies(straight)[7:], rel=1e-4)
     assert resumed.metrics["loss"] == pytest.approx(expected.metrics["loss"], rel=1e-4)
 
 
@@ -351,6 +398,10 @@ def test_classifier_learns_labels_of_text(make_spec, write_jsonl, models_dir, tm
     )
     eval_losses = [value for _, value in reporter.series("eval_loss")]
     assert eval_losses[-1] < 0.3 * eval_losses[0], eval_losses
+    assert all(0 <= value <= 1 for value in accuracies(reporter, "accuracy"))
+    eval_accuracy = accuracies(reporter, "eval_accuracy")
+    assert len(eval_accuracy) == len(eval_losses) and eval_accuracy[-1] == 1.0, eval_accuracy  # 16 held-out rows
+    assert not reporter.series("mean_token_accuracy"), "a classifier predicts a class, not tokens"
 
     assert json.loads((result.final_dir / "class_names.json").read_text()) == ["cool", "warm"]
     base = AutoModelForSequenceClassification.from_pretrained(
@@ -505,20 +556,68 @@ def test_gradient_accumulation_matches_a_bigger_batch(make_spec, colour_file, mo
     assert runs[2] == pytest.approx(runs[4], rel=1e-4)
 
 
+class SavedActivations:
+    """While active, the peak bytes of the tensors autograd keeps for the backward pass, the
+    weights excluded: the activation memory that gradient checkpointing trades for compute.
+    Each storage counts once, from the first time a tensor of it is saved until autograd
+    releases the last."""
+
+    def __init__(self, model):
+        self.weights = {param.untyped_storage().data_ptr() for param in model.parameters()}
+        self.savers = Counter()  # storage address -> saved tensors alive on it
+        self.live = self.peak = 0
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._hooks.__exit__(*exc_info)
+
+    def _pack(self, tensor):
+        saved = _Saved(tensor)
+        storage = tensor.untyped_storage()
+        address, size = storage.data_ptr(), storage.nbytes()
+        if address not in self.weights:
+            if not self.savers[address]:
+                self.live += size
+                self.peak = max(self.peak, self.live)
+            self.savers[address] += 1
+            weakref.finalize(saved, self._release, address, size)
+        return saved
+
+    def _unpack(self, saved):
+        return saved.tensor
+
+    def _release(self, address, size):
+        self.savers[address] -= 1
+        if not self.savers[address]:
+            self.live -= size
+
+
+class _Saved:
+    """What autograd holds instead of a saved tensor, so that its release can be seen."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
 def test_gradient_checkpointing_changes_memory_not_results(make_spec, colour_file, models_dir, tmp_path):
-    runs = {}
+    runs, peaks = {}, {}
     for checkpointing in (False, True):
         reporter = MemoryReporter()
         spec = make_spec(max_steps=4, gradient_checkpointing=checkpointing, lora={"dropout": 0.0})
-        train(
-            spec,
-            train_file=colour_file,
-            output_dir=tmp_path / str(checkpointing),
-            reporter=reporter,
-            models_dir=models_dir,
-        )
-        runs[checkpointing] = losses(reporter)
+        prepared = prepare(spec, train_file=colour_file, reporter=reporter, models_dir=models_dir)
+        trainer, _ = build_trainer(prepared, tmp_path / str(checkpointing), reporter)
+        with SavedActivations(prepared.model) as saved:
+            trainer.train()
+        assert saved.live == 0, "every saved tensor was released by its backward pass"
+        runs[checkpointing], peaks[checkpointing] = losses(reporter), saved.peak
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    # Without it both layers keep their activations; with it, each keeps only its input (and
+    # the logits and loss outside the layers stay as they were): about a fifth here.
+    assert peaks[True] < 0.5 * peaks[False], peaks
 
 
 def test_dora_adapters_train_and_save_as_dora(make_spec, colour_file, models_dir, tmp_path):

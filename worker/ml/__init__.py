@@ -12,6 +12,9 @@ and the adapter or weights, tokenizer and README.md model card to `output_dir/fi
 output_dir, *, models_dir=None, on_progress=None)` merges an adapter into its base.
 `worker.ml.inference` chats with a base or fine-tuned model (`ModelCache`, `generate_chat`).
 
+The run is `training_run.py` (with `arguments.py` and `callbacks.py`); what it leaves,
+`saving.py`; the model card, `card.py` and `templates/model_card.md`.
+
 Importing this package is cheap: torch and transformers load on the first call.
 """
 
@@ -29,7 +32,8 @@ from .reporting import MemoryReporter, Reporter
 from .result import TrainResult
 
 if TYPE_CHECKING:
-    from .engine import merge_adapter, train
+    from .saving import merge_adapter
+    from .training_run import train
 
 __all__ = [
     "ConfigurationError",
@@ -47,8 +51,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("train", "merge_adapter"):
-        from . import engine
+    if name == "train":
+        from .training_run import train
 
-        return getattr(engine, name)
+        return train
+    if name == "merge_adapter":
+        from .saving import merge_adapter
+
+        return merge_adapter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,14 @@ IGNORE_INDEX = -100
 # pops it before the forward pass (tokens/s is computed from it).
 REAL_TOKENS_KEY = "real_tokens"
 
-CAUSAL_LM = "causal_lm"
-CLASSIFICATION = "classification"
+
+class Task(str, Enum):
+    """What a dataset trains: a causal LM, or a sequence classifier (text+label rows).
+    Not a dataset format: `app.contract.formats.CLASSIFICATION` is the text+label format."""
+
+    causal_lm = "causal_lm"
+    classification = "classification"
+
 
 # Used when a tokenizer has no chat template of its own. Its markers are plain text to
 # such a tokenizer, which is fine: the model learns them like any other text.
@@ -74,13 +81,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def task_of(rows: Sequence[dict[str, Any]]) -> str:
+def task_of(rows: Sequence[dict[str, Any]]) -> Task:
     """causal_lm for chat, sharegpt, prompt/completion, instruction and text rows; classification for text+label."""
     found = {formats.detect_format(row) for row in rows}
     if found <= formats.CAUSAL_LM_FORMATS:
-        return CAUSAL_LM
+        return Task.causal_lm
     if found == {formats.CLASSIFICATION}:
-        return CLASSIFICATION
+        return Task.classification
     raise DatasetError("text+label rows cannot be mixed with other formats in one dataset")
 
 
@@ -88,7 +95,7 @@ def task_of(rows: Sequence[dict[str, Any]]) -> str:
 class Examples:
     """Tokenized rows. `labels[i]` is a per-token array for causal LM, a class index for classification."""
 
-    task: str
+    task: Task
     input_ids: list[list[int]]
     labels: list[list[int]] | list[int]
     rows: int
@@ -133,7 +140,7 @@ class Tokenization:
     def __call__(self, rows: Sequence[dict[str, Any]]) -> Examples:
         canonical = [formats.to_canonical(row) for row in rows]
         counts = dict(Counter(item.format for item in canonical))
-        if task_of(rows) == CLASSIFICATION:
+        if task_of(rows) == Task.classification:
             return self._classification([item.example for item in canonical], counts)
         sequences = []
         for number, item in enumerate(canonical, start=1):
@@ -219,7 +226,7 @@ class Tokenization:
         return [self.eos_token_id] if self.eos_token_id is not None else []
 
     def _truncated(self, sequences: list[tuple[list[int], list[bool]]], counts: dict[str, int]) -> Examples:
-        out = Examples(task=CAUSAL_LM, input_ids=[], labels=[], rows=len(sequences), formats=counts)
+        out = Examples(task=Task.causal_lm, input_ids=[], labels=[], rows=len(sequences), formats=counts)
         for ids, trainable in sequences:
             if len(ids) > self.max_length:
                 out.truncated += 1
@@ -241,7 +248,7 @@ class Tokenization:
         unknown = sorted({example.label for example in examples} - index.keys())
         if unknown:
             raise DatasetError(f"labels not seen in the training data: {', '.join(unknown[:10])}")
-        out = Examples(task=CLASSIFICATION, input_ids=[], labels=[], rows=len(examples), formats=counts)
+        out = Examples(task=Task.classification, input_ids=[], labels=[], rows=len(examples), formats=counts)
         for example in examples:
             ids = self._encode(example.text, special=True)
             if len(ids) > self.max_length:

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from app.contract.spec import Method, TrainingSpec
 
-from .data import CLASSIFICATION
+from .data import Task
 from .errors import ConfigurationError, ModelNotFoundError
 
 
@@ -121,7 +121,7 @@ def quantization_config_for(spec: TrainingSpec, plan: DevicePlan):
     )
 
 
-def peft_config_for(spec: TrainingSpec, task: str):
+def peft_config_for(spec: TrainingSpec, task: Task):
     """LoRA (or DoRA) settings for lora and qlora, None for full fine-tuning."""
     if not spec.uses_adapter:
         return None
@@ -135,7 +135,7 @@ def peft_config_for(spec: TrainingSpec, task: str):
         target_modules=lora.target_modules,
         use_dora=lora.use_dora,
         bias="none",
-        task_type=TaskType.SEQ_CLS if task == CLASSIFICATION else TaskType.CAUSAL_LM,
+        task_type=TaskType.SEQ_CLS if task == Task.classification else TaskType.CAUSAL_LM,
     )
 
 
@@ -144,7 +144,7 @@ def load_model(
     plan: DevicePlan,
     source: Path,
     *,
-    task: str,
+    task: Task,
     pad_token_id: int,
     class_names: list[str] | None = None,
 ):
@@ -164,7 +164,7 @@ def load_model(
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": torch.cuda.current_device() if plan.device == "cuda" else "cpu"}
-    if task == CLASSIFICATION:
+    if task == Task.classification:
         auto_class = AutoModelForSequenceClassification
         kwargs.update(classifier_kwargs(class_names, pad_token_id))
     else:

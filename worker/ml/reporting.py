@@ -17,7 +17,8 @@ from typing import Any, Protocol
 class Reporter(Protocol):
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Every logging step: loss, learning_rate, grad_norm, epoch, tokens_per_second (real, non-pad tokens),
-        tokens_seen, peak_memory_mb. At each evaluation: eval_loss (and epoch)."""
+        tokens_seen, peak_memory_mb, and mean_token_accuracy (a classifier: accuracy). At each evaluation:
+        eval_loss and eval_mean_token_accuracy (a classifier: eval_accuracy), and epoch."""
 
     def event(self, message: str, level: str = "info", **data: Any) -> None:
         """A human-readable milestone ("Loaded model ...", "Saved checkpoint at step 40"); level is info|warning."""

@@ -1,0 +1,58 @@
+"""The spec in the transformers Trainer's terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from app.contract.spec import TrainingSpec
+
+from .errors import ConfigurationError
+from .loading import DevicePlan
+
+
+def training_arguments(
+    spec: TrainingSpec, plan: DevicePlan, checkpoint_dir: Path, *, packed: bool, has_eval: bool
+) -> TrainingArguments:
+    """The spec in the trainer's terms; a spec that asks for evaluation without eval data is refused."""
+    if spec.early_stopping_patience and not has_eval:
+        raise ConfigurationError("early stopping needs evaluation data: set eval_split or give a validation file")
+    if spec.eval_steps and not has_eval:
+        raise ConfigurationError("eval_steps needs evaluation data: set eval_split or give a validation file")
+    eval_strategy = ("steps" if spec.eval_steps else "epoch") if has_eval else "no"
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps or -1,
+        learning_rate=spec.effective_learning_rate,
+        lr_scheduler_type=spec.lr_scheduler,
+        warmup_steps=spec.warmup_ratio,  # a float below 1 is a fraction of the steps
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=spec.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=spec.eval_steps,
+        save_strategy="steps" if spec.save_steps else "epoch",
+        **({"save_steps": spec.save_steps} if spec.save_steps else {}),
+        metric_for_best_model="eval_loss" if spec.early_stopping_patience else None,
+        greater_is_better=False,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        use_cpu=plan.device == "cpu",
+        activation_checkpointing=spec.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        train_sampling_strategy="random" if packed else "group_by_length",
+        label_names=["labels"],  # a PeftModel's forward does not name them
+        remove_unused_columns=False,
+        dataloader_pin_memory=plan.device == "cuda",
+        report_to="none",
+        disable_tqdm=True,
+    )

@@ -1,0 +1,383 @@
+"""One training function for full, lora and qlora, for causal LMs and classifiers.
+
+`prepare` loads the tokenizer, the data and the model; `train` runs them through the
+transformers `Trainer` (the one TRL's SFTTrainer builds on) with the callbacks of
+`callbacks.py`, which talk to the reporter, name checkpoints `checkpoints/step-N`, and stop
+on request.
+
+Not SFTTrainer itself: its assistant-only loss needs `{% generation %}` markers, which
+it patches in for a list of known templates only; its packing collator needs a
+flash-attention kernel to keep examples apart (see `data.BatchCollator`); and it does not
+train classifiers. The data side is `data.py` (with TRL's best-fit packing); the loop is
+the Trainer's.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, TrainerState
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+from app.contract.spec import TrainingSpec
+
+from . import data
+from .arguments import training_arguments
+from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
+from .errors import DatasetError, OutOfMemoryError
+from .loading import DevicePlan, load_model, load_tokenizer, parameter_counts, plan_device, resolve_model
+from .reporting import Reporter
+from .result import COMPLETED, STOPPED, TrainResult
+from .saving import merge_adapter, save_final
+
+
+@dataclass
+class Prepared:
+    """Everything a training run needs, built from a spec and dataset files."""
+
+    spec: TrainingSpec
+    plan: DevicePlan
+    tokenizer: Any
+    model: Any
+    task: data.Task
+    train_dataset: Any  # a datasets.Dataset whose rows the collator batches
+    eval_dataset: Any | None
+    collator: data.BatchCollator
+    train_examples: data.Examples
+    eval_examples: data.Examples | None
+    truncated_rows: int
+    class_names: list[str] | None
+
+    def data_summary(self) -> dict[str, object]:
+        summary: dict[str, object] = {
+            "format": ", ".join(f"{name} ({count} rows)" for name, count in self.train_examples.formats.items()),
+            "training_examples": len(self.train_examples),
+            "training_tokens": self.train_examples.tokens,
+            "truncated_rows": self.truncated_rows,
+        }
+        if self.eval_examples is not None:
+            summary["evaluation_examples"] = len(self.eval_examples)
+        return summary
+
+
+def prepare(
+    spec: TrainingSpec,
+    *,
+    train_file: Path,
+    reporter: Reporter,
+    eval_file: Path | None = None,
+    models_dir: Path | None = None,
+    dataset_name: str | None = None,
+) -> Prepared:
+    """Tokenizer, data (tokenized, split, packed) and model, with an event for each.
+    `dataset_name` is what events call the training file (default: its file name)."""
+    plan = plan_device(spec)
+    source = resolve_model(spec.base_model, models_dir)
+    tokenizer = load_tokenizer(source)
+
+    rows = data.read_jsonl(Path(train_file))
+    task = data.task_of(rows)
+    class_names = data.class_names(rows) if task == data.Task.classification else None
+    if class_names is not None and len(class_names) < 2:
+        raise DatasetError("a classification dataset needs at least two different labels")
+    tokenize = data.Tokenization(
+        tokenizer, max_length=spec.max_seq_length, train_on_prompt=spec.train_on_prompt, class_names=class_names or ()
+    )
+    train_examples = tokenize(rows)
+    _report_tokenized(reporter, dataset_name or Path(train_file).name, train_examples, spec.max_seq_length)
+    if not train_examples:
+        raise DatasetError(
+            f"none of the {train_examples.rows} rows has a token to learn from within {spec.max_seq_length} tokens: "
+            "each needs an assistant reply (or completion) that fits"
+        )
+    truncated_rows = train_examples.truncated
+    eval_examples = None
+    if eval_file is not None:
+        eval_examples = tokenize(data.read_jsonl(Path(eval_file)))
+        _report_tokenized(reporter, Path(eval_file).name, eval_examples, spec.max_seq_length)
+        truncated_rows += eval_examples.truncated
+        if not eval_examples:
+            raise DatasetError(f"none of the rows of {Path(eval_file).name} has a token to evaluate on")
+    elif spec.eval_split > 0:
+        train_examples, eval_examples = data.split_for_eval(train_examples, spec.eval_split, spec.seed)
+        reporter.event(
+            f"Held out {len(eval_examples)} of {len(train_examples) + len(eval_examples)} examples for evaluation"
+        )
+
+    model = load_model(spec, plan, source, task=task, pad_token_id=tokenizer.pad_token_id, class_names=class_names)
+    trainable, total = parameter_counts(model)
+    reporter.event(
+        f"Loaded model {spec.base_model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) "
+        f"for {spec.method.value} on {plan.describe()}",
+        source=str(source),
+        parameters=total,
+        trainable_parameters=trainable,
+    )
+
+    pack = spec.packing and task == data.Task.causal_lm
+    train_dataset = _dataset(train_examples, pack=pack, max_length=spec.max_seq_length)
+    eval_dataset = _dataset(eval_examples, pack=pack, max_length=spec.max_seq_length) if eval_examples else None
+    if pack:
+        reporter.event(
+            f"Packed {len(train_examples)} examples into {len(train_dataset)} sequences of up to "
+            f"{spec.max_seq_length} tokens"
+        )
+    return Prepared(
+        spec=spec,
+        plan=plan,
+        tokenizer=tokenizer,
+        model=model,
+        task=task,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        collator=data.BatchCollator(pad_token_id=tokenizer.pad_token_id),
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+        truncated_rows=truncated_rows,
+        class_names=class_names,
+    )
+
+
+def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, max_length: int) -> None:
+    formats = ", ".join(f"{count} {fmt}" for fmt, count in examples.formats.items())
+    reporter.event(
+        f"Read {examples.rows} rows from {name} ({formats}): {len(examples)} examples, {examples.tokens} tokens",
+        rows=examples.rows,
+        examples=len(examples),
+        tokens=examples.tokens,
+    )
+    if examples.truncated:
+        reporter.event(
+            f"Truncated {examples.truncated} rows longer than {max_length} tokens",
+            level="warning",
+            truncated_rows=examples.truncated,
+        )
+    if examples.dropped:
+        reporter.event(
+            f"Skipped {examples.dropped} rows with nothing to learn from (no assistant reply within "
+            f"{max_length} tokens)",
+            level="warning",
+            skipped_rows=examples.dropped,
+        )
+
+
+def _dataset(examples: data.Examples, *, pack: bool, max_length: int):
+    """Rows for the trainer: packed sequences, or single examples with their length for grouping."""
+    dataset = examples.to_dataset()
+    if pack:
+        dataset = data.pack(dataset, max_length)
+    else:
+        dataset = dataset.add_column("length", [len(ids) for ids in examples.input_ids])
+    return dataset.with_format("numpy")
+
+
+def build_trainer(prepared: Prepared, checkpoint_dir: Path, reporter: Reporter) -> tuple[Trainer, ReporterCallback]:
+    """The trainer for a prepared run, and the callback that tells whether it stopped on request."""
+    spec = prepared.spec
+    args = training_arguments(
+        spec,
+        prepared.plan,
+        checkpoint_dir,
+        packed="seq_lengths" in prepared.train_dataset.column_names,
+        has_eval=prepared.eval_dataset is not None,
+    )
+    callback = ReporterCallback(reporter, keep_checkpoints=spec.keep_checkpoints, cuda=prepared.plan.device == "cuda")
+    callbacks: list[TrainerCallback] = [callback]
+    if spec.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    trainer = CountingTrainer(
+        model=prepared.model,
+        args=args,
+        train_dataset=prepared.train_dataset,
+        eval_dataset=prepared.eval_dataset,
+        data_collator=prepared.collator,
+        processing_class=prepared.tokenizer,
+        callbacks=callbacks,
+        task=prepared.task,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer, callback
+
+
+def train(
+    spec: TrainingSpec,
+    *,
+    train_file: Path,
+    output_dir: Path,
+    reporter: Reporter,
+    eval_file: Path | None = None,
+    models_dir: Path | None = None,
+    resume: bool = True,
+    dataset_name: str | None = None,
+) -> TrainResult:
+    """Train `spec` on `train_file`, from the latest checkpoint in `output_dir` when there is one."""
+    output_dir = Path(output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    if not resume:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    latest = (checkpoints(checkpoint_dir) or [None])[-1]
+    if reporter.should_stop():
+        return _stopped_before_loading(output_dir, latest)
+
+    dataset_name = dataset_name or Path(train_file).name
+    prepared = prepare(
+        spec,
+        train_file=train_file,
+        reporter=reporter,
+        eval_file=eval_file,
+        models_dir=models_dir,
+        dataset_name=dataset_name,
+    )
+    trainer, callback = build_trainer(prepared, checkpoint_dir, reporter)
+    with _training_memory(spec, prepared.plan):
+        _train_from(trainer, latest, reporter)
+        if prepared.eval_dataset is not None and not callback.stopped:
+            _evaluate_at_the_end(trainer)
+
+    result = _result(trainer, prepared, stopped=callback.stopped, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
+    if callback.stopped:
+        reporter.event(f"Stopped at step {result.step} as asked; the checkpoint there can resume the run")
+        return result
+    if spec.early_stopping_patience and result.step < result.total_steps:
+        reporter.event(
+            f"Stopped early at step {result.step}: eval loss did not improve for "
+            f"{spec.early_stopping_patience} evaluations"
+        )
+
+    result.final_dir = save_final(trainer, prepared, output_dir / "final", dataset_name, result.metrics)
+    reporter.event("Saved the adapter (PEFT format)" if spec.uses_adapter else "Saved the model weights")
+    if spec.merge_adapter:
+        del trainer, prepared  # the merge loads the base model again
+        _release_memory()
+        result.merged_dir = merge_adapter(
+            spec.base_model, result.final_dir, output_dir / "merged", models_dir=models_dir
+        )
+        reporter.event("Saved the merged model")
+    return result
+
+
+def _stopped_before_loading(output_dir: Path, latest: Path | None) -> TrainResult:
+    """A stop asked for before anything was loaded: the run stays where its latest checkpoint left it."""
+    return TrainResult(
+        status=STOPPED,
+        step=checkpoint_step(latest) if latest else 0,
+        total_steps=0,
+        output_dir=output_dir,
+        checkpoint_dir=latest,
+    )
+
+
+def _train_from(trainer: Trainer, latest: Path | None, reporter: Reporter) -> None:
+    """Train from the start, or resume from the `latest` checkpoint, or take it as it is when the run ended there."""
+    if latest is not None and _is_last_step(latest):
+        # A job delivered again after it finished. The trainer, resumed there, would run one
+        # step past max_steps when the end falls mid-epoch.
+        reporter.event(f"Training already reached its last step in {latest.name}; finishing from there")
+        load_checkpoint_weights(trainer.model, latest)
+        trainer.state = TrainerState.load_from_json(str(latest / TRAINER_STATE_NAME))
+        return
+    if latest is not None:
+        reporter.event(f"Resuming from the checkpoint at step {checkpoint_step(latest)}")
+    trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+
+
+def _is_last_step(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    return state["global_step"] >= state["max_steps"]
+
+
+def load_checkpoint_weights(model, checkpoint: Path) -> None:
+    """Put the weights a checkpoint holds into `model`: the adapter of a PeftModel, else every weight."""
+    from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if isinstance(model, PeftModel):
+        weights = load_peft_weights(str(checkpoint), device="cpu")
+        set_peft_model_state_dict(model, weights, adapter_name=model.active_adapter)
+        return
+    index = checkpoint / SAFE_WEIGHTS_INDEX_NAME
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [SAFE_WEIGHTS_NAME]
+    )
+    for shard in shards:
+        # Not strict: tied weights (an output layer sharing the embeddings) are saved once.
+        model.load_state_dict(load_file(checkpoint / shard), strict=False)
+
+
+def _evaluate_at_the_end(trainer: Trainer) -> None:
+    """Evaluate the final weights, unless the last step was evaluated already."""
+    state = trainer.state
+    if not any("eval_loss" in entry and entry["step"] == state.global_step for entry in state.log_history):
+        trainer.evaluate()
+
+
+def _result(
+    trainer: Trainer, prepared: Prepared, *, stopped: bool, output_dir: Path, checkpoint_dir: Path
+) -> TrainResult:
+    state = trainer.state
+    return TrainResult(
+        status=STOPPED if stopped else COMPLETED,
+        step=state.global_step,
+        total_steps=state.max_steps,
+        metrics=final_metrics(state),
+        trained_tokens=int(state.num_input_tokens_seen),
+        truncated_rows=prepared.truncated_rows,
+        output_dir=output_dir,
+        checkpoint_dir=(checkpoints(checkpoint_dir) or [None])[-1],
+    )
+
+
+def final_metrics(state) -> dict[str, float]:
+    """The last logged training loss (with its learning rate and grad norm), the last eval loss and
+    the epoch, from the trainer's log history, which checkpoints carry across a resume."""
+    history = state.log_history
+    last_train = next((entry for entry in reversed(history) if "loss" in entry), {})
+    last_eval = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
+    metrics = {key: float(last_train[key]) for key in ("loss", "learning_rate", "grad_norm") if key in last_train}
+    if last_eval:
+        metrics["eval_loss"] = float(last_eval["eval_loss"])
+    metrics["epoch"] = float(state.epoch or 0.0)
+    return metrics
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _training_memory(spec: TrainingSpec, plan: DevicePlan) -> Iterator[None]:
+    """Peak GPU memory counts from here; running out of memory becomes an OutOfMemoryError that says what to change."""
+    if plan.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        raise _out_of_memory(spec, plan) from error
+
+
+def _out_of_memory(spec: TrainingSpec, plan: DevicePlan) -> OutOfMemoryError:
+    where = "GPU" if plan.device == "cuda" else "main"
+    advice = [
+        "lower batch_size (raise gradient_accumulation_steps to keep the same effective batch)",
+        "lower max_seq_length",
+    ]
+    if not spec.gradient_checkpointing:
+        advice.append("turn on gradient_checkpointing")
+    if spec.method.value != "qlora":
+        advice.append("use qlora")
+    return OutOfMemoryError(
+        f"Ran out of {where} memory at batch_size {spec.batch_size} x {spec.max_seq_length} tokens. "
+        f"Try: {'; '.join(advice)}."
+    )
