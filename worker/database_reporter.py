@@ -3,7 +3,10 @@ checkpoints go to the database (and ring the live streams), cancel requests come
 
 The training thread never waits on the database to log: points are queued and a flusher
 thread writes them in small batches (a few tens of milliseconds apart), together with the
-job's progress and heartbeat. `should_stop` asks the database directly, every step.
+job's progress and heartbeat. `should_stop`, called after every optimizer step, writes that
+step to the job's row and reads the job's state back in the same statement: a cancel, which
+updates the same row, therefore meets the exact number of steps done (the row lock orders
+the two), and the job stops at that step or at the one then in progress.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, update
 
 from app.core.blobs import BlobStore
 from app.core.database import session_scope
@@ -62,6 +65,7 @@ class DatabaseReporter:
         self._progress: tuple[int, int] | None = None
         self._recent_steps: deque[tuple[float, int]] = deque(maxlen=30)
         self._last_team_ring = 0.0
+        self._rung_progress: tuple[int, int] | None = None  # the progress the team channel last heard of
         self._thread = threading.Thread(target=self._run, name=f"tunelab-reporter-{job_id}", daemon=True)
 
     # ---- the Reporter protocol (called from the training thread) ----
@@ -89,9 +93,12 @@ class DatabaseReporter:
         it is no longer this worker's to run (failed or requeued by someone else, deleted)."""
         if shutdown_requested.is_set():
             return True
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if self._progress is not None:  # None before the first step
+            values["step"], values["total_steps"] = self._progress
         with session_scope() as session:
-            state = session.scalar(select(Job.state).where(Job.id == self.job_id))
-        return state != JobState.running
+            state = session.scalar(update(Job).where(Job.id == self.job_id).values(**values).returning(Job.state))
+        return state != JobState.running  # None: the job was deleted
 
     # ---- lifecycle ----
 
@@ -158,10 +165,16 @@ class DatabaseReporter:
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if self._progress is not None:
             step, total = self._progress
-            values.update(step=step, total_steps=total, steps_per_second=self._steps_per_second())
+            # Never behind what `should_stop` wrote: a flush that read an older step and lost the
+            # race to the row would otherwise show fewer steps than are done, and a cancel then
+            # would let more than one step in progress finish.
+            step_now = case((Job.step > step, Job.step), else_=step)
+            values.update(step=step_now, total_steps=total, steps_per_second=self._steps_per_second())
             now = time.monotonic()
-            if (step, total) != (job.step, job.total_steps) and now - self._last_team_ring >= 1.0:
-                self._last_team_ring = now
+            # Against the progress last announced, not the row's: `should_stop` has written the step
+            # there already.
+            if (step, total) != self._rung_progress and now - self._last_team_ring >= 1.0:
+                self._last_team_ring, self._rung_progress = now, (step, total)
                 values["updated_at"] = utcnow()
                 ring_after_commit(session, team_channel(job.team_id))
         session.execute(update(Job).where(Job.id == job.id).values(**values))

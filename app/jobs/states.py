@@ -73,9 +73,23 @@ def transition(
 
 
 def request_cancel(session: Session, job: Job) -> Job:
-    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    """A queued job is cancelled at once; a running one is asked to stop at its next step.
+
+    The Cancelling event records the steps done then (`step`). The transition's UPDATE holds
+    the job's row (SQLite: the database) until commit, and a worker writes its step to that
+    row after every optimizer step in the statement that reads the state back
+    (`worker.database_reporter`), so the step read after the UPDATE is exact: the job stops
+    at that step or at the one then in progress."""
+    from sqlalchemy import select
+
+    from app.core.tables import JobEvent
+
     if job.state == _QUEUED:
         return transition(session, job, _CANCELLED, message="Job cancelled before it started")
     if job.state == _RUNNING:
-        return transition(session, job, _CANCELLING)
+        transition(session, job, _CANCELLING)  # refreshes `job` after its UPDATE
+        latest = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq.desc()).limit(1)
+        cancelling = session.scalars(latest).one()  # the transition's event: the row lock keeps others out
+        cancelling.data = {**cancelling.data, "step": job.step}
+        return job
     raise IllegalTransition("job", job.id, job.state, _CANCELLED)
