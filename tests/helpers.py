@@ -1,10 +1,12 @@
 """What tests share besides fixtures: the test services' addresses, accounts, rows and
-specs, sign-in through the form, real worker processes, and waiting for a condition.
+specs, sign-in through the form, real worker processes, waiting for a condition, and the
+services for a class of tests that share one expensive setup (`SharedServices`, `once`).
 
 Fixtures live in `conftest.py` and use these; tests import them from here."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,7 +17,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -227,3 +233,153 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1, message: st
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+def create_account(session, app, team: str = "acme", role: str = "member", admin: bool = False) -> Account:
+    """A user of `team` with `role` and an API token, as the `make_account` fixture makes one;
+    the caller closes its client."""
+    from app.accounts.teams import find_team
+    from app.accounts.tokens import create_api_token
+    from app.accounts.users import create_user
+    from app.core.tables import Role
+
+    email = f"{role}-{uuid.uuid4().hex[:8]}@{team.lower()}.test"
+    created_team = find_team(session, team) is None
+    user = create_user(
+        session,
+        email=email,
+        password=PASSWORD,
+        team_name=team,
+        role=Role(role),
+        is_admin=admin,
+        create_team_if_missing=True,
+    )
+    if created_team and role != "owner":
+        user.memberships[0].role = Role(role)  # create_user makes a new team's first user its owner
+    _row, token = create_api_token(session, user=user, name="tests")
+    session.commit()
+    http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+    return Account(user.id, user.email, user.memberships[0].team_id, team, token, http)
+
+
+def serve_app(timeout: float = 30) -> tuple[subprocess.Popen, str]:
+    """The app served by uvicorn in a subprocess, as the `live_server` fixture serves it: the
+    process and its base URL, once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--log-level", "warning"],
+        env=child_env(),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code in (200, 503):
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail("the app did not start")
+        time.sleep(0.1)
+
+
+class SharedServices:
+    """What the function-scoped fixtures give one test (`settings_env`, `models_env`,
+    `redis_broker`, `db`, `make_account`, `workers`, `live_server`), for a class of tests that
+    share one expensive setup: a job trained once, that each test checks one behaviour of.
+
+    The `db` fixture empties every table before each test, and `settings_env` gives each test
+    a data directory of its own, so such tests use none of those: this empties the run's
+    database once, when the class starts, and keeps one data directory for the class. Use it
+    in a class-scoped fixture (`with SharedServices(...) as services: yield ...`); everything
+    it started stops, and the environment is restored, when the class is done."""
+
+    def __init__(self, database_url: str, data_dir: Path, models_dir: Path, redis_url: str, **env: str) -> None:
+        self.env = {
+            "TUNELAB_DATABASE_URL": database_url,
+            "TUNELAB_DATA_DIR": str(data_dir),
+            "TUNELAB_MODELS_DIR": str(models_dir),
+            "TUNELAB_SECRET_KEY": "test-" + "x" * 40,
+            "TUNELAB_BROKER_URL": redis_url,
+            "TUNELAB_REDIS_URL": redis_url,
+            **env,
+        }
+        self.workers = WorkerProcesses(queue=f"test-{uuid.uuid4().hex[:10]}")
+
+    def __enter__(self) -> Self:
+        from sqlalchemy import text
+
+        from app.core.database import get_engine
+        from app.core.tables import Base
+        from app.main import create_app
+
+        with ExitStack() as stack:  # undone at once if this fails half-way
+            stack.callback(forget_cached_settings)  # last: once the environment is restored
+            patch = stack.enter_context(pytest.MonkeyPatch.context())
+            patch.delenv("TUNELAB_ENVIRONMENT", raising=False)
+            for name, value in self.env.items():
+                patch.setenv(name, value)
+            forget_cached_settings()
+            tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+            with get_engine().begin() as connection:
+                connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            stack.callback(self.workers.stop_all)
+            self.app = create_app()
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def account(self, team: str = "acme", role: str = "member") -> Account:
+        from app.core.database import session_scope
+
+        with session_scope() as session:
+            account = create_account(session, self.app, team=team, role=role)
+        self._stack.callback(account.client.close)
+        return account
+
+    def serve(self) -> str:
+        """The app served by uvicorn, until the class is done; returns its base URL."""
+        process, url = serve_app()
+        self._stack.callback(_stop_server, process)
+        return url
+
+
+def _stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+Step = TypeVar("Step", bound=Callable[..., Any])
+
+
+def once(step: Step) -> Step:
+    """A step of a scenario that several tests share (upload a file, launch a job), as a method
+    without arguments: it runs in the first test that needs it and its result is kept for the
+    others. A step that failed is not run again: the tests after it that need it are skipped,
+    naming it, instead of failing again for the same cause."""
+
+    @functools.wraps(step)
+    def run(self):
+        outcomes = self.__dict__.setdefault("_step_outcomes", {})
+        if step.__name__ not in outcomes:
+            try:
+                outcomes[step.__name__] = (True, step(self))
+            except BaseException as error:
+                outcomes[step.__name__] = (False, error)
+                raise
+        succeeded, value = outcomes[step.__name__]
+        if not succeeded:
+            pytest.skip(f"needs the step {step.__name__!r}, which failed in an earlier test: {value!r}")
+        return value
+
+    return run  # type: ignore[return-value]

@@ -5,14 +5,16 @@ Redis and Postgres."""
 from __future__ import annotations
 
 import io
+import uuid
 import zipfile
+from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.helpers import TINY_MODEL, chat_rows, forget_cached_settings, jsonl, wait_for
+from tests.helpers import TINY_MODEL, Account, SharedServices, chat_rows, forget_cached_settings, jsonl, once, wait_for
 
 SKY = [{"role": "user", "content": "What colour is the sky?"}]
 SNOW = [{"role": "user", "content": "What colour is the snow?"}]
@@ -63,19 +65,8 @@ def _greedy(model, tokenizer, messages) -> str:
     return tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def test_upload_train_follow_chat_and_download_with_the_openai_package(
-    acme, server, workers, inference_queue, tmp_path
-):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from app.config import get_settings
-
-    workers.start()
-    workers.start(queue=inference_queue, max_tasks_per_child=None)
+def test_a_file_with_errors_is_refused_with_every_error_and_its_line_and_nothing_is_stored(acme, server):
     client = openai_client(server, acme)
-
-    # A file with errors is refused with every error and its line number; nothing is stored.
     good = jsonl(chat_rows(1))
     with pytest.raises(openai.BadRequestError) as refused:
         client.files.create(file=("bad.jsonl", good + b"{not json\n" + b'{"prompt": 1}\n'), purpose="fine-tune")
@@ -83,114 +74,203 @@ def test_upload_train_follow_chat_and_download_with_the_openai_package(
     assert "line 2:" in refused.value.body["message"] and "line 3:" in refused.value.body["message"]
     assert client.files.list().data == []
 
-    content = jsonl(chat_rows())
-    uploaded = client.files.create(file=("colours.jsonl", content), purpose="fine-tune")
-    assert uploaded.id.startswith("file-") and uploaded.bytes == len(content) and uploaded.purpose == "fine-tune"
-    assert [f.id for f in client.files.list().data] == [uploaded.id]
-    assert client.files.content(uploaded.id).content == content
 
-    job = client.fine_tuning.jobs.create(
-        model=TINY_MODEL,
-        training_file=uploaded.id,
-        suffix="colours",
-        seed=42,
-        metadata={"ticket": "ML-7"},
-        method={
-            "type": "supervised",
-            "supervised": {"hyperparameters": {"batch_size": 4, "learning_rate_multiplier": 50}},
-        },
-        extra_body={
-            "queue": workers.queue,
-            "max_steps": 24,
-            "save_steps": 12,
-            "logging_steps": 1,
-            "max_seq_length": 128,
-        },
-    )
-    assert job.id.startswith("ftjob-") and job.status == "queued" and job.model == TINY_MODEL
-    assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 50
-    assert job.training_file == uploaded.id and job.seed == 42 and job.metadata == {"ticket": "ML-7"}
-    assert job.fine_tuned_model is None and job.finished_at is None
+@dataclass
+class FineTuned:
+    """A file uploaded and a job trained on it through the `openai` package, once for the class."""
 
-    done = wait_for(lambda: _finished(client, job.id), timeout=300, interval=0.5, message="the job to finish")
-    assert done.status == "succeeded", done.error
-    assert done.fine_tuned_model == f"ft:{TINY_MODEL}:acme:colours:{job.id}" and done.organization_id == "acme"
-    assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
+    server: str
+    account: Account
+    client: OpenAI
+    content: bytes  # the file as uploaded
+    uploaded: object  # what files.create answered
+    job: object  # what fine_tuning.jobs.create answered
+    done: object  # the job once finished
 
-    events = list(client.fine_tuning.jobs.list_events(job.id, limit=5))  # the package pages through them all
-    assert events[0].message == "Job succeeded after 24 steps" and events[-1].message.startswith("Job created by")
-    assert len({event.id for event in events}) == len(events) > 5
-    results = client.files.content(done.result_files[0]).text.splitlines()
-    assert results[0].startswith("step,train_loss,train_accuracy,valid_loss") and len(results) == 25
-    with pytest.raises(openai.BadRequestError, match="belongs to its job"):
-        client.files.delete(done.result_files[0])
+    @property
+    def number(self) -> str:
+        """The job's id in tunelab's own API."""
+        return self.job.id.removeprefix("ftjob-")
 
-    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [24, 12]
-    assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-24"
-    assert checkpoints[0].metrics.train_loss > 0 and checkpoints[0].fine_tuning_job_id == job.id
-    older = client.fine_tuning.jobs.checkpoints.list(job.id, after=checkpoints[0].id).data
-    assert [c.step_number for c in older] == [12]
-
-    models = {model.id: model for model in client.models.list()}
-    assert models[TINY_MODEL].owned_by == "system" and models[done.fine_tuned_model].owned_by == "acme"
-    assert client.models.retrieve(done.fine_tuned_model).id == done.fine_tuned_model
-
-    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=SKY, temperature=0, max_tokens=30)
-    assert reply.choices[0].message.content == "The sky is blue." and reply.choices[0].finish_reason == "stop"
-    assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
-    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
-
-    chunks = list(
-        client.chat.completions.create(
-            model=done.fine_tuned_model,
-            messages=SNOW,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
+    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.account.token}"}
+        return httpx.request(
+            method, f"{self.server}/api/jobs/{self.number}{path}", headers=headers, timeout=60, **kwargs
         )
+
+    @once
+    def merge(self) -> tuple[httpx.Response, dict]:
+        """Ask for the merged model and wait for a worker to build it: the answer to the
+        request, and the merged artifact."""
+        requested = self.api("POST", "/merge")
+
+        def merged():
+            return next((a for a in self.api("GET", "/artifacts").json() if a["kind"] == "merged"), None)
+
+        return requested, wait_for(merged, timeout=180, interval=0.5, message="the merged model")
+
+
+@pytest.fixture(scope="class")
+def fine_tuned(migrated_database, shared_models_dir, redis_url, tmp_path_factory):
+    inference_queue = f"test-{uuid.uuid4().hex[:10]}-inference"
+    services = SharedServices(
+        migrated_database,
+        tmp_path_factory.mktemp("data"),
+        shared_models_dir,
+        redis_url,
+        TUNELAB_INFERENCE_QUEUE=inference_queue,
     )
-    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
-    assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "The snow is white."
-    assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+    with services:
+        server = services.serve()
+        services.workers.start()
+        services.workers.start(queue=inference_queue, max_tasks_per_child=None)
+        acme = services.account(team="acme")
+        client = openai_client(server, acme)
+        content = jsonl(chat_rows())
+        uploaded = client.files.create(file=("colours.jsonl", content), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model=TINY_MODEL,
+            training_file=uploaded.id,
+            suffix="colours",
+            seed=42,
+            metadata={"ticket": "ML-7"},
+            method={
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"batch_size": 4, "learning_rate_multiplier": 50}},
+            },
+            extra_body={
+                "queue": services.workers.queue,
+                "max_steps": 24,
+                "save_steps": 12,
+                "logging_steps": 1,
+                "max_seq_length": 128,
+            },
+        )
+        done = wait_for(lambda: _finished(client, job.id), timeout=300, interval=0.5, message="the job to finish")
+        yield FineTuned(server, acme, client, content, uploaded, job, done)
 
-    base = client.chat.completions.create(model=TINY_MODEL, messages=SKY, temperature=0, max_tokens=5)
-    assert base.choices[0].finish_reason == "length" and base.choices[0].message.content != "The sky is blue."
-    earlier = client.chat.completions.create(
-        model=checkpoints[1].fine_tuned_model_checkpoint, messages=SKY, temperature=0, max_tokens=30
-    )
-    assert earlier.choices[0].message.content and earlier.model.endswith(":ckpt-step-12")
 
-    # The adapter downloads as an archive that peft loads as it is, and answers the same.
-    auth = {"Authorization": f"Bearer {acme.token}"}
-    job_number = job.id.removeprefix("ftjob-")
-    folder = _unzip(httpx.get(f"{server}/api/jobs/{job_number}/adapter.zip", headers=auth, timeout=60), tmp_path / "a")
-    base_dir = get_settings().models_path / TINY_MODEL
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder).eval()
-    assert _greedy(adapted, tokenizer, SKY) == "The sky is blue."
+class TestAJobFineTunedWithTheOpenAIPackage:
+    """Each test checks one thing about the same job, trained once (`fine_tuned`) on a worker
+    for training, and chatted with through a worker for inference. The merge tests come last:
+    the merge adds events to the job."""
 
-    # The merged model is built on request by a worker, reporting as job events.
-    merge = httpx.post(f"{server}/api/jobs/{job_number}/merge", headers=auth)
-    assert merge.status_code == 202 and merge.json()["status"] == "queued"
+    def test_an_uploaded_file_is_listed_and_reads_back_as_sent(self, fine_tuned):
+        client, uploaded, content = fine_tuned.client, fine_tuned.uploaded, fine_tuned.content
+        assert uploaded.id.startswith("file-") and uploaded.bytes == len(content) and uploaded.purpose == "fine-tune"
+        assert [f.id for f in client.files.list().data] == [uploaded.id]
+        assert client.files.content(uploaded.id).content == content
 
-    def merged():
-        artifacts = httpx.get(f"{server}/api/jobs/{job_number}/artifacts", headers=auth).json()
-        return next((a for a in artifacts if a["kind"] == "merged"), None)
+    def test_a_created_job_echoes_its_request_and_starts_queued(self, fine_tuned):
+        job = fine_tuned.job
+        assert job.id.startswith("ftjob-") and job.status == "queued" and job.model == TINY_MODEL
+        assert job.hyperparameters.batch_size == 4 and job.hyperparameters.learning_rate_multiplier == 50
+        assert job.training_file == fine_tuned.uploaded.id and job.seed == 42 and job.metadata == {"ticket": "ML-7"}
+        assert job.fine_tuned_model is None and job.finished_at is None
 
-    artifact = wait_for(merged, timeout=180, interval=0.5, message="the merged model")
-    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-    assert (
-        messages[0].startswith("Saved the merged model")
-        and "Merge: Merging the adapter into the base weights" in messages
-    )
-    again = httpx.post(f"{server}/api/jobs/{job_number}/merge", headers=auth)
-    assert again.status_code == 200 and again.json()["artifact"]["id"] == artifact["id"]
-    archive = httpx.get(f"{server}/api/jobs/{job_number}/artifacts/{artifact['id']}/archive", headers=auth, timeout=60)
-    merged_model = AutoModelForCausalLM.from_pretrained(_unzip(archive, tmp_path / "m")).eval()
-    assert not any("lora" in name for name, _ in merged_model.named_parameters())
-    assert _greedy(merged_model, tokenizer, SKY) == "The sky is blue."
+    def test_the_finished_job_names_its_fine_tuned_model_and_counts_its_tokens(self, fine_tuned):
+        done, job = fine_tuned.done, fine_tuned.job
+        assert done.status == "succeeded", done.error
+        assert done.fine_tuned_model == f"ft:{TINY_MODEL}:acme:colours:{job.id}" and done.organization_id == "acme"
+        assert done.trained_tokens > 0 and done.finished_at >= done.created_at and done.error is None
+
+    def test_its_events_page_newest_first_from_success_back_to_creation(self, fine_tuned):
+        events = list(fine_tuned.client.fine_tuning.jobs.list_events(fine_tuned.job.id, limit=5))  # all the pages
+        assert events[0].message == "Job succeeded after 24 steps" and events[-1].message.startswith("Job created by")
+        assert len({event.id for event in events}) == len(events) > 5
+
+    def test_its_result_file_is_the_metrics_csv_and_goes_only_with_its_job(self, fine_tuned):
+        client, done = fine_tuned.client, fine_tuned.done
+        results = client.files.content(done.result_files[0]).text.splitlines()
+        assert results[0].startswith("step,train_loss,train_accuracy,valid_loss") and len(results) == 25
+        with pytest.raises(openai.BadRequestError, match="belongs to its job"):
+            client.files.delete(done.result_files[0])
+
+    def test_its_checkpoints_list_newest_first_and_page_with_after(self, fine_tuned):
+        client, job, done = fine_tuned.client, fine_tuned.job, fine_tuned.done
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        assert [c.step_number for c in checkpoints] == [24, 12]
+        assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-24"
+        assert checkpoints[0].metrics.train_loss > 0 and checkpoints[0].fine_tuning_job_id == job.id
+        older = client.fine_tuning.jobs.checkpoints.list(job.id, after=checkpoints[0].id).data
+        assert [c.step_number for c in older] == [12]
+
+    def test_the_fine_tuned_model_is_listed_as_the_teams_beside_the_base_model(self, fine_tuned):
+        client, name = fine_tuned.client, fine_tuned.done.fine_tuned_model
+        models = {model.id: model for model in client.models.list()}
+        assert models[TINY_MODEL].owned_by == "system" and models[name].owned_by == "acme"
+        assert client.models.retrieve(name).id == name
+
+    def test_the_fine_tuned_model_answers_as_it_was_taught(self, fine_tuned):
+        name = fine_tuned.done.fine_tuned_model
+        reply = fine_tuned.client.chat.completions.create(model=name, messages=SKY, temperature=0, max_tokens=30)
+        assert reply.choices[0].message.content == "The sky is blue." and reply.choices[0].finish_reason == "stop"
+        assert reply.model == name and reply.usage.completion_tokens > 0
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    def test_a_streamed_answer_arrives_in_chunks_with_the_usage_last(self, fine_tuned):
+        chunks = list(
+            fine_tuned.client.chat.completions.create(
+                model=fine_tuned.done.fine_tuned_model,
+                messages=SNOW,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert (
+            "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "The snow is white."
+        )
+        assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+
+    def test_the_base_model_does_not_give_the_taught_answer(self, fine_tuned):
+        base = fine_tuned.client.chat.completions.create(model=TINY_MODEL, messages=SKY, temperature=0, max_tokens=5)
+        assert base.choices[0].finish_reason == "length" and base.choices[0].message.content != "The sky is blue."
+
+    def test_an_earlier_checkpoint_answers_as_a_model_of_its_own(self, fine_tuned):
+        client = fine_tuned.client
+        earlier = client.fine_tuning.jobs.checkpoints.list(fine_tuned.job.id).data[1]
+        reply = client.chat.completions.create(
+            model=earlier.fine_tuned_model_checkpoint, messages=SKY, temperature=0, max_tokens=30
+        )
+        assert reply.choices[0].message.content and reply.model.endswith(":ckpt-step-12")
+
+    def test_the_adapter_archive_loads_with_peft_and_answers_the_same(self, fine_tuned, tmp_path):
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from app.config import get_settings
+
+        folder = _unzip(fine_tuned.api("GET", "/adapter.zip"), tmp_path / "a")
+        base_dir = get_settings().models_path / TINY_MODEL
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder).eval()
+        assert _greedy(adapted, tokenizer, SKY) == "The sky is blue."
+
+    def test_a_merge_is_built_by_a_worker_reporting_as_events_and_only_once(self, fine_tuned):
+        requested, artifact = fine_tuned.merge()
+        assert requested.status_code == 202 and requested.json()["status"] == "queued"
+        messages = [e.message for e in fine_tuned.client.fine_tuning.jobs.list_events(fine_tuned.job.id, limit=100)]
+        assert (
+            messages[0].startswith("Saved the merged model")
+            and "Merge: Merging the adapter into the base weights" in messages
+        )
+        again = fine_tuned.api("POST", "/merge")
+        assert again.status_code == 200 and again.json()["artifact"]["id"] == artifact["id"]
+
+    def test_the_merged_model_has_no_lora_weights_and_answers_the_same(self, fine_tuned, tmp_path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from app.config import get_settings
+
+        _requested, artifact = fine_tuned.merge()
+        archive = fine_tuned.api("GET", f"/artifacts/{artifact['id']}/archive")
+        merged_model = AutoModelForCausalLM.from_pretrained(_unzip(archive, tmp_path / "m")).eval()
+        assert not any("lora" in name for name, _ in merged_model.named_parameters())
+        tokenizer = AutoTokenizer.from_pretrained(get_settings().models_path / TINY_MODEL)
+        assert _greedy(merged_model, tokenizer, SKY) == "The sky is blue."
 
 
 def test_another_teams_files_jobs_and_models_are_not_found(acme, make_account, server, workers):
