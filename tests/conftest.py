@@ -21,15 +21,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from tests.helpers import (
-    PASSWORD,
     POSTGRES_ADMIN_URL,
     REDIS_URL,
     TINY_MODEL,
     Account,
     WorkerProcesses,
-    child_env,
+    create_account,
     forget_cached_settings,
-    free_port,
+    serve_app,
+    stop_server,
 )
 
 
@@ -119,33 +119,12 @@ def client(app) -> Iterator[TestClient]:
 @pytest.fixture
 def make_account(app, db):
     """make_account(team="acme", role="member", admin=False) -> Account, with its own client."""
-    from app.accounts.teams import find_team
-    from app.accounts.tokens import create_api_token
-    from app.accounts.users import create_user
-    from app.core.tables import Role
-
     clients = []
 
     def make(team: str = "acme", role: str = "member", admin: bool = False, email: str | None = None) -> Account:
-        email = email or f"{role}-{uuid.uuid4().hex[:8]}@{team.lower()}.test"
-        created_team = find_team(db, team) is None
-        user = create_user(
-            db,
-            email=email,
-            password=PASSWORD,
-            team_name=team,
-            role=Role(role),
-            is_admin=admin,
-            create_team_if_missing=True,
-        )
-        if created_team and role != "owner":
-            # create_user makes the first user of a new team its owner; keep the role asked for.
-            user.memberships[0].role = Role(role)
-        _row, token = create_api_token(db, user=user, name="tests")
-        db.commit()
-        http = TestClient(app, headers={"Authorization": f"Bearer {token}"})
-        clients.append(http)
-        return Account(user.id, user.email, user.memberships[0].team_id, team, token, http)
+        account = create_account(db, app, team=team, role=role, admin=admin, email=email)
+        clients.append(account.client)
+        return account
 
     yield make
     for http in clients:
@@ -172,47 +151,9 @@ def models_env(settings_env, shared_models_dir, monkeypatch) -> Path:
 @pytest.fixture
 def live_server(models_env):
     """The app served by uvicorn in a subprocess, as in production; yields its base URL."""
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=child_env(),
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code in (200, 503):
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail("the app did not start")
-        time.sleep(0.1)
+    process, url = serve_app()
     yield url
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_server(process)
 
 
 @pytest.fixture

@@ -235,15 +235,17 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1, message: st
     pytest.fail(f"timed out after {timeout}s waiting for {message}")
 
 
-def create_account(session, app, team: str = "acme", role: str = "member", admin: bool = False) -> Account:
-    """A user of `team` with `role` and an API token, as the `make_account` fixture makes one;
-    the caller closes its client."""
+def create_account(
+    session, app, team: str = "acme", role: str = "member", admin: bool = False, email: str | None = None
+) -> Account:
+    """A user of `team` with `role` and an API token (what the `make_account` fixture hands
+    out); the caller closes its client."""
     from app.accounts.teams import find_team
     from app.accounts.tokens import create_api_token
     from app.accounts.users import create_user
     from app.core.tables import Role
 
-    email = f"{role}-{uuid.uuid4().hex[:8]}@{team.lower()}.test"
+    email = email or f"{role}-{uuid.uuid4().hex[:8]}@{team.lower()}.test"
     created_team = find_team(session, team) is None
     user = create_user(
         session,
@@ -347,11 +349,11 @@ class SharedServices:
     def serve(self) -> str:
         """The app served by uvicorn, until the class is done; returns its base URL."""
         process, url = serve_app()
-        self._stack.callback(_stop_server, process)
+        self._stack.callback(stop_server, process)
         return url
 
 
-def _stop_server(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=15)
@@ -379,7 +381,7 @@ def once(step: Step) -> Step:
                 raise
         succeeded, value = outcomes[step.__name__]
         if not succeeded:
-            pytest.skip(f"needs the step {step.__name__!r}, which failed in an earlier test: {value!r}")
+            pytest.fail(f"needs the step {step.__name__!r}, which failed in an earlier test: {value!r}", pytrace=False)
         return value
 
     return run  # type: ignore[return-value]

@@ -49,7 +49,14 @@ _STATE_MESSAGES = {
 
 
 def transition(
-    session: Session, job: Job, to: JobState, *, message: str | None = None, error: str | None = None, **fields: Any
+    session: Session,
+    job: Job,
+    to: JobState,
+    *,
+    message: str | None = None,
+    error: str | None = None,
+    record_step: bool = False,
+    **fields: Any,
 ) -> Job:
     """Move a job to state `to`, or raise IllegalTransition: when `to` is not reachable from
     its state, or when another process changed the job since it was read (that one won)."""
@@ -65,7 +72,9 @@ def transition(
         session.refresh(job)
         raise IllegalTransition("job", job.id, job.state, to)
     session.refresh(job)
-    extra = {"error": error} if error else {}
+    extra: dict[str, Any] = {"error": error} if error else {}
+    if record_step:  # read after the UPDATE, which holds the row: the step as it is at this change
+        extra["step"] = job.step
     level = "error" if to == _FAILED else "info"
     add_event(session, job, message or _STATE_MESSAGES[to], level=level, state=to.value, **extra)
     ring_after_commit(session, team_channel(job.team_id))
@@ -75,21 +84,13 @@ def transition(
 def request_cancel(session: Session, job: Job) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step.
 
-    The Cancelling event records the steps done then (`step`). The transition's UPDATE holds
+    The Cancelling event records the steps done then (`step`): the transition's UPDATE holds
     the job's row (SQLite: the database) until commit, and a worker writes its step to that
     row after every optimizer step in the statement that reads the state back
     (`worker.database_reporter`), so the step read after the UPDATE is exact: the job stops
     at that step or at the one then in progress."""
-    from sqlalchemy import select
-
-    from app.core.tables import JobEvent
-
     if job.state == _QUEUED:
         return transition(session, job, _CANCELLED, message="Job cancelled before it started")
     if job.state == _RUNNING:
-        transition(session, job, _CANCELLING)  # refreshes `job` after its UPDATE
-        latest = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.seq.desc()).limit(1)
-        cancelling = session.scalars(latest).one()  # the transition's event: the row lock keeps others out
-        cancelling.data = {**cancelling.data, "step": job.step}
-        return job
+        return transition(session, job, _CANCELLING, record_step=True)
     raise IllegalTransition("job", job.id, job.state, _CANCELLED)
