@@ -12,10 +12,15 @@ from app.accounts.access import TeamAccess
 from app.accounts.teams import teams_by_id
 from app.pages.templating import templates
 
+# Inside <script>, "</script" ends the block and "<!--" switches the parser into a state
+# where a later "<script" swallows the rest of the page; JSON's \u escapes keep every such
+# character out of the markup while JSON.parse reads the same strings back.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
 
 def page_json(value: Any) -> str:
-    """JSON for a <script type="application/json"> block: '</' cannot close the tag."""
-    return json.dumps(value, default=str).replace("</", "<\\/")
+    """JSON for a <script type="application/json"> block, safe whatever strings it holds."""
+    return json.dumps(value, default=str).translate(_SCRIPT_SAFE)
 
 
 def render(
