@@ -9,6 +9,7 @@ from pathlib import Path
 
 from anyio import to_thread
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
@@ -90,6 +91,10 @@ async def receive_dataset(
         raise DomainError(str(error), error.status_code) from None
 
 
+def _team_dataset_with(session: Session, team_id: int, sha256: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.team_id == team_id, Dataset.sha256 == sha256))
+
+
 def store_upload(
     session: Session,
     *,
@@ -101,36 +106,50 @@ def store_upload(
 ) -> tuple[Dataset, bool]:
     """The team's dataset for a validated upload: the existing one when the team already has
     this exact content (then nothing new is stored), else a new row with its file in the store.
-    Returns (dataset, duplicate). Commits, so that file and row exist together or not at
-    all: if the row cannot be written, the file is removed again."""
-    existing = session.scalar(select(Dataset).where(Dataset.team_id == team_id, Dataset.sha256 == upload.sha256))
-    if existing is not None:
+    Returns (dataset, duplicate). Commits, so that file and row exist together or not at all.
+
+    The file's key is its content's hash, so two identical uploads racing each other write
+    the same bytes to the same key: the one whose row loses the unique index is answered
+    with the winner's dataset, and the file, which the winner's row points to, is kept."""
+    if (existing := _team_dataset_with(session, team_id, upload.sha256)) is not None:
         return existing, True
     filename = (upload.filename or "dataset.jsonl")[:255]
     key = dataset_key(team_id, upload.sha256)
     upload.commit(key)
+    dataset = Dataset(
+        team_id=team_id,
+        created_by_id=user_id,
+        name=(name or filename).strip()[:200] or filename,
+        filename=filename,
+        purpose=purpose,
+        format=upload.report.format,
+        sha256=upload.sha256,
+        size_bytes=upload.size,
+        row_count=upload.report.rows,
+        stats=upload.report.stats,
+        line_index=upload.report.line_index,
+        blob_key=key,
+    )
     try:
-        dataset = Dataset(
-            team_id=team_id,
-            created_by_id=user_id,
-            name=(name or filename).strip()[:200] or filename,
-            filename=filename,
-            purpose=purpose,
-            format=upload.report.format,
-            sha256=upload.sha256,
-            size_bytes=upload.size,
-            row_count=upload.report.rows,
-            stats=upload.report.stats,
-            line_index=upload.report.line_index,
-            blob_key=key,
-        )
         session.add(dataset)
         session.commit()
+    except IntegrityError:
+        session.rollback()
+        if (winner := _team_dataset_with(session, team_id, upload.sha256)) is not None:
+            return winner, True
+        _delete_unless_referenced(session, key)
+        raise
     except BaseException:
         session.rollback()
-        blob_store().delete(key)
+        _delete_unless_referenced(session, key)
         raise
     return dataset, False
+
+
+def _delete_unless_referenced(session: Session, key: str) -> None:
+    """Remove a file whose row could not be written, unless another row points to it."""
+    if session.scalar(select(Dataset.id).where(Dataset.blob_key == key).limit(1)) is None:
+        blob_store().delete(key)
 
 
 def list_datasets(
