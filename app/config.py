@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest dataset file accepted.")
     max_row_chars: int = Field(1_000_000, ge=100, description="Longest dataset row (characters) accepted.")
+    upload_idle_timeout_s: float = Field(60.0, gt=0, description="An upload that sends nothing this long is cut off.")
+    upload_min_bytes_per_s: float = Field(
+        10_240, ge=0, description="An upload slower than this on average (after its first 30 s) is cut off."
+    )
+    max_concurrent_uploads: int = Field(8, ge=1, description="Uploads received at once by one app process.")
+    max_uploads_per_user: int = Field(2, ge=1, description="Uploads one user may have in flight at once.")
     session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
     cookie_secure: bool = Field(False, description="Send cookies over HTTPS only (set behind TLS).")
 

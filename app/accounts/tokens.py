@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.accounts.credentials import hash_api_token, new_api_token, token_display_prefix
+from app.core.database import session_scope
 from app.core.errors import AccountError
 from app.core.tables import ApiToken, User, utcnow
 
@@ -34,18 +35,27 @@ def create_api_token(
     return row, token
 
 
-def user_for_token(session: Session, token: str, *, now: datetime | None = None) -> User | None:
-    """The active user owning a live (not revoked, not expired) token, or None."""
+def live_token(session: Session, token: str, *, now: datetime | None = None) -> ApiToken | None:
+    """The token's row if it is live (not revoked, not expired) and its user active; else None."""
     now = now or utcnow()
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(token)))
     if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    if not row.user.is_active:
-        return None
-    # Written at most once a minute per token, so that API calls stay read-only in the common case.
-    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-        row.last_used_at = now
-    return row.user
+    return row if row.user.is_active else None
+
+
+USE_RECORDED_EVERY = timedelta(minutes=1)
+
+
+def record_use(row: ApiToken, *, now: datetime | None = None) -> None:
+    """Note that the token was used, at most once a minute and in a transaction of its own:
+    the request that used it (a long upload, say) never holds a lock on the token's row."""
+    now = now or utcnow()
+    if row.last_used_at is not None and now - row.last_used_at <= USE_RECORDED_EVERY:
+        return
+    due = or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - USE_RECORDED_EVERY)
+    with session_scope() as session:
+        session.execute(update(ApiToken).where(ApiToken.id == row.id, due).values(last_used_at=now))
 
 
 def revoke_api_token(session: Session, *, user: User, token_id: int) -> ApiToken:

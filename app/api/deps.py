@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess, access_for
 from app.accounts.credentials import csrf_matches, new_csrf_token
-from app.accounts.tokens import user_for_token
+from app.accounts.tokens import live_token, record_use
 from app.core.database import get_db
 from app.core.tables import User
 
@@ -97,10 +97,11 @@ def _authenticate(request: Request, session: Session) -> User | None:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise _unauthorized("the Authorization header must be 'Bearer <API token>'")
-        user = user_for_token(session, credentials.strip())
-        if user is None:
+        token = live_token(session, credentials.strip())
+        if token is None:
             raise _unauthorized("invalid, expired or revoked API token")
-        return user
+        record_use(token)
+        return token.user
     user_id = request.session.get(SESSION_USER)
     if not isinstance(user_id, int):
         return None

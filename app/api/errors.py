@@ -21,7 +21,7 @@ _TITLES = {404: "Not found", 403: "Not allowed", 401: "Please sign in"}
 
 
 def as_http_error(error: DomainError) -> StarletteHTTPException:
-    return StarletteHTTPException(error.status, error.message)
+    return StarletteHTTPException(error.status, error.message, headers=error.headers or None)
 
 
 async def _http_error(request: Request, error: StarletteHTTPException):

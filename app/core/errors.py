@@ -19,6 +19,11 @@ class DomainError(Exception):
         if status is not None:
             self.status = status
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries (Retry-After, say)."""
+        return {}
+
 
 class NotFound(DomainError):
     """Missing, or another team's: the caller cannot tell the two apart."""
@@ -46,6 +51,20 @@ class Unavailable(DomainError):
     """A service the request needs (the broker, an inference worker) cannot be reached."""
 
     status = 503
+
+
+class TooManyRequests(DomainError):
+    """Try again later: `retry_after_s` says when."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class AccountError(DomainError):

@@ -4,7 +4,9 @@ and deleting them. Behind the datasets API, OpenAI's files API and the pages."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from anyio import to_thread
@@ -15,9 +17,9 @@ from sqlalchemy.orm import Session
 from app.accounts.access import TeamAccess
 from app.config import get_settings
 from app.core.blobs import blob_store
-from app.core.errors import DomainError, Forbidden
+from app.core.errors import DomainError, Forbidden, TooManyRequests
 from app.core.tables import Dataset, Job, JobState
-from app.datasets.upload import ReceivedUpload, UploadError, receive_upload
+from app.datasets.upload import BodyPace, ReceivedUpload, UploadError, receive_upload
 from app.datasets.validation import ValidationReport
 from app.datasets.validator_process import ValidatorProcess
 
@@ -31,6 +33,38 @@ class DatasetRejected(Exception):
     def __init__(self, report: ValidationReport) -> None:
         super().__init__(f"the file has {report.error_count} error(s)")
         self.report = report
+
+
+class _UploadSlots:
+    """Uploads in flight in this process, bounded in all and per user. Used from the event
+    loop only, so plain counters suffice."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_user: Counter[int] = Counter()
+
+    @contextmanager
+    def hold(self, user_id: int, *, max_total: int, max_per_user: int) -> Iterator[None]:
+        if self.total >= max_total:
+            raise TooManyRequests(
+                "the server is receiving too many uploads at once; try again shortly", retry_after_s=5
+            )
+        if self.per_user[user_id] >= max_per_user:
+            raise TooManyRequests(
+                f"you have {self.per_user[user_id]} uploads in progress; wait for one to finish", retry_after_s=5
+            )
+        self.total += 1
+        self.per_user[user_id] += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            self.per_user[user_id] -= 1
+            if not self.per_user[user_id]:
+                del self.per_user[user_id]
+
+
+_UPLOADS = _UploadSlots()
 
 
 def dataset_key(team_id: int, sha256: str) -> str:
@@ -62,31 +96,38 @@ async def receive_dataset(
         raise Forbidden("viewers cannot upload datasets")
     settings = get_settings()
     validator = functools.partial(ValidatorProcess, max_row_chars=settings.max_row_chars)
+    pace = BodyPace(idle_timeout_s=settings.upload_idle_timeout_s, min_bytes_per_s=settings.upload_min_bytes_per_s)
+    # However slowly the body comes, the request holds no connection, transaction or lock meanwhile.
+    await to_thread.run_sync(session.commit)
     try:
-        async with receive_upload(
-            chunks,
-            blob_store(),
-            content_type=content_type,
-            content_length=content_length,
-            max_bytes=settings.max_upload_bytes,
-            validator_factory=validator,
-        ) as upload:
-            if not upload.report.ok:
-                raise DatasetRejected(upload.report)
-            purpose = upload.fields.get("purpose") or PURPOSES[0]
-            if purpose not in PURPOSES:
-                raise DomainError(f"purpose must be {' or '.join(PURPOSES)}")
-            team_id = access.team_for_new(_form_team_id(upload.fields))
-            store = functools.partial(
-                store_upload,
-                session,
-                upload=upload,
-                team_id=team_id,
-                user_id=access.user.id,
-                name=upload.fields.get("name"),
-                purpose=purpose,
-            )
-            return await to_thread.run_sync(store)
+        with _UPLOADS.hold(
+            access.user.id, max_total=settings.max_concurrent_uploads, max_per_user=settings.max_uploads_per_user
+        ):
+            async with receive_upload(
+                chunks,
+                blob_store(),
+                content_type=content_type,
+                content_length=content_length,
+                max_bytes=settings.max_upload_bytes,
+                validator_factory=validator,
+                pace=pace,
+            ) as upload:
+                if not upload.report.ok:
+                    raise DatasetRejected(upload.report)
+                purpose = upload.fields.get("purpose") or PURPOSES[0]
+                if purpose not in PURPOSES:
+                    raise DomainError(f"purpose must be {' or '.join(PURPOSES)}")
+                team_id = access.team_for_new(_form_team_id(upload.fields))
+                store = functools.partial(
+                    store_upload,
+                    session,
+                    upload=upload,
+                    team_id=team_id,
+                    user_id=access.user.id,
+                    name=upload.fields.get("name"),
+                    purpose=purpose,
+                )
+                return await to_thread.run_sync(store)
     except UploadError as error:
         raise DomainError(str(error), error.status_code) from None
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -73,6 +74,44 @@ class UploadMalformed(UploadError):
     status_code = 400
 
 
+class UploadStalled(UploadError):
+    status_code = 408
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly a client may send: a body that sends nothing for `idle_timeout_s`, or less
+    than `min_bytes_per_s` on average once `grace_s` have passed, is cut off (a slow-loris
+    client would otherwise hold its upload slot, its staged file and a validator for ever)."""
+
+    idle_timeout_s: float = 60.0
+    min_bytes_per_s: float = 10_240
+    grace_s: float = 30.0
+
+
+async def paced(chunks: AsyncIterator[bytes], pace: BodyPace) -> AsyncIterator[bytes]:
+    """The body's chunks, raising UploadStalled when the client falls below `pace`."""
+    started = time.monotonic()
+    received = 0
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(pace.idle_timeout_s):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadStalled(f"the upload sent nothing for {pace.idle_timeout_s:g} s; try again") from None
+        received += len(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > pace.grace_s and received / elapsed < pace.min_bytes_per_s:
+            raise UploadStalled(
+                f"the upload is too slow ({received / elapsed / 1024:.1f} KiB/s after {elapsed:.0f} s; "
+                f"at least {pace.min_bytes_per_s / 1024:g} KiB/s is needed)"
+            )
+        yield chunk
+
+
 @dataclass
 class ReceivedUpload:
     staged_path: Path  # deleted when the receive_upload block exits, unless committed
@@ -97,6 +136,7 @@ async def receive_upload(
     content_length: str | None,
     max_bytes: int,
     validator_factory: Callable[[], Validator] = ValidatorProcess,
+    pace: BodyPace | None = None,
 ) -> AsyncIterator[ReceivedUpload]:
     """Stream the form's `file` field into a staged blob, hashing and validating it on the way.
     `chunks` is the request body; `content_type` and `content_length` its headers.
@@ -105,6 +145,7 @@ async def receive_upload(
     will), and UploadMalformed for a body that is not a complete multipart form with a file.
     `validator_factory` makes the validator: by default one in a child process (see
     validator_process.py); pass e.g. `functools.partial(ValidatorProcess, max_row_chars=...)`.
+    With `pace`, a client that sends too slowly gets UploadStalled.
     """
     form = _FormReader(_boundary(content_type), max_bytes)
     declared = content_length or ""
@@ -112,7 +153,7 @@ async def receive_upload(
         raise UploadTooLarge(max_bytes)
     with store.staging("upload") as (handle, staged_path):
         async with _Workers(handle, validator_factory()) as workers:
-            async for chunk in chunks:
+            async for chunk in paced(chunks, pace) if pace else chunks:
                 form.write(chunk)
                 if form.file_bytes_buffered >= BATCH_BYTES:
                     await workers.submit(form.take_file_bytes())

@@ -170,6 +170,25 @@ def test_api_token_is_shown_once_and_works_until_revoked(make_account, app, db):
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_a_tokens_last_use_is_recorded_at_most_once_a_minute(make_account, db):
+    account = make_account()
+    row = db.scalar(select(ApiToken).where(ApiToken.user_id == account.user_id))
+    assert row.last_used_at is None
+    account.client.get("/api/me")
+    db.expire_all()
+    first = db.get(ApiToken, row.id).last_used_at
+    assert first is not None and utcnow() - first < timedelta(seconds=30)
+    account.client.get("/api/me")
+    db.expire_all()
+    assert db.get(ApiToken, row.id).last_used_at == first, "not written again within the minute"
+    row = db.get(ApiToken, row.id)
+    row.last_used_at = first - timedelta(minutes=5)
+    db.commit()
+    account.client.get("/api/me")
+    db.expire_all()
+    assert db.get(ApiToken, row.id).last_used_at > first, "written again once the minute is over"
+
+
 def test_expired_tokens_are_refused(make_account, app, db):
     account = make_account()
     row, secret = create_api_token(db, user=db.get(User, account.user_id), name="old", expires_in_days=1)

@@ -233,3 +233,21 @@ def test_an_empty_file_is_received_and_reported_empty(tmp_path):
     assert (server.seen.size, server.seen.sha256) == (0, hashlib.sha256(b"").hexdigest())
     assert server.seen.report.errors == [{"line": None, "message": "the file is empty"}]
     assert server.staged_files() == []
+
+
+def test_a_body_slower_than_the_minimum_rate_is_cut_off_once_its_grace_is_over():
+    from app.datasets.upload import BodyPace, UploadStalled, paced
+
+    async def trickle():
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            yield b"x"
+
+    async def read(pace: BodyPace) -> bytes:
+        return b"".join([chunk async for chunk in paced(trickle(), pace)])
+
+    assert asyncio.run(read(BodyPace(idle_timeout_s=5, min_bytes_per_s=1000, grace_s=60))) == b"x" * 10
+    with pytest.raises(UploadStalled, match="too slow"):
+        asyncio.run(read(BodyPace(idle_timeout_s=5, min_bytes_per_s=1000, grace_s=0.2)))
+    with pytest.raises(UploadStalled, match="sent nothing for 0.01 s"):
+        asyncio.run(read(BodyPace(idle_timeout_s=0.01, min_bytes_per_s=0, grace_s=60)))

@@ -94,7 +94,7 @@ class OpenAIRoute(APIRoute):
                 failure = invalid(error.errors())
                 return _response(400, str(failure.detail), param=failure.param)
             except DomainError as error:
-                return _response(error.status, error.message, code=error.code)
+                return _response(error.status, error.message, code=error.code, headers=error.headers)
             except StarletteHTTPException as error:
                 code = "invalid_api_key" if error.status_code == 401 else None
                 return _response(error.status_code, str(error.detail), code=code, headers=error.headers)
