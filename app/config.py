@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(8, ge=1, description="Uploads received at once by one app process.")
     max_uploads_per_user: int = Field(2, ge=1, description="Uploads one user may have in flight at once.")
     session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
+    login_failures_per_account: int = Field(10, ge=1, description="Failed sign-ins an account may have in the window.")
+    login_failures_per_address: int = Field(50, ge=1, description="Failed sign-ins one client address may have.")
+    login_failure_window_s: float = Field(900, gt=0, description="How long a failed sign-in counts.")
+    max_concurrent_password_hashes: int = Field(
+        4, ge=1, description="Argon2 computations at once (each takes 64 MiB): bounds the memory a login flood takes."
+    )
     cookie_secure: bool = Field(False, description="Send cookies over HTTPS only (set behind TLS).")
 
     # Workers and job recovery.

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
+from app.accounts.throttle import LoginThrottle
 from app.api import account, datasets, downloads, health, jobs, openai_compat, streams, teams
 from app.api.errors import install_error_handlers
 from app.config import get_settings
@@ -94,6 +95,11 @@ def create_app() -> FastAPI:
 
     app.add_middleware(SecurityHeaders)
 
+    app.state.login_throttle = LoginThrottle(
+        per_account=settings.login_failures_per_account,
+        per_address=settings.login_failures_per_address,
+        window_s=settings.login_failure_window_s,
+    )
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     api = (health, account, teams, datasets, jobs, streams, downloads, openai_compat)

@@ -10,12 +10,42 @@ from __future__ import annotations
 import hashlib
 import secrets
 from functools import lru_cache
+from threading import BoundedSemaphore, Lock
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from app.config import get_settings
+
 TOKEN_PREFIX = "tl_"
 _hasher = PasswordHasher()
+
+
+class HashingSlots:
+    """At most `size` Argon2 computations at once (each holds 64 MiB while it runs); the
+    others wait their turn, so a flood of sign-ins costs time, not memory."""
+
+    def __init__(self, size: int) -> None:
+        self._semaphore = BoundedSemaphore(size)
+        self._lock = Lock()
+        self.in_use = 0
+        self.peak = 0
+
+    def __enter__(self) -> None:
+        self._semaphore.acquire()
+        with self._lock:
+            self.in_use += 1
+            self.peak = max(self.peak, self.in_use)
+
+    def __exit__(self, *_exc) -> None:
+        with self._lock:
+            self.in_use -= 1
+        self._semaphore.release()
+
+
+@lru_cache
+def hashing_slots() -> HashingSlots:
+    return HashingSlots(get_settings().max_concurrent_password_hashes)
 
 
 @lru_cache
@@ -30,12 +60,14 @@ MIN_PASSWORD_LENGTH = 8
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    with hashing_slots():
+        return _hasher.hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
+        with hashing_slots():
+            return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

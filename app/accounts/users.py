@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.credentials import check_password_strength, hash_password, password_needs_rehash, verify_password
 from app.accounts.teams import create_team, find_team
+from app.accounts.throttle import LoginThrottle
 from app.core.errors import AccountError
 from app.core.tables import Membership, Role, User
 
@@ -79,6 +80,20 @@ def create_first_admin(session: Session, *, email: str, password: str, team_name
     return create_user(
         session, email=email, password=password, team_name=team_name, is_admin=True, create_team_if_missing=True
     )
+
+
+def sign_in(
+    session: Session, throttle: LoginThrottle, *, email: str, password: str, address: str | None
+) -> User | None:
+    """`authenticate`, refused with TooManyRequests after too many failures for the account or
+    the client's address (see `app.accounts.throttle`)."""
+    throttle.check(email, address)
+    user = authenticate(session, email=email, password=password)
+    if user is None:
+        throttle.failed(email, address)
+    else:
+        throttle.succeeded(email)
+    return user
 
 
 def authenticate(session: Session, *, email: str, password: str) -> User | None:

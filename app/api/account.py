@@ -20,7 +20,10 @@ def _me(session, user) -> MeOut:
 
 @router.post("/session", response_model=MeOut)
 def sign_in(body: LoginIn, request: Request, session: SessionDep) -> MeOut:
-    user = users.authenticate(session, email=body.email, password=body.password)
+    address = request.client.host if request.client else None
+    user = users.sign_in(
+        session, request.app.state.login_throttle, email=body.email, password=body.password, address=address
+    )
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong email or password")
     start_browser_session(request, user.id)

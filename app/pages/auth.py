@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.accounts import users
 from app.api.deps import SESSION_USER, SessionDep, form_csrf_guard, start_browser_session
-from app.core.errors import AccountError
+from app.core.errors import AccountError, TooManyRequests
 from app.pages.templating import templates
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(form_csrf_guard)])
@@ -77,9 +77,15 @@ def login_submit(
     password: Annotated[str, Form(max_length=1024)],
     next: Annotated[str, Form()] = "/",
 ):
-    user = users.authenticate(session, email=email, password=password)
+    context = {"next": _safe_next(next), "email": email}
+    address = request.client.host if request.client else None
+    try:
+        user = users.sign_in(session, request.app.state.login_throttle, email=email, password=password, address=address)
+    except TooManyRequests as refused:
+        context["error"] = refused.message[0].upper() + refused.message[1:] + "."
+        return templates.TemplateResponse(request, "login.html", context, status_code=429, headers=refused.headers)
     if user is None:
-        context = {"next": _safe_next(next), "email": email, "error": "Wrong email or password."}
+        context["error"] = "Wrong email or password."
         return templates.TemplateResponse(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)
     start_browser_session(request, user.id)
     return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
