@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     stream_poll_interval_s: float = Field(
         0.25, gt=0, description="Without Redis: how often live streams poll the database."
     )
+    stream_access_recheck_s: float = Field(
+        15.0, gt=0, description="How often a live stream checks that its caller may still see it (else it closes)."
+    )
 
     # Chat (inference workers).
     inference_queue: str = Field(

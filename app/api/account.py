@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 
 from app.accounts import teams, tokens, users
 from app.api.bodies import LoginIn, MeOut, TeamRoleOut, TokenCreatedOut, TokenIn, TokenOut
-from app.api.deps import SESSION_CSRF, SESSION_TEAM, SESSION_USER, CurrentUser, SessionDep, start_browser_session
+from app.api.deps import CurrentUser, SessionDep, end_browser_session, start_browser_session
 from app.core.tables import ApiToken
 
 router = APIRouter(prefix="/api", tags=["account"])
@@ -26,14 +26,13 @@ def sign_in(body: LoginIn, request: Request, session: SessionDep) -> MeOut:
     )
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong email or password")
-    start_browser_session(request, user.id)
+    start_browser_session(request, session, user)
     return _me(session, user)
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
-def sign_out(request: Request, user: CurrentUser) -> None:
-    for key in (SESSION_USER, SESSION_CSRF, SESSION_TEAM):
-        request.session.pop(key, None)
+def sign_out(request: Request, user: CurrentUser, session: SessionDep) -> None:
+    end_browser_session(request, session)
 
 
 @router.get("/me", response_model=MeOut)

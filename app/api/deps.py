@@ -13,14 +13,17 @@ the session's CSRF token (header `X-CSRF-Token`, or form field `csrf_token`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
+from app.accounts import browser_sessions
 from app.accounts.access import TeamAccess, access_for
 from app.accounts.credentials import csrf_matches, new_csrf_token
 from app.accounts.tokens import live_token, record_use
+from app.config import get_settings
 from app.core.database import get_db
 from app.core.tables import User
 
@@ -29,7 +32,7 @@ from app.core.tables import User
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-SESSION_USER = "uid"
+SESSION_ID = "sid"  # the browser session's id; its row says whether it is still live
 SESSION_CSRF = "csrf"
 SESSION_TEAM = "team"
 
@@ -51,11 +54,19 @@ def streamed_body(request: Request) -> dict:
     }
 
 
-def start_browser_session(request: Request, user_id: int) -> None:
+def start_browser_session(request: Request, session: Session, user: User) -> None:
     """Sign a browser in: a fresh session (no fixation), with a new CSRF token."""
     request.session.clear()
-    request.session[SESSION_USER] = user_id
+    request.session[SESSION_ID] = browser_sessions.start(session, user, max_age_s=get_settings().session_max_age_s)
     csrf_token(request)
+
+
+def end_browser_session(request: Request, session: Session) -> None:
+    """Sign a browser out, for good: the session's row is revoked, so no copy of the cookie works."""
+    session_id = request.session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        browser_sessions.end(session, session_id)
+    request.session.clear()
 
 
 def csrf_token(request: Request) -> str:
@@ -102,13 +113,17 @@ def _authenticate(request: Request, session: Session) -> User | None:
             raise _unauthorized("invalid, expired or revoked API token")
         record_use(token)
         return token.user
-    user_id = request.session.get(SESSION_USER)
-    if not isinstance(user_id, int):
+    return browser_user(request, session)
+
+
+def browser_user(request: Request, session: Session) -> User | None:
+    """The user the browser's live session signs in, or None (and the stale cookie is dropped)."""
+    session_id = request.session.get(SESSION_ID)
+    if not isinstance(session_id, str):
         return None
-    user = session.get(User, user_id)
-    if user is None or not user.is_active:
+    user = browser_sessions.user_of(session, session_id)
+    if user is None:
         request.session.clear()
-        return None
     return user
 
 
@@ -129,6 +144,22 @@ def page_user(request: Request, session: SessionDep, _csrf: Annotated[None, Depe
 
 CurrentUser = Annotated[User, Depends(current_user)]
 PageUser = Annotated[User, Depends(page_user)]
+
+
+def recheck_caller(request: Request) -> Callable[[Session], User | None]:
+    """For a long response (a live stream): a function that signs the request's caller in
+    again, from its credentials as they are now; None once the token is revoked, the
+    browser signed out, or the user deactivated."""
+    authorization = request.headers.get("authorization")
+    session_id = request.session.get(SESSION_ID)
+
+    def caller(session: Session) -> User | None:
+        if authorization is not None:
+            token = live_token(session, authorization.partition(" ")[2].strip())
+            return token.user if token is not None else None
+        return browser_sessions.user_of(session, session_id) if isinstance(session_id, str) else None
+
+    return caller
 
 
 def _access_for(request: Request, user: User, session: Session) -> TeamAccess:

@@ -5,15 +5,18 @@ dashboard). Each reads what it sends from the database and waits on a doorbell
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
+from app.accounts.access import access_for
 from app.api.bodies import JobEventOut, JobOut, MetricOut
-from app.api.deps import AccessDep, SessionDep
+from app.api.deps import AccessDep, SessionDep, recheck_caller
+from app.config import get_settings
 from app.core.database import session_scope
 from app.core.live import Doorbell, job_channel, team_channel
 from app.core.tables import Job, JobEvent, JobMetric, JobState, utcnow
@@ -41,6 +44,29 @@ def _read_job_stream(job_id: int, after_seq: int) -> tuple[list[dict[str, Any]],
         return [_stream_item(item) for item in items], (items[-1].seq if items else after_seq), snapshot
 
 
+class AccessWatch:
+    """Whether the stream's caller may still see what it streams, asked again every
+    `stream_access_recheck_s`: a revoked token, a signed-out browser or a removal from the
+    team closes the stream (the client's reconnect then hears 401 or 404)."""
+
+    def __init__(self, request: Request, team_ids: list[int]) -> None:
+        self.caller = recheck_caller(request)
+        self.team_ids = set(team_ids)
+        self.interval_s = get_settings().stream_access_recheck_s
+        self.checked_at = time.monotonic()
+
+    def _allowed(self) -> bool:
+        with session_scope() as session:
+            user = self.caller(session)
+            return user is not None and bool(self.team_ids & set(access_for(session, user).roles))
+
+    async def still_allowed(self) -> bool:
+        if time.monotonic() - self.checked_at < self.interval_s:
+            return True
+        self.checked_at = time.monotonic()
+        return await run_in_threadpool(self._allowed)
+
+
 def _resume_point(last_event_id: str | None, after: int | None) -> int:
     for value in (last_event_id, after):
         if value is not None and str(value).strip().isdigit():
@@ -51,6 +77,7 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
 @router.get("/jobs/{job_id}/stream")
 async def stream_job(
     job_id: int,
+    request: Request,
     access: AccessDep,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -61,11 +88,12 @@ async def stream_job(
     `progress` snapshots of the job as it moves; `end` when the job has finished."""
     job = await run_in_threadpool(access.get, session, Job, job_id)
     start = _resume_point(last_event_id, after)
+    watch = AccessWatch(request, [job.team_id])
 
     async def events():
         last_seq, last_progress = start, None
         async with Doorbell(job_channel(job.id)) as bell:
-            while True:
+            while await watch.still_allowed():
                 items, last_seq, snapshot = await run_in_threadpool(_read_job_stream, job.id, last_seq)
                 for item in items:
                     yield item
@@ -92,16 +120,17 @@ _CLOCK_SLACK = timedelta(seconds=5)
 
 
 @router.get("/stream")
-async def stream_team(access: AccessDep) -> EventSourceResponse:
+async def stream_team(request: Request, access: AccessDep) -> EventSourceResponse:
     """Server-sent events for the dashboard: a `snapshot` of the teams' recent jobs, then a
     `job` event with the job's new state each time one changes (state, progress, losses)."""
     team_ids = access.team_ids
+    watch = AccessWatch(request, team_ids)
 
     async def events():
         sent: dict[int, tuple] = {}
         since = None
         async with Doorbell(*(team_channel(team_id) for team_id in team_ids)) as bell:
-            while True:
+            while await watch.still_allowed():
                 rows = await run_in_threadpool(_read_team_jobs, team_ids, since)
                 if since is None:
                     yield {"event": "snapshot", "data": json.dumps([row.model_dump(mode="json") for row in rows])}

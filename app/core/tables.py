@@ -165,6 +165,21 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class BrowserSession(Base):
+    """A signed-in browser. The cookie carries the session's id; only its SHA-256 is stored.
+    Signing out, or anything else that ends it, sets `revoked_at`: the cookie then no longer
+    signs anyone in, even a copy taken before."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
     __table_args__ = (UniqueConstraint("team_id", "sha256"),)

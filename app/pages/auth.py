@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.accounts import users
-from app.api.deps import SESSION_USER, SessionDep, form_csrf_guard, start_browser_session
+from app.api.deps import SessionDep, browser_user, end_browser_session, form_csrf_guard, start_browser_session
 from app.core.errors import AccountError, TooManyRequests
 from app.pages.templating import templates
 
@@ -56,7 +56,7 @@ def setup_submit(
             {"form": {"email": email, "team": team}, "error": error.message},
             status_code=error.status,
         )
-    start_browser_session(request, user.id)
+    start_browser_session(request, session, user)
     return RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -64,7 +64,7 @@ def setup_submit(
 def login_page(request: Request, session: SessionDep, next: str | None = None):
     if users.user_count(session) == 0:
         return RedirectResponse("/setup", status_code=status.HTTP_303_SEE_OTHER)
-    if isinstance(request.session.get(SESSION_USER), int):
+    if browser_user(request, session) is not None:
         return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
     return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "email": "", "error": None})
 
@@ -87,11 +87,11 @@ def login_submit(
     if user is None:
         context["error"] = "Wrong email or password."
         return templates.TemplateResponse(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)
-    start_browser_session(request, user.id)
+    start_browser_session(request, session, user)
     return RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/logout")
-def logout(request: Request):
-    request.session.clear()
+def logout(request: Request, session: SessionDep):
+    end_browser_session(request, session)
     return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)

@@ -26,6 +26,7 @@ EXPECTED_TABLES = {
     "artifacts",
     "workers",
     "completions",
+    "browser_sessions",
 }
 
 
