@@ -5,12 +5,16 @@ answer in OpenAI's shape instead (`app.api.openai_compat.errors`)."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import NotSignedIn
@@ -45,7 +49,34 @@ async def _domain_error(request: Request, error: DomainError):
 
 async def _invalid_field(request: Request, error: InvalidField):
     """A 422 in FastAPI's own shape, so a form can show the message beside its field."""
-    return await request_validation_exception_handler(request, RequestValidationError(error.errors()))
+    return await _invalid_request(request, RequestValidationError(error.errors()))
+
+
+UNSTORABLE = "the request holds a value the database cannot store: a NUL character in a text, or a number out of range"
+
+
+async def _unstorable(request: Request, _error: DataError):
+    """Parameters are always bound, never spliced into SQL: a DataError comes from a value
+    the client sent (a NUL character, an id beyond 64 bits), so it is the client's 422."""
+    return await _http_error(request, StarletteHTTPException(422, UNSTORABLE))
+
+
+def json_safe(value: Any) -> Any:
+    """A validation error's echo of the input, with what JSON cannot carry (NaN, infinity,
+    bytes) spelled out as text, so that the 422 itself can be sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+async def _invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
 
 async def _not_signed_in(request: Request, _error: NotSignedIn) -> RedirectResponse:
@@ -54,6 +85,8 @@ async def _not_signed_in(request: Request, _error: NotSignedIn) -> RedirectRespo
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(InvalidField, _invalid_field)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -5,6 +5,7 @@ dashboard). Each reads what it sends from the database and waits on a doorbell
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
 from typing import Annotated, Any
@@ -67,9 +68,13 @@ class AccessWatch:
         return await run_in_threadpool(self._allowed)
 
 
+_SEQ = re.compile(r"[0-9]{1,18}")
+
+
 def _resume_point(last_event_id: str | None, after: int | None) -> int:
+    """Where a (re)connecting client left off; anything that is not a sequence number, from the start."""
     for value in (last_event_id, after):
-        if value is not None and str(value).strip().isdigit():
+        if value is not None and _SEQ.fullmatch(str(value).strip()):
             return int(str(value).strip())
     return 0
 

@@ -29,7 +29,7 @@ _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraSettings(_Strict):
@@ -155,7 +155,7 @@ class Sampling(_Strict):
     max_tokens: int = Field(512, ge=1, le=32_768, description="Most tokens in the answer.")
     temperature: float = Field(1.0, ge=0, le=2, description="0: always the likeliest token; higher: more varied.")
     top_p: float = Field(1.0, gt=0, le=1, description="Sample from the smallest set of tokens this likely.")
-    seed: int | None = Field(None, description="The same seed and settings give the same answer.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="The same seed and settings give the same answer.")
     stop: list[str] = Field(default_factory=list, description="The answer ends before any of these (up to 4).")
 
     @field_validator("stop")

@@ -4,6 +4,7 @@ and deleting them. Behind the datasets API, OpenAI's files API and the pages."""
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -132,6 +133,11 @@ async def receive_dataset(
         raise DomainError(str(error), error.status_code) from None
 
 
+def _printable(text: str) -> str:
+    """A name as it can be stored and shown: control characters (NUL included) left out."""
+    return "".join(char for char in text if unicodedata.category(char) != "Cc").strip()
+
+
 def _team_dataset_with(session: Session, team_id: int, sha256: str) -> Dataset | None:
     return session.scalar(select(Dataset).where(Dataset.team_id == team_id, Dataset.sha256 == sha256))
 
@@ -154,7 +160,8 @@ def store_upload(
     with the winner's dataset, and the file, which the winner's row points to, is kept."""
     if (existing := _team_dataset_with(session, team_id, upload.sha256)) is not None:
         return existing, True
-    filename = (upload.filename or "dataset.jsonl")[:255]
+    filename = _printable(upload.filename or "")[:255] or "dataset.jsonl"
+    name = _printable(name or "")
     key = dataset_key(team_id, upload.sha256)
     upload.commit(key)
     dataset = Dataset(

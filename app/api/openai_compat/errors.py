@@ -18,8 +18,10 @@ from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.errors import UNSTORABLE
 from app.core.errors import DomainError, InvalidField
 
 
@@ -90,6 +92,8 @@ class OpenAIRoute(APIRoute):
                 return _response(
                     error.status_code, str(error.detail), param=error.param, code=error.code, headers=error.headers
                 )
+            except DataError:
+                return _response(400, UNSTORABLE)
             except (RequestValidationError, InvalidField) as error:
                 failure = invalid(error.errors())
                 return _response(400, str(failure.detail), param=failure.param)
