@@ -16,19 +16,26 @@ from app.core.tables import Artifact, Job
 from app.jobs.artifacts import final_weights, merged_model
 from app.jobs.timeline import add_event, metrics
 
-# OpenAI's result-file columns first, then what tunelab also records: (column, metric key).
+# OpenAI's result-file columns first, then what tunelab also records: (column, the metric keys
+# that fill it, the first present wins). Accuracy is per token for language models, per row
+# for classifiers.
 METRIC_COLUMNS = [
-    ("step", None),
-    ("train_loss", "loss"),
-    ("train_accuracy", "mean_token_accuracy"),
-    ("valid_loss", "eval_loss"),
-    ("valid_mean_token_accuracy", "eval_mean_token_accuracy"),
-    ("epoch", "epoch"),
-    ("learning_rate", "learning_rate"),
-    ("grad_norm", "grad_norm"),
-    ("tokens_per_second", "tokens_per_second"),
-    ("peak_memory_mb", "peak_memory_mb"),
+    ("step", ()),
+    ("train_loss", ("loss",)),
+    ("train_accuracy", ("mean_token_accuracy", "accuracy")),
+    ("valid_loss", ("eval_loss",)),
+    ("valid_mean_token_accuracy", ("eval_mean_token_accuracy", "eval_accuracy")),
+    ("epoch", ("epoch",)),
+    ("learning_rate", ("learning_rate",)),
+    ("grad_norm", ("grad_norm",)),
+    ("tokens_per_second", ("tokens_per_second",)),
+    ("peak_memory_mb", ("peak_memory_mb",)),
 ]
+
+
+def metric_value(values: dict, keys: tuple[str, ...]):
+    """The first of `keys` that the point has a value for, or None."""
+    return next((values[key] for key in keys if values.get(key) is not None), None)
 
 
 def _number(value) -> str:
@@ -44,7 +51,7 @@ def metrics_csv(session: Session, job: Job) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([column for column, _ in METRIC_COLUMNS])
     for step, values in sorted(by_step.items()):
-        writer.writerow([step if key is None else _number(values.get(key)) for _, key in METRIC_COLUMNS])
+        writer.writerow([_number(metric_value(values, keys)) if keys else step for _, keys in METRIC_COLUMNS])
     return buffer.getvalue()
 
 
