@@ -50,7 +50,8 @@ def model_card(job_id: int, access: AccessDep, session: SessionDep) -> PlainText
     job = access.get(session, Job, job_id)
     artifact = final_weights(session, job)
     card = blob_store().path(artifact.blob_key) / "README.md" if artifact else None
-    if card is None or not card.is_file():
+    # A link could point anywhere on the worker's disk: only a plain file inside the folder is the card.
+    if card is None or card.is_symlink() or not card.is_file():
         raise NotFound("this job has no model card (yet)")
     return PlainTextResponse(card.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
 

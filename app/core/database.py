@@ -6,6 +6,7 @@ the worker and the CLI use `session_scope()`. Both commit on success and roll ba
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -38,13 +39,22 @@ def make_engine(url: str) -> Engine:
 _engines: dict[str, Engine] = {}
 
 
+def _private_file(path: Path) -> None:
+    """The embedded database holds password hashes and every team's data: only its owner may
+    read it (SQLite gives its -wal and -shm files the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+
+
 def get_engine() -> Engine:
     """The engine for the configured database URL, created on first use."""
     url = get_settings().sqlalchemy_url
     engine = _engines.get(url)
     if engine is None:
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(url.removeprefix("sqlite:///")))
         engine = _engines[url] = make_engine(url)
     return engine
 

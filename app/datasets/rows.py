@@ -342,11 +342,18 @@ def _check_instruction(row: dict[str, Any], problems: Problems) -> RowMeasure:
     return length, (_SYSTEM_USER_ASSISTANT if row.get("system") else _USER_ASSISTANT)
 
 
+MAX_LABEL_CHARS = 100  # labels are class names: every dataset listing carries up to 1000 of them
+
+
 def _check_classification(row: dict[str, Any], problems: Problems) -> RowMeasure:
     label = row["label"]
     if type(label) is str:
         if not label or label.isspace():
             problems.append(f'"label" is {_emptiness(label)}')
+        elif len(label) > MAX_LABEL_CHARS:
+            problems.append(
+                f'"label" is {len(label)} characters long; a label names a class in at most {MAX_LABEL_CHARS}'
+            )
     elif type(label) is not int:
         problems.append(f'"label" must be a string or an integer, not {describe(label)}')
     return _string_field(row, "text", problems), None

@@ -458,3 +458,9 @@ def test_values_from_the_file_are_cut_short_in_messages(validate):
     keys = {f"key{n}": n for n in range(50)}
     (message,) = _second_line_errors(validate, CHAT_OK, json.dumps(keys).encode())
     assert message.startswith('no dataset format has the keys "key0", "key1", ') and " and 40 more: " in message
+
+
+def test_a_label_longer_than_a_class_name_is_refused_with_its_line(validate):
+    rows = [{"text": "good", "label": "positive"}, {"text": "bad", "label": "x" * 5000}]
+    report = validate("".join(json.dumps(row) + "\n" for row in rows).encode())
+    assert listed(report) == [(2, '"label" is 5000 characters long; a label names a class in at most 100')]
