@@ -15,7 +15,7 @@ from app.accounts.throttle import LoginThrottle
 from app.api import account, datasets, downloads, health, jobs, openai_compat, streams, teams
 from app.api.errors import install_error_handlers
 from app.config import get_settings
-from app.jobs.recovery import reap_orphans
+from app.jobs.recovery import reap_orphans, resend_lost_messages
 from app.pages import auth, dashboard, playground
 from app.pages import datasets as dataset_pages
 from app.pages import jobs as job_pages
@@ -60,11 +60,13 @@ class SecurityHeaders:
 
 async def _reap_orphans_forever(interval_s: float) -> None:
     """Jobs whose worker vanished (no heartbeat) are requeued or failed, even while no
-    worker is starting up to notice them."""
+    worker is starting up to notice them; queued jobs whose message the broker lost are
+    sent again."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await run_in_threadpool(reap_orphans)
+            await run_in_threadpool(resend_lost_messages)
         except Exception:
             log.exception("looking for orphaned jobs failed")
 

@@ -7,8 +7,11 @@ same configuration and registers the tasks; the app never imports it, it sends b
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -111,6 +114,45 @@ def commit_then_enqueue(
         on_failure()
         session.commit()
         raise Unavailable(message) from None
+
+
+def _job_id_of(payload: str | bytes | dict) -> int | None:
+    """The job id a run-job message carries (Celery's protocol 2: the body is base64 of
+    [args, kwargs, embed]); None for any other message."""
+    message = json.loads(payload) if isinstance(payload, (str, bytes)) else payload
+    if message.get("headers", {}).get("task") != RUN_JOB_TASK:
+        return None
+    args = json.loads(base64.b64decode(message["body"]))[0]
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def job_ids_in_broker(queue: str) -> set[int] | None:
+    """Ids of the jobs whose run message waits in `queue`, or was delivered from it and not
+    yet acknowledged. None when this kind of broker cannot be looked into."""
+    settings = get_settings()
+    url = settings.celery_broker_url
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        payloads = [*client.lrange(queue, 0, -1)]
+        # Delivered, not yet acknowledged: [message, exchange, routing key] by delivery tag.
+        for value in client.hvals("unacked"):
+            message, _exchange, routing_key = json.loads(value)
+            if routing_key == queue:
+                payloads.append(message)
+    elif url.startswith(EMBEDDED_SCHEME + "+sqlite:///"):
+        import sqlite3
+
+        query = "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
+        with closing(sqlite3.connect(url.removeprefix(EMBEDDED_SCHEME + "+sqlite:///"), timeout=30)) as connection:
+            try:
+                payloads = [row[0] for row in connection.execute(query, (queue,))]
+            except sqlite3.OperationalError:  # no message was ever sent: kombu has not made its tables
+                payloads = []
+    else:
+        return None
+    return {job_id for payload in payloads if (job_id := _job_id_of(payload)) is not None}
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

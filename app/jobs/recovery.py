@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.core.database import session_scope
-from app.core.queue import enqueue_job
+from app.core.queue import enqueue_job, job_ids_in_broker
 from app.core.tables import Job, JobState, utcnow
 from app.jobs.states import IllegalTransition, transition
+from app.jobs.timeline import add_event
 
 _ACTIVE = (JobState.running, JobState.cancelling)
 
@@ -93,6 +94,45 @@ def recover_orphan(session: Session, job: Job, *, max_attempts: int) -> bool:
 def find_orphans(session: Session, *, stale_after_s: float) -> list[Job]:
     candidates = session.scalars(select(Job).where(Job.state.in_(_ACTIVE))).all()
     return [job for job in candidates if is_orphaned(job, stale_after_s=stale_after_s)]
+
+
+# A job queued this long with no message in the broker has lost it (the broker restarted
+# empty, say); younger ones may be between their commit and their enqueue.
+LOST_MESSAGE_AFTER = timedelta(seconds=60)
+
+
+def resend_lost_messages() -> list[int]:
+    """Send again the run message of every queued job the broker no longer holds. Safe when
+    a message turns out not to be lost after all: a worker claims a job once (a compare-and-
+    set), and drops a message whose job is already running or finished. Returns the ids sent."""
+    cutoff = utcnow() - LOST_MESSAGE_AFTER
+    with session_scope() as session:
+        queued = session.execute(
+            select(Job.id, Job.queue).where(Job.state == JobState.queued, Job.updated_at < cutoff)
+        ).all()
+    by_queue: dict[str, list[int]] = {}
+    for job_id, queue in queued:
+        by_queue.setdefault(queue, []).append(job_id)
+    resent: list[int] = []
+    for queue, job_ids in by_queue.items():
+        held = job_ids_in_broker(queue)
+        if held is None:
+            return resent  # this broker cannot be looked into: nothing to compare with
+        for job_id in sorted(set(job_ids) - held):
+            with session_scope() as session:
+                job = session.get(Job, job_id)
+                if job is None or job.state != JobState.queued:
+                    continue
+                add_event(
+                    session,
+                    job,
+                    "The queue no longer held this job (did the broker restart?); sent it again",
+                    level="warning",
+                )
+                job.updated_at = utcnow()
+            enqueue_job(job_id, queue)
+            resent.append(job_id)
+    return resent
 
 
 def reap_orphans() -> list[int]:
