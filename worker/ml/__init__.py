@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from .errors import (
     ConfigurationError,
     DatasetError,
+    DiskFullError,
     InferenceError,
     ModelNotFoundError,
     OutOfMemoryError,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigurationError",
     "DatasetError",
+    "DiskFullError",
     "InferenceError",
     "MemoryReporter",
     "ModelNotFoundError",

@@ -17,6 +17,10 @@ class ConfigurationError(TrainingError):
     """The spec asks for something this machine or this data cannot do (fp16 on a CPU, early stopping without eval data)."""
 
 
+class DiskFullError(TrainingError):
+    """The disk filled while training wrote to it; the last whole checkpoint is kept."""
+
+
 class OutOfMemoryError(TrainingError):
     """Training did not fit in the device's memory."""
 

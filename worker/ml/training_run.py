@@ -14,9 +14,11 @@ the Trainer's.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from app.contract.spec import TrainingSpec
@@ -34,7 +37,7 @@ from app.contract.spec import TrainingSpec
 from . import data
 from .arguments import training_arguments
 from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
-from .errors import DatasetError, OutOfMemoryError
+from .errors import DatasetError, DiskFullError, OutOfMemoryError
 from .loading import DevicePlan, load_model, load_tokenizer, parameter_counts, plan_device, resolve_model
 from .reporting import Reporter
 from .result import COMPLETED, STOPPED, TrainResult
@@ -239,7 +242,7 @@ def train(
         dataset_name=dataset_name,
     )
     trainer, callback = build_trainer(prepared, checkpoint_dir, reporter)
-    with _training_memory(spec, prepared.plan):
+    with _training_memory(spec, prepared.plan), _disk_space(checkpoint_dir):
         _train_from(trainer, latest, reporter)
         if prepared.eval_dataset is not None and not callback.stopped:
             _evaluate_at_the_end(trainer)
@@ -254,7 +257,8 @@ def train(
             f"{spec.early_stopping_patience} evaluations"
         )
 
-    result.final_dir = save_final(trainer, prepared, output_dir / "final", dataset_name, result.metrics)
+    with _disk_space(checkpoint_dir):
+        result.final_dir = save_final(trainer, prepared, output_dir / "final", dataset_name, result.metrics)
     reporter.event("Saved the adapter (PEFT format)" if spec.uses_adapter else "Saved the model weights")
     if spec.merge_adapter:
         del trainer, prepared  # the merge loads the base model again
@@ -365,6 +369,36 @@ def _training_memory(spec: TrainingSpec, plan: DevicePlan) -> Iterator[None]:
         yield
     except (torch.OutOfMemoryError, MemoryError) as error:
         raise _out_of_memory(spec, plan) from error
+
+
+# What torch's zip writer says when a write comes up short: the disk is full, in its words.
+_SHORT_WRITE_MESSAGES = ("unexpected pos", "PytorchStreamWriter failed", "No space left on device")
+
+
+@contextmanager
+def _disk_space(checkpoint_dir: Path) -> Iterator[None]:
+    """A full disk becomes a DiskFullError that says where and how much is free, and the
+    half-written checkpoint goes, so that the run resumes from its last whole one."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        short_write = getattr(error, "errno", None) == errno.ENOSPC or any(
+            text in str(error) for text in _SHORT_WRITE_MESSAGES
+        )
+        if not short_write:
+            raise
+        for partial in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        free = shutil.disk_usage(checkpoint_dir).free
+        whole = checkpoints(checkpoint_dir)
+        resume = (
+            f"the run can resume from its checkpoint at step {checkpoint_step(whole[-1])}"
+            if whole
+            else ("no checkpoint was complete yet")
+        )
+        raise DiskFullError(
+            f"Disk full on {socket.gethostname()}: {free} bytes free in {checkpoint_dir}; {resume} once space is freed"
+        ) from error
 
 
 def _out_of_memory(spec: TrainingSpec, plan: DevicePlan) -> OutOfMemoryError:
