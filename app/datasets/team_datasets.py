@@ -3,6 +3,7 @@ and deleting them. Behind the datasets API, OpenAI's files API and the pages."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import unicodedata
 from collections import Counter
@@ -131,6 +132,10 @@ async def receive_dataset(
                 return await to_thread.run_sync(store)
     except UploadError as error:
         raise DomainError(str(error), error.status_code) from None
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise DomainError("the server's disk is full: nothing was stored; tell an administrator", 507) from None
 
 
 def _printable(text: str) -> str:
