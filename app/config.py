@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Workers and job recovery.
     worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker says it is alive.")
     worker_stale_after_s: float = Field(60.0, gt=0, description="A job whose worker is silent this long is retried.")
+    db_outage_tolerance_s: float = Field(
+        120.0, ge=0, description="A training worker waits this long for an unreachable database before giving up."
+    )
     job_max_attempts: int = Field(
         3, ge=1, le=100, description="A job whose worker crashes this many times is marked failed."
     )

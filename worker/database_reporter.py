@@ -16,13 +16,15 @@ import multiprocessing
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app.config import get_settings
 from app.core.blobs import BlobStore
 from app.core.database import session_scope
 from app.core.live import ring_after_commit, team_channel
@@ -31,6 +33,7 @@ from app.jobs.artifacts import forget_rotated_checkpoints, record_artifact
 from app.jobs.timeline import MetricPoint, add_event, add_metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Set by a worker's main process when it shuts down; its pool processes inherit this event
 # across fork, so the job in hand stops at its next step with a checkpoint and goes back to
@@ -83,7 +86,7 @@ class DatabaseReporter:
 
     def flush(self) -> None:
         """Write what is queued now, from the calling (training) thread."""
-        self._flush()
+        self._through_outages(self._flush)
 
     def checkpoint(self, step: int, path: Path) -> None:
         self._put(_Checkpoint(step, path))
@@ -93,12 +96,36 @@ class DatabaseReporter:
         it is no longer this worker's to run (failed or requeued by someone else, deleted)."""
         if shutdown_requested.is_set():
             return True
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        values: dict[str, Any] = {}
         if self._progress is not None:  # None before the first step
             values["step"], values["total_steps"] = self._progress
-        with session_scope() as session:
-            state = session.scalar(update(Job).where(Job.id == self.job_id).values(**values).returning(Job.state))
-        return state != JobState.running  # None: the job was deleted
+
+        def write_progress_and_read_state() -> JobState | None:
+            with session_scope() as session:
+                statement = update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow(), **values)
+                return session.scalar(statement.returning(Job.state))
+
+        return self._through_outages(write_progress_and_read_state) != JobState.running  # None: deleted
+
+    def _through_outages(self, call: Callable[[], T]) -> T:
+        """`call`, retried while the database is unreachable, for up to `db_outage_tolerance_s`:
+        training waits out a short outage instead of failing (and spending one of the job's attempts)."""
+        deadline = time.monotonic() + get_settings().db_outage_tolerance_s
+        delay = 0.25
+        while True:
+            try:
+                return call()
+            except (OperationalError, InterfaceError) as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "job %s: the database is unreachable (%s); retrying in %.2g s",
+                    self.job_id,
+                    type(error.orig).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # ---- lifecycle ----
 
