@@ -19,7 +19,7 @@ from app.core.queue import enqueue_job
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
 from app.jobs.artifacts import job_output_key, record_artifact
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
-from app.jobs.states import IllegalTransition, transition
+from app.jobs.states import IllegalTransition, back_to_queue, transition
 from worker.database_reporter import DatabaseReporter
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,8 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                 )
             elif job.state == JobState.running:
                 # Stopped without a cancel: this worker is shutting down. Another one resumes it.
-                transition(
-                    session,
-                    job,
-                    JobState.queued,
-                    worker=None,
-                    heartbeat_at=None,
-                    message=f"Worker stopped at step {result.step}; the job will resume from there",
+                back_to_queue(
+                    session, job, message=f"Worker stopped at step {result.step}; the job will resume from there"
                 )
                 requeue = True
         except IllegalTransition as race:

@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.core.database import session_scope
 from app.core.queue import enqueue_job, job_ids_in_broker
 from app.core.tables import Job, JobState, utcnow
-from app.jobs.states import IllegalTransition, transition
+from app.jobs.states import IllegalTransition, back_to_queue, transition
 from app.jobs.timeline import add_event
 
 _ACTIVE = (JobState.running, JobState.cancelling)
@@ -78,16 +78,7 @@ def recover_orphan(session: Session, job: Job, *, max_attempts: int) -> bool:
     message = (
         f"Worker lost {where}; the job will resume from its last checkpoint (crash {crashes} of {max_attempts} allowed)"
     )
-    transition(
-        session,
-        job,
-        JobState.queued,
-        worker=None,
-        heartbeat_at=None,
-        steps_per_second=None,
-        crashes=crashes,
-        message=message,
-    )
+    back_to_queue(session, job, crashes=crashes, message=message)
     return True
 
 

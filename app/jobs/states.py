@@ -20,7 +20,7 @@ from app.core.state_machine import IllegalTransition, StateMachine
 from app.core.tables import Job, JobState, utcnow
 from app.jobs.timeline import add_event
 
-__all__ = ["JOB_STATES", "IllegalTransition", "request_cancel", "transition"]
+__all__ = ["JOB_STATES", "IllegalTransition", "back_to_queue", "request_cancel", "transition"]
 
 _QUEUED, _RUNNING, _CANCELLING = JobState.queued, JobState.running, JobState.cancelling
 _SUCCEEDED, _FAILED, _CANCELLED = JobState.succeeded, JobState.failed, JobState.cancelled
@@ -79,6 +79,14 @@ def transition(
     add_event(session, job, message or _STATE_MESSAGES[to], level=level, state=to.value, **extra)
     ring_after_commit(session, team_channel(job.team_id))
     return job
+
+
+def back_to_queue(session: Session, job: Job, *, message: str, **fields: Any) -> Job:
+    """A running job goes back to the queue, to resume from its last checkpoint on whichever
+    worker takes it next: the worker that held it is forgotten."""
+    return transition(
+        session, job, _QUEUED, message=message, worker=None, heartbeat_at=None, steps_per_second=None, **fields
+    )
 
 
 def request_cancel(session: Session, job: Job) -> Job:
