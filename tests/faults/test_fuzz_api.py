@@ -38,3 +38,7 @@ def test_no_request_to_any_operation_answers_500(app, make_account):
         answer_is_not_a_server_error()
 
     assert server_errors == []
+    from fastapi.testclient import TestClient
+
+    health = TestClient(app).get("/healthz")
+    assert health.status_code == 200 and health.json()["database"] == "ok", "the server is still healthy"
