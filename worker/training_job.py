@@ -98,7 +98,7 @@ def run_job(job_id: int) -> None:
     if claimed is None:
         return
     reporter = DatabaseReporter(job_id, store).start()
-    result, error = None, None
+    result, error, retry = None, None, False
     try:
         train_file = _input_file(store, claimed.dataset_key, "training")
         eval_file = _input_file(store, claimed.validation_key, "validation") if claimed.validation_key else None
@@ -111,6 +111,8 @@ def run_job(job_id: int) -> None:
             models_dir=settings.models_path,
             dataset_name=claimed.dataset_name,
         )
+    except ml.DiskFullError as failure:  # the machine's fault, not the job's: try again from the checkpoint
+        error, retry = str(failure), True
     except (ml.TrainingError, JobInputError) as failure:
         error = str(failure)
     except Exception as failure:
@@ -118,17 +120,26 @@ def run_job(job_id: int) -> None:
         error = f"Training failed unexpectedly: {type(failure).__name__}: {failure}"
     finally:
         reporter.close()
-    _finish(job_id, claimed, store, result, error)
+    _finish(job_id, claimed, store, result, error, retry=retry)
 
 
-def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str | None) -> None:
+def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str | None, *, retry: bool) -> None:
+    """Record how the run ended. A failure worth retrying (a full disk) sends the job back to
+    the queue, to resume from its last whole checkpoint, as a crash counts: up to the job's
+    allowed attempts, then it fails with the reason."""
     requeue = False
+    max_attempts = get_settings().job_max_attempts
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
             return
         try:
-            if error is not None:
+            if error is not None and retry and job.crashes + 1 < max_attempts and job.state == JobState.running:
+                crashes = job.crashes + 1
+                message = f"{error}. The job goes back to the queue (retry {crashes} of {max_attempts - 1})"
+                back_to_queue(session, job, crashes=crashes, message=message)
+                requeue = True
+            elif error is not None:
                 transition(session, job, JobState.failed, error=error)
             elif result.completed and job.state == JobState.running:
                 _record_outputs(session, job, claimed, store, result)
