@@ -13,7 +13,7 @@ import pytest
 
 from app.core.blobs import blob_store
 from app.core.tables import Job, JobState
-from tests.helpers import add_dataset, chat_rows, forget_cached_settings, tiny_spec
+from tests.helpers import add_job, forget_cached_settings
 from worker.database_reporter import DatabaseReporter
 
 
@@ -88,19 +88,7 @@ def relayed_database(db, migrated_database, monkeypatch):
 
 
 def test_a_short_database_outage_pauses_training_instead_of_failing_it(make_account, db, relayed_database):
-    account = make_account()
-    dataset = add_dataset(db, account, chat_rows(6))
-    job = Job(
-        team_id=account.team_id,
-        name="j",
-        base_model="tiny-llama",
-        method="lora",
-        spec=tiny_spec(),
-        dataset_id=dataset.id,
-        state=JobState.running,
-    )
-    db.add(job)
-    db.commit()
+    job = add_job(db, make_account(), JobState.running)
     reporter = DatabaseReporter(job.id, blob_store())
     reporter.progress(3, 12)
     assert reporter.should_stop() is False  # through the relay

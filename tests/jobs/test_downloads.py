@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from app.core.blobs import blob_store
 from app.core.tables import Artifact, ArtifactKind, Job, JobState
-from tests.helpers import add_dataset, chat_rows, tiny_spec
+from tests.helpers import add_job
 
 
 def _finished_job_with_adapter(db, account) -> tuple[Job, object]:
-    dataset = add_dataset(db, account, chat_rows(6))
-    job = Job(
-        team_id=account.team_id,
-        name="done",
-        base_model="tiny-llama",
-        method="lora",
-        spec=tiny_spec(),
-        dataset_id=dataset.id,
-        state=JobState.succeeded,
-    )
-    db.add(job)
-    db.flush()
+    job = add_job(db, account, JobState.succeeded, name="done")
     folder = blob_store().path(f"jobs/{job.id}/final")
     folder.mkdir(parents=True)
     db.add(Artifact(job_id=job.id, kind=ArtifactKind.adapter, step=1, blob_key=f"jobs/{job.id}/final"))
