@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -28,10 +29,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _overflow_is_a_data_error(context) -> None:
+    """sqlite3 refuses an integer beyond 64 bits with a bare OverflowError; Postgres (psycopg)
+    with a DataError. Make both a DataError, which the API answers as the client's 422."""
+    if isinstance(context.original_exception, OverflowError):
+        raise DataError(context.statement, context.parameters, context.original_exception)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _overflow_is_a_data_error)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
