@@ -18,6 +18,7 @@ from worker.ml.data import (
     Tokenization,
     pack,
     read_jsonl,
+    split_documents,
     split_for_eval,
 )
 from worker.ml.loading import load_model, plan_device
@@ -245,7 +246,7 @@ def tiny_model(models_dir, tokenizer):
 
 def test_packed_examples_never_see_each_other(tokenizer, tiny_model):
     examples = Tokenization(tokenizer, max_length=96)(ROWS)
-    packed = pack(examples.to_dataset(), 96).with_format("numpy")
+    packed = pack(examples, 96).with_format("numpy")
     rows = [packed[i] for i in range(len(packed))]
     assert any(len(row["seq_lengths"]) >= 2 for row in rows), "the test needs rows holding several examples"
     batch = BatchCollator(pad_token_id=tokenizer.pad_token_id)(rows)
@@ -292,3 +293,54 @@ def test_padded_batches_give_each_example_its_own_loss(tokenizer, tiny_model):
         logits_alone, loss_alone = alone(tiny_model, ids, labels)
         torch.testing.assert_close(out.logits[r, : len(ids)], logits_alone, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(summed_loss(out.logits[r, : len(ids)], batch["labels"][r, : len(ids)]), loss_alone)
+
+
+# -- text documents: never truncated, laid end to end ----------------------------------------
+
+STORY = {"text": " ".join(f"The river runs north past mill number {i} in the morning." for i in range(12))}
+
+
+def test_text_rows_are_never_truncated_but_conversations_are(tokenizer):
+    long_answer = {"instruction": "Count.", "output": " ".join(["one two three"] * 40)}
+    examples = Tokenization(tokenizer, max_length=48)([STORY, long_answer])
+    whole_story = tokenizer(STORY["text"])["input_ids"] + [tokenizer.eos_token_id]
+    assert examples.input_ids[0] == whole_story and len(whole_story) > 48
+    assert examples.truncated == 1 and len(examples.input_ids[1]) == 48
+    assert examples.truncated_tokens == len(tokenize_one(tokenizer, long_answer, max_length=1000)[0]) - 48
+
+
+def test_packing_lays_text_end_to_end_and_cuts_it_into_full_rows_losing_no_token(tokenizer, tiny_model):
+    rows = [STORY, {"text": "Short text."}, CHAT, {"text": STORY["text"].upper()}]
+    examples = Tokenization(tokenizer, max_length=48)(rows)
+    packed = pack(examples, 48).with_format("numpy")
+    packed_rows = [packed[i] for i in range(len(packed))]
+    assert sum(len(row["input_ids"]) for row in packed_rows) == examples.tokens
+    documents = [ids for ids, document in zip(examples.input_ids, examples.documents) if document]
+    full = packed_rows[: sum(len(ids) for ids in documents) // 48]
+    assert {len(row["input_ids"]) for row in full} == {48}  # the text fills whole rows
+    laid = [int(token) for row in full for token in row["input_ids"]]
+    assert laid == [token for ids in documents for token in ids][: len(laid)]  # in order, nothing skipped
+
+    # A document that runs over into the next row is a document of its own there: its piece is
+    # computed as if run alone, and its first token is not predicted from the row before.
+    batch = BatchCollator(pad_token_id=tokenizer.pad_token_id)(packed_rows)
+    batch.pop(REAL_TOKENS_KEY)
+    with torch.no_grad():
+        out = tiny_model(**batch)
+    for r, row in enumerate(packed_rows):
+        start = 0
+        for length in row["seq_lengths"]:
+            ids, labels = list(row["input_ids"][start : start + length]), list(row["labels"][start : start + length])
+            assert labels[0] == IGNORE_INDEX
+            logits_alone, _ = alone(tiny_model, ids, labels)
+            torch.testing.assert_close(out.logits[r, start : start + length], logits_alone, atol=1e-4, rtol=1e-4)
+            start += length
+
+
+def test_without_packing_long_text_rows_are_cut_into_pieces(tokenizer):
+    examples = Tokenization(tokenizer, max_length=48)([STORY, CHAT])
+    pieces = split_documents(examples, 48)
+    assert sum(len(ids) for ids in pieces.input_ids) == examples.tokens
+    assert max(len(ids) for ids in pieces.input_ids) == 48
+    assert [token for ids in pieces.input_ids[:-1] for token in ids] == examples.input_ids[0]
+    assert pieces.input_ids[-1] == examples.input_ids[1]  # the conversation stays one example

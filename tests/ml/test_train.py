@@ -251,7 +251,28 @@ def test_long_rows_are_truncated_and_reported(make_spec, colour_rows, write_json
         models_dir=models_dir,
     )
     assert result.truncated_rows == 3
-    assert ("warning", "Truncated 3 rows longer than 64 tokens") in [(level, m) for level, m, _ in reporter.events]
+    warnings = [m for level, m, _ in reporter.events if level == "warning"]
+    assert any(m.startswith("Truncated 3 rows longer than 64 tokens (") for m in warnings)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_long_text_rows_train_on_every_token_and_say_so(packing, make_spec, write_jsonl, models_dir, tmp_path):
+    paragraph = "The river runs north past the old mill, and the town wakes up slowly. "
+    rows = [{"text": paragraph * (3 + i % 4)} for i in range(8)]  # each over 64 tokens
+    reporter = MemoryReporter()
+    result = train(
+        make_spec(max_steps=1, packing=packing),
+        train_file=write_jsonl(tmp_path / "text.jsonl", rows),
+        output_dir=tmp_path / "run",
+        reporter=reporter,
+        models_dir=models_dir,
+    )
+    assert result.truncated_rows == 0
+    assert not [m for level, m, _ in reporter.events if level == "warning"]
+    (read,) = [data for _, m, data in reporter.events if m.startswith("Read 8 rows")]
+    (batched,) = [data for _, m, data in reporter.events if "tokens_after" in data]
+    assert batched["tokens_before"] == batched["tokens_after"] == read["tokens"] > 8 * 64
+    assert batched["sequences"] >= -(-read["tokens"] // 64)
 
 
 def test_a_checkpoint_becomes_resumable_only_after_its_metrics_are_flushed(

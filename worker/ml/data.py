@@ -2,16 +2,21 @@
 
 Every causal-LM row becomes one example: the tokenizer's own chat template renders
 conversations (ChatML when the tokenizer has none), and only assistant / completion
-tokens carry loss unless the spec trains on prompts too. Rows longer than the max length
-are truncated and counted. Classification rows become (token ids, class index).
+tokens carry loss unless the spec trains on prompts too. Conversation-like rows longer than
+the max length are truncated and counted (with the tokens cut off). Text rows (continued
+pre-training) are never truncated: they are documents, cut into pieces of the max length
+when batched, so no token is lost. Classification rows become (token ids, class index).
 
-Batches never pad to the max length. With packing, examples are packed best-fit into
-rows of at most `max_seq_length` tokens (TRL's `pack_dataset`), and position ids restart
-at 0 for every example; with no attention mask and the model's KV cache off, transformers
+Batches never pad to the max length. With packing, text documents are laid end to end
+(each ending with EOS) and cut into rows of exactly `max_seq_length` tokens; the other
+examples, and the pieces left at the end, are packed best-fit into rows of at most
+`max_seq_length` tokens (TRL's `pack_dataset`). Position ids restart at 0 for every example
+or piece of a document; with no attention mask and the model's KV cache off, transformers
 turns those position ids into a block-diagonal causal mask, so packed examples never see
 each other (tests/training/test_data.py checks logits and loss against running each
-example alone). Without packing, the trainer's length-grouped sampler puts rows of
-similar length together and each batch is padded to its own longest row.
+example alone). Without packing, text documents longer than the max length are cut into
+pieces of it, the trainer's length-grouped sampler puts rows of similar length together and
+each batch is padded to its own longest row.
 """
 
 from __future__ import annotations
@@ -100,8 +105,11 @@ class Examples:
     labels: list[list[int]] | list[int]
     rows: int
     truncated: int = 0  # rows longer than the max length, cut to it
+    truncated_tokens: int = 0  # the tokens those rows lost
     dropped: int = 0  # rows left with no token to learn from (after truncation, or no assistant turn)
     formats: dict[str, int] = field(default_factory=dict)
+    # documents[i]: example i is a text document, cut into pieces rather than truncated
+    documents: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -118,6 +126,7 @@ class Examples:
             labels=[self.labels[i] for i in indices],
             rows=len(indices),
             formats=self.formats,
+            documents=[self.documents[i] for i in indices] if self.documents else [],
         )
 
     def to_dataset(self):
@@ -150,7 +159,7 @@ class Tokenization:
                 raise DatasetError(
                     f"row {number}: the model's chat template refuses this conversation ({error})"
                 ) from None
-        return self._truncated(sequences, counts)
+        return self._truncated(sequences, counts, canonical)
 
     # -- causal LM ---------------------------------------------------------------------
 
@@ -225,11 +234,16 @@ class Tokenization:
     def _eos(self) -> list[int]:
         return [self.eos_token_id] if self.eos_token_id is not None else []
 
-    def _truncated(self, sequences: list[tuple[list[int], list[bool]]], counts: dict[str, int]) -> Examples:
+    def _truncated(
+        self, sequences: list[tuple[list[int], list[bool]]], counts: dict[str, int], rows: Sequence[formats.Canonical]
+    ) -> Examples:
+        """Examples of the sequences: conversation-like ones cut to the max length, text documents whole."""
         out = Examples(task=Task.causal_lm, input_ids=[], labels=[], rows=len(sequences), formats=counts)
-        for ids, trainable in sequences:
-            if len(ids) > self.max_length:
+        for (ids, trainable), row in zip(sequences, rows):
+            document = isinstance(row.example, PlainText)
+            if len(ids) > self.max_length and not document:
                 out.truncated += 1
+                out.truncated_tokens += len(ids) - self.max_length
                 ids, trainable = ids[: self.max_length], trainable[: self.max_length]
             # The first token is never predicted (nothing precedes it); masking it here also
             # keeps a packed example from being predicted from the one before it.
@@ -239,6 +253,7 @@ class Tokenization:
                 continue
             out.input_ids.append(ids)
             out.labels.append(labels)
+            out.documents.append(document)
         return out
 
     # -- classification ----------------------------------------------------------------
@@ -273,7 +288,82 @@ def split_for_eval(examples: Examples, fraction: float, seed: int) -> tuple[Exam
     return examples.select(sorted(order[held_out:])), examples.select(sorted(order[:held_out]))
 
 
-def pack(dataset, max_length: int):
+def _piece(labels: list[int], start: int, stop: int) -> list[int]:
+    """The labels of tokens start..stop-1 of a document cut into pieces: a piece after the first
+    starts a document of its own in its row, so its first token is not predicted either."""
+    piece = labels[start:stop]
+    return [IGNORE_INDEX, *piece[1:]] if start > 0 else piece
+
+
+def split_documents(examples: Examples, max_length: int) -> Examples:
+    """The examples with every text document longer than `max_length` cut into pieces of it
+    (the batches without packing): no token is lost."""
+    if not any(len(ids) > max_length for ids, document in zip(examples.input_ids, examples.documents) if document):
+        return examples
+    out = Examples(
+        task=examples.task,
+        input_ids=[],
+        labels=[],
+        rows=examples.rows,
+        truncated=examples.truncated,
+        truncated_tokens=examples.truncated_tokens,
+        dropped=examples.dropped,
+        formats=examples.formats,
+    )
+    for ids, labels, document in zip(examples.input_ids, examples.labels, examples.documents):
+        starts = range(0, len(ids), max_length) if document else [0]
+        for start in starts:
+            stop = start + max_length if document else len(ids)
+            out.input_ids.append(ids[start:stop])
+            out.labels.append(_piece(labels, start, stop))
+            out.documents.append(document)
+    return out
+
+
+def pack(examples: Examples, max_length: int):
+    """The examples packed into rows of at most `max_length` tokens, each row with its `seq_lengths`.
+
+    Text documents are laid end to end and cut into rows of exactly `max_length` tokens (a
+    document may run over into the next row: its piece there is a document of its own). The
+    other examples and the pieces of the last, unfilled row are packed best-fit-decreasing."""
+    from datasets import Dataset
+
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "seq_lengths": []}
+    loose: dict[str, list] = {"input_ids": [], "labels": []}
+    row_ids: list[int] = []
+    row_labels: list[int] = []
+    row_lengths: list[int] = []
+    documents = examples.documents or [False] * len(examples)
+    for ids, labels, document in zip(examples.input_ids, examples.labels, documents):
+        if not document:
+            loose["input_ids"].append(ids)
+            loose["labels"].append(labels)
+            continue
+        start = 0
+        while start < len(ids):
+            stop = min(len(ids), start + max_length - len(row_ids))
+            row_ids += ids[start:stop]
+            row_labels += _piece(labels, start, stop)
+            row_lengths.append(stop - start)
+            start = stop
+            if len(row_ids) == max_length:
+                rows["input_ids"].append(row_ids)
+                rows["labels"].append(row_labels)
+                rows["seq_lengths"].append(row_lengths)
+                row_ids, row_labels, row_lengths = [], [], []
+    offset = 0
+    for length in row_lengths:  # the pieces of the unfilled last row join the best-fit packing
+        loose["input_ids"].append(row_ids[offset : offset + length])
+        loose["labels"].append(row_labels[offset : offset + length])
+        offset += length
+    if loose["input_ids"]:
+        best_fit = _best_fit(Dataset.from_dict(loose), max_length).to_dict()
+        for column in rows:
+            rows[column] += best_fit[column]
+    return Dataset.from_dict(rows)
+
+
+def _best_fit(dataset, max_length: int):
     """Best-fit-decreasing packing into rows of at most `max_length` tokens, each with its `seq_lengths`."""
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from trl.data_utils import pack_dataset

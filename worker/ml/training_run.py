@@ -130,10 +130,23 @@ def prepare(
     pack = spec.packing and task == data.Task.causal_lm
     train_dataset = _dataset(train_examples, pack=pack, max_length=spec.max_seq_length)
     eval_dataset = _dataset(eval_examples, pack=pack, max_length=spec.max_seq_length) if eval_examples else None
+    batched_tokens = sum(len(ids) for ids in train_dataset["input_ids"])
     if pack:
         reporter.event(
-            f"Packed {len(train_examples)} examples into {len(train_dataset)} sequences of up to "
-            f"{spec.max_seq_length} tokens"
+            f"Packed {len(train_examples)} examples ({train_examples.tokens} tokens) into {len(train_dataset)} "
+            f"sequences of up to {spec.max_seq_length} tokens ({batched_tokens} tokens); text rows are laid end "
+            "to end and cut into chunks, not truncated",
+            tokens_before=train_examples.tokens,
+            tokens_after=batched_tokens,
+            sequences=len(train_dataset),
+        )
+    elif len(train_dataset) > len(train_examples):
+        reporter.event(
+            f"Cut the text rows longer than {spec.max_seq_length} tokens into pieces: {len(train_examples)} examples "
+            f"became {len(train_dataset)} ({batched_tokens} tokens)",
+            tokens_before=train_examples.tokens,
+            tokens_after=batched_tokens,
+            sequences=len(train_dataset),
         )
     return Prepared(
         spec=spec,
@@ -161,9 +174,11 @@ def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, ma
     )
     if examples.truncated:
         reporter.event(
-            f"Truncated {examples.truncated} rows longer than {max_length} tokens",
+            f"Truncated {examples.truncated} rows longer than {max_length} tokens "
+            f"({examples.truncated_tokens} of {examples.tokens + examples.truncated_tokens} tokens cut off)",
             level="warning",
             truncated_rows=examples.truncated,
+            truncated_tokens=examples.truncated_tokens,
         )
     if examples.dropped:
         reporter.event(
@@ -176,11 +191,11 @@ def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, ma
 
 def _dataset(examples: data.Examples, *, pack: bool, max_length: int):
     """Rows for the trainer: packed sequences, or single examples with their length for grouping."""
-    dataset = examples.to_dataset()
     if pack:
-        dataset = data.pack(dataset, max_length)
+        dataset = data.pack(examples, max_length)
     else:
-        dataset = dataset.add_column("length", [len(ids) for ids in examples.input_ids])
+        examples = data.split_documents(examples, max_length)
+        dataset = examples.to_dataset().add_column("length", [len(ids) for ids in examples.input_ids])
     return dataset.with_format("numpy")
 
 
