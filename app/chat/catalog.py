@@ -133,11 +133,17 @@ def _hf_cache_dir() -> Path:
 
 
 def list_local_models() -> list[BaseModelInfo]:
-    """Models in MODELS_DIR (`name/` or `org/name/`), then those in the Hugging Face cache."""
+    """Models in MODELS_DIR (`name/` or `org/name/`, each listed once), then those in the Hugging Face cache."""
     found: dict[str, BaseModelInfo] = {}
     root = get_settings().models_path
     if root.is_dir():
-        for config in sorted(list(root.glob("*/config.json")) + list(root.glob("*/*/config.json"))):
+        models = sorted(root.glob("*/config.json"))
+        # `org/name/` folders, but not the subfolders of a model (a sentence-transformers model
+        # keeps a config.json in `1_Pooling/`): a folder with its own config.json is one model.
+        models += [
+            config for config in root.glob("*/*/config.json") if not (config.parent.parent / "config.json").exists()
+        ]
+        for config in sorted(models):
             name = config.parent.relative_to(root).as_posix()
             if not name.startswith(".") and (info := read_model_info(name, config.parent, "local")):
                 found.setdefault(name, info)
