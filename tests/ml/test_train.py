@@ -153,9 +153,15 @@ def test_final_output_has_adapter_tokenizer_and_model_card(
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
         p.name for p in final.iterdir()
     }
-    assert json.loads((final / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    adapter_config = json.loads((final / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA"
+    # The base as the job named it, not the folder this server loaded it from: the adapter loads elsewhere.
+    assert adapter_config["base_model_name_or_path"] == "tiny-llama"
     card = (final / "README.md").read_text()
-    assert "base_model: tiny-llama" in card
+    assert card.startswith("---\nbase_model: tiny-llama\n")
+    assert 'base = AutoModelForCausalLM.from_pretrained("tiny-llama")' in card
+    assert 'model = PeftModel.from_pretrained(base, "path/to/this/folder")' in card
+    assert str(models_dir) not in card + json.dumps(adapter_config)
     assert "colours.jsonl" in card
     assert f"eval_loss: {result.metrics['eval_loss']:.4g}" in card
     assert '"method": "lora"' in card

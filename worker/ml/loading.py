@@ -187,6 +187,9 @@ def load_model(
 
         set_seed(spec.seed)  # the adapters' initial weights
         model = get_peft_model(model, peft_config)
+        # PEFT records the folder it loaded the base from, a path of this server only; the
+        # adapter names its base as the job did (a hub id or the models directory's name).
+        model.peft_config["default"].base_model_name_or_path = spec.base_model
     return model
 
 
