@@ -92,19 +92,36 @@ def _content_length(where: str, content: Any, problems: Problems) -> int:
     for number, part in enumerate(content, 1):
         if type(part) is not dict:
             problems.append(f'{where}: content part {number} must be an object like {{"type": "text", "text": "..."}}')
-        elif part.get("type") != "text":
+        elif part.get("type") != "text" and ("type" in part or "text" not in part):
+            if "type" in part:
+                problems.append(
+                    f'{where}: content part {number} has type "{shown(part["type"])}"; only "text" parts can be trained on'
+                )
+            else:
+                problems.append(f'{where}: content part {number} has no "type"{_text_part_hint(part)}')
+        elif "text" not in part:
+            problems.append(f'{where}: content part {number} has no "text"{_text_part_hint(part)}')
+        elif type(part["text"]) is not str:
+            problems.append(f'{where}: content part {number} needs "text" as a string, not {describe(part["text"])}')
+        elif "type" not in part:
             problems.append(
-                f'{where}: content part {number} has type "{shown(part.get("type"))}"; only "text" parts can be trained on'
-            )
-        elif type(part.get("text")) is not str:
-            problems.append(
-                f'{where}: content part {number} needs "text" as a string, not {describe(part.get("text"))}'
+                f'{where}: content part {number} has no "type" (a text part is {{"type": "text", "text": ...}})'
             )
         else:
             length += len(part["text"])
     if length == 0 and len(problems) == problems_before:
         problems.append(f'{where}: "content" is empty')
     return length
+
+
+def _text_part_hint(part: dict[str, Any]) -> str:
+    """' (found "value": did you mean "text"?)' for a text part that keeps its text under another
+    key (ShareGPT's "value", "content"...); the example shape otherwise."""
+    if "text" not in part:
+        for key, value in part.items():
+            if key != "type" and type(value) is str:
+                return f' (found "{shown(key)}": did you mean "text"?)'
+    return ' (a text part is {"type": "text", "text": ...})'
 
 
 def _tool_calls_length(where: str, tool_calls: Any, call_ids: set[str], problems: Problems) -> int:

@@ -3,8 +3,12 @@
 One pass over the file does everything: splitting lines, parsing each with orjson, checking it
 against its format (rows.py), detecting the file's format, and gathering statistics and the
 preview index. Memory does not grow with the file: a line is held only until it is checked (and
-a line longer than the row limit is not held at all), and at most `max_listed_errors` messages
-are kept; the rest are only counted.
+a line longer than the row limit is not held at all), and at most `max_listed_errors` different
+messages are kept; the rest are only counted.
+
+Errors are grouped by message: a mistake repeated on a thousand rows is one entry with its
+count and its first few line numbers, not a thousand entries; distinct errors keep one entry
+each with their line.
 
 The file's format is the one most rows have (on a tie, the one that appears first). Rows of
 another format are errors, which can only be known at the end: the validator keeps the first
@@ -28,6 +32,7 @@ from .stats import DatasetStats, DuplicateRows
 
 DEFAULT_MAX_ROW_CHARS = 1_000_000
 MAX_LISTED_ERRORS = 100
+LINES_PER_ERROR = 5  # the line numbers listed for a message that many rows share
 UTF8_BOM = b"\xef\xbb\xbf"
 _ORJSON_WORDING = {
     "unexpected end of data": "the line ends before the JSON object is complete",
@@ -39,7 +44,9 @@ _ORJSON_WORDING = {
 class ValidationReport:
     format: str | None
     rows: int  # non-blank lines
-    errors: list[dict[str, Any]]  # the first `max_listed_errors`: {"line": N or None for the whole file, "message"}
+    # The first `max_listed_errors` different messages, by the line they first appear on:
+    # {"line": first line (None for the whole file), "message", "count": rows with it, "lines": the first few}
+    errors: list[dict[str, Any]]
     error_count: int
     stats: dict[str, Any]  # of the rows without errors
     line_index: dict[str, Any]  # for read_preview: {"stride": n, "offsets": [byte offset of every n-th line]}
@@ -79,7 +86,7 @@ class DatasetValidator:
         self._line_number = 0
         self._line_start = 0  # byte offset of the next line
         self._rows = 0
-        self._errors: list[tuple[int | None, str]] = []
+        self._errors: dict[str, _ErrorGroup] = {}  # by message
         self._error_count = 0
         self._format_rows: dict[str, int] = {}
         self._format_first_lines: dict[str, list[int]] = {}
@@ -110,12 +117,12 @@ class DatasetValidator:
         self._check_lines(self._lines.finish())
         if self._bytes == 0:
             self._error(None, "the file is empty")
-        fmt, mismatched = self._file_format()
-        errors = sorted(self._errors + mismatched, key=lambda error: error[0] or 0)[: self.max_listed_errors]
+        fmt = self._file_format()
+        errors = sorted(self._errors.values(), key=lambda group: group.lines[0] or 0)[: self.max_listed_errors]
         return ValidationReport(
             format=fmt,
             rows=self._rows,
-            errors=[{"line": line, "message": message} for line, message in errors],
+            errors=[group.to_dict() for group in errors],
             error_count=self._error_count,
             stats=self._stats.finish(None if self._duplicates is None else self._duplicates.result()),
             line_index=self._index.to_dict(),
@@ -124,9 +131,18 @@ class DatasetValidator:
     # -- lines -------------------------------------------------------------------------------
 
     def _error(self, line: int | None, message: str) -> None:
-        self._error_count += 1
-        if len(self._errors) < self.max_listed_errors:
-            self._errors.append((line, message))
+        self._record(message, [line], 1)
+
+    def _record(self, message: str, lines: list[int | None], count: int, *, listed: bool = False) -> None:
+        """`count` rows with the error `message`, the first of them on `lines`; `listed` lists a
+        new message even when `max_listed_errors` others are listed already."""
+        self._error_count += count
+        group = self._errors.get(message)
+        if group is None:
+            if len(self._errors) >= self.max_listed_errors and not listed:
+                return
+            group = self._errors[message] = _ErrorGroup(message)
+        group.add(lines, count)
 
     def _start_line(self, length: int) -> int:
         """Counts a line of `length` bytes (without its newline) and indexes it; returns its number."""
@@ -180,10 +196,7 @@ class DatasetValidator:
                 return
             if not line.strip():
                 return
-        if len(self._errors) >= self.max_listed_errors:
-            self._error_count += 1  # counted, not listed: no need to word it
-        else:
-            self._error(number, _describe_unparsable(line, error))
+        self._error(number, _describe_unparsable(line, error))
 
     def _check_row(self, number: int, row: Any) -> None:
         if type(row) is not dict:
@@ -195,7 +208,7 @@ class DatasetValidator:
                 self._error(number, problem)
             return
         rows_of_format = self._format_rows[fmt] = self._format_rows.get(fmt, 0) + 1
-        if rows_of_format <= self.max_listed_errors:
+        if rows_of_format <= LINES_PER_ERROR:
             self._format_first_lines.setdefault(fmt, []).append(number)
         problems: list[str] = []
         text_chars, roles = check_row(row, fmt, problems)
@@ -209,18 +222,16 @@ class DatasetValidator:
 
     # -- the file's format -------------------------------------------------------------------
 
-    def _file_format(self) -> tuple[str | None, list[tuple[int | None, str]]]:
-        """The format most rows have, and an error for each listed row of another format."""
+    def _file_format(self) -> str | None:
+        """The format most rows have; the rows of another format are errors."""
         if not self._format_rows:
-            return None, []
+            return None
         first_line = {fmt: lines[0] for fmt, lines in self._format_first_lines.items()}
         majority = max(self._format_rows, key=lambda fmt: (self._format_rows[fmt], -first_line[fmt]))
         majority_title = FORMAT_TITLES[majority]
-        mismatched: list[tuple[int | None, str]] = []
         for fmt, count in self._format_rows.items():
             if fmt == majority:
                 continue
-            self._error_count += count
             missing = REQUIRED_KEYS[majority] - REQUIRED_KEYS[fmt]
             if REQUIRED_KEYS[fmt] < REQUIRED_KEYS[majority] and len(missing) == 1:
                 message = f'missing key "{next(iter(missing))}" (the other rows are "{majority_title}")'
@@ -229,8 +240,27 @@ class DatasetValidator:
                     f'the row is "{FORMAT_TITLES[fmt]}" but most rows ({self._format_rows[majority]:,}) are '
                     f'"{majority_title}": a file holds one format'
                 )
-            mismatched.extend((line, message) for line in self._format_first_lines[fmt])
-        return majority, mismatched
+            # Listed even past the limit: these rows may come before the errors listed so far.
+            self._record(message, self._format_first_lines[fmt], count, listed=True)
+        return majority
+
+
+class _ErrorGroup:
+    """The rows that share one error message: how many, and the first lines."""
+
+    __slots__ = ("count", "lines", "message")
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.count = 0
+        self.lines: list[int | None] = []
+
+    def add(self, lines: list[int | None], count: int) -> None:
+        self.count += count
+        self.lines += lines[: LINES_PER_ERROR - len(self.lines)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.lines[0], "message": self.message, "count": self.count, "lines": self.lines}
 
 
 def _describe_unparsable(line: bytes, error: orjson.JSONDecodeError) -> str:

@@ -69,9 +69,13 @@ def test_a_file_with_errors_is_refused_with_every_error_and_its_line_and_nothing
     client = openai_client(server, acme)
     good = jsonl(chat_rows(1))
     with pytest.raises(openai.BadRequestError) as refused:
-        client.files.create(file=("bad.jsonl", good + b"{not json\n" + b'{"prompt": 1}\n'), purpose="fine-tune")
+        client.files.create(
+            file=("bad.jsonl", good + b"{not json\n" + b'{"prompt": 1}\n' + b"[1]\n" * 3), purpose="fine-tune"
+        )
     assert refused.value.body["param"] == "file" and refused.value.body["type"] == "invalid_request_error"
-    assert "line 2:" in refused.value.body["message"] and "line 3:" in refused.value.body["message"]
+    message = refused.value.body["message"]
+    assert "line 2:" in message and "line 3:" in message
+    assert "\nlines 4, 5, 6 (3 rows): the line is a list, not a JSON object" in message
     assert client.files.list().data == []
 
 

@@ -13,11 +13,12 @@ from playwright.sync_api import expect
 from tests.browser.conftest import Pages, screenshot
 from tests.helpers import TINY_MODEL, SharedServices, chat_rows, jsonl, once
 
+VALUE_PART = b'{"messages": [{"role": "user", "content": [{"type": "text", "value": "hi"}]}, {"role": "assistant", "content": "hello"}]}\n'
 BAD_FILE = (
     b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
     b'{"mesages": [{"role": "user", "content": "hi"}]}\n'
     b'{"messages": [{"role": "user", "content": "hi"}]}\n'
-)
+) + VALUE_PART * 40  # the same mistake on 40 rows
 
 
 def _upload(page, tmp_path, name: str, content: bytes) -> None:
@@ -141,9 +142,15 @@ class TestAMembersDayInTheBrowser:
         page.goto("/datasets")
         _upload(page, journey.files, "broken.jsonl", BAD_FILE)
         errors = page.locator(".upload-errors")
-        expect(errors).to_contain_text("2 problems to fix")
+        expect(errors).to_contain_text("42 problems to fix")
+        expect(errors.locator("li")).to_have_count(3)
         expect(errors.locator("li").nth(0)).to_contain_text('line 2missing key "messages"')
         expect(errors.locator("li").nth(1)).to_contain_text("line 3no assistant message")
+        # The same mistake on forty rows is one item: its first lines, the message and how many rows.
+        expect(errors.locator("li").nth(2)).to_have_text(
+            'lines 4, 5, 6, 7, 8, …message 1 (user): content part 1 has no "text" '
+            '(found "value": did you mean "text"?) (40 rows)'
+        )
         screenshot(page, "datasets-upload-errors")
         expect(page.locator("#datasets-empty")).to_be_visible()
 

@@ -119,6 +119,8 @@ def test_a_file_with_errors_reports_them_and_leaves_nothing(tmp_path):
     assert server.seen.report.error_body()["errors"][0] == {
         "line": 1,
         "message": "the file starts with a UTF-8 byte order mark (BOM): save the file as UTF-8 without BOM",
+        "count": 1,
+        "lines": [1],
     }
     assert server.staged_files() == [] and not (tmp_path / "datasets").exists()
 
@@ -231,7 +233,7 @@ def test_an_empty_file_is_received_and_reported_empty(tmp_path):
     response = server.post(content=multipart(("file", "empty.jsonl", b"")), headers=FORM)
     assert response.json() == {"ok": False}
     assert (server.seen.size, server.seen.sha256) == (0, hashlib.sha256(b"").hexdigest())
-    assert server.seen.report.errors == [{"line": None, "message": "the file is empty"}]
+    assert server.seen.report.errors == [{"line": None, "message": "the file is empty", "count": 1, "lines": [None]}]
     assert server.staged_files() == []
 
 

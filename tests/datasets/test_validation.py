@@ -138,6 +138,18 @@ def _second_line_errors(validate, first: bytes, second: bytes, **options):
             'message 1 (user): content part 1 has type "image_url"; only "text" parts can be trained on',
         ),
         (
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "value": "Hi"}]}, {"role": "assistant", "content": "Hello"}]}',
+            'message 1 (user): content part 1 has no "text" (found "value": did you mean "text"?)',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": [{"value": "Hi"}]}, {"role": "assistant", "content": "Hello"}]}',
+            'message 1 (user): content part 1 has no "type" (found "value": did you mean "text"?)',
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": [{"text": "Hi"}]}, {"role": "assistant", "content": "Hello"}]}',
+            'message 1 (user): content part 1 has no "type" (a text part is {"type": "text", "text": ...})',
+        ),
+        (
             b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "tool": []}',
             'unknown key "tool" (did you mean "tools"?)',
         ),
@@ -389,14 +401,18 @@ def test_a_bom_before_a_good_first_row_is_the_only_error(validate):
 def test_an_empty_file_is_an_error_of_the_whole_file(validate):
     report = validate(b"")
     assert (report.format, report.rows, report.error_count) == (None, 0, 1)
-    assert report.errors == [{"line": None, "message": "the file is empty"}]
+    assert report.errors == [{"line": None, "message": "the file is empty", "count": 1, "lines": [None]}]
 
 
-def test_a_file_of_only_newlines_lists_each_blank_line(validate):
+def test_a_file_of_only_newlines_lists_its_blank_lines_as_one_error(validate):
     report = validate(b"\n\n")
-    assert listed(report) == [
-        (1, "the line is blank: every line of a JSONL file holds one JSON object; remove it"),
-        (2, "the line is blank: every line of a JSONL file holds one JSON object; remove it"),
+    assert report.errors == [
+        {
+            "line": 1,
+            "message": "the line is blank: every line of a JSONL file holds one JSON object; remove it",
+            "count": 2,
+            "lines": [1, 2],
+        }
     ]
 
 
@@ -405,7 +421,7 @@ def test_the_format_is_the_majority_and_other_formats_are_errors(validate):
     report = validate(b"\n".join([prompt, CHAT_OK, CHAT_OK, prompt, CHAT_OK]) + b"\n")
     assert report.format == "chat"
     message = 'the row is "Prompt / completion" but most rows (3) are "Chat messages": a file holds one format'
-    assert listed(report) == [(1, message), (4, message)]
+    assert report.errors == [{"line": 1, "message": message, "count": 2, "lines": [1, 4]}]
     assert report.error_count == 2
 
 
@@ -417,18 +433,29 @@ def test_on_a_tie_the_format_seen_first_wins(validate):
     ]
 
 
-def test_only_the_first_errors_are_listed_but_all_are_counted(validate):
+def test_an_error_repeated_on_many_rows_is_one_entry_with_its_count_and_first_lines(validate):
     rows = [CHAT_OK] * 5 + [b"not json"] * 250 + [b'{"text": "a"}'] * 3
     report = validate(b"\n".join(rows) + b"\n", max_listed_errors=100)
     assert report.error_count == 253
-    assert [line for line, _ in listed(report)] == list(range(6, 106))
+    (not_json, other_format) = report.errors
+    assert (not_json["line"], not_json["count"], not_json["lines"]) == (6, 250, [6, 7, 8, 9, 10])
+    assert not_json["message"].startswith("invalid JSON at column 1")
+    assert (other_format["count"], other_format["lines"]) == (3, [256, 257, 258])
+
+
+def test_only_the_first_different_errors_are_listed_but_all_are_counted(validate):
+    rows = [f'{{"text": {i}}}'.encode() for i in range(150)] + [b'{"text": "a"}']
+    report = validate(b"\n".join(rows) + b"\n", max_listed_errors=100)
+    assert report.error_count == 150
+    assert [line for line, _ in listed(report)] == list(range(1, 101))
+    assert {error["count"] for error in report.errors} == {1}
 
 
 def test_the_rows_of_another_format_count_beyond_the_listed_ones(validate):
     rows = [CHAT_OK] * 300 + [b'{"text": "a"}'] * 150
     report = validate(b"\n".join(rows) + b"\n", max_listed_errors=100)
     assert report.error_count == 150
-    assert [line for line, _ in listed(report)] == list(range(301, 401))
+    assert [(error["count"], error["lines"]) for error in report.errors] == [(150, [301, 302, 303, 304, 305])]
 
 
 def test_a_row_over_the_length_limit(validate):

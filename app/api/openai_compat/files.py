@@ -59,13 +59,19 @@ def _result_file_object(job: Job, content: str) -> dict:
     }
 
 
+def _error_line(error: dict) -> str:
+    """`line 3: message`, or `lines 3, 7, 9, ... (250 rows): message` for a message many rows share."""
+    if error["count"] > 1:
+        more = ", ..." if error["count"] > len(error["lines"]) else ""
+        return f"lines {', '.join(map(str, error['lines']))}{more} ({error['count']} rows): {error['message']}"
+    return f"line {error['line']}: {error['message']}" if error.get("line") else error["message"]
+
+
 def _rejection_message(report: ValidationReport) -> str:
-    lines = [
-        f"line {error['line']}: {error['message']}" if error.get("line") else error["message"]
-        for error in report.errors
-    ]
-    if report.error_count > len(report.errors):
-        lines.append(f"... and {report.error_count - len(report.errors)} more")
+    lines = [_error_line(error) for error in report.errors]
+    listed = sum(error["count"] for error in report.errors)
+    if report.error_count > listed:
+        lines.append(f"... and {report.error_count - listed} more")
     return f"The file has {report.error_count} error(s); nothing was stored.\n" + "\n".join(lines)
 
 

@@ -35,6 +35,16 @@
     input.addEventListener("change", () => input.files.length && upload(input.files[0]));
   }
 
+  // One error of the 422 answer: a message with the line it is on, or, when many rows share
+  // it, its first lines and how many rows have it.
+  function errorItem(e) {
+    const count = e.count || 1;
+    if (count === 1) return el("li", {}, el("span", { class: "line", text: e.line ? `line ${e.line}` : "file" }), e.message);
+    const lines = e.lines.join(", ") + (count > e.lines.length ? ", …" : "");
+    return el("li", {}, el("span", { class: "line", text: `lines ${lines}` }), e.message,
+      el("span", { class: "muted", text: ` (${fmt.number(count)} rows)` }));
+  }
+
   function showResult(...nodes) {
     document.getElementById("upload-result").replaceChildren(...nodes);
   }
@@ -84,11 +94,10 @@
         el("a", { href: `/jobs/new?dataset=${body.id}`, text: "Train on it →" })));
     }
     if (code === 422 && body && Array.isArray(body.errors)) {
-      const more = body.error_count - body.errors.length;
+      const more = body.error_count - body.errors.reduce((sum, e) => sum + (e.count || 1), 0);
       return showResult(el("div", { class: "upload-errors", role: "alert" },
         el("h3", { text: `The file was not stored: ${fmt.number(body.error_count)} ${body.error_count === 1 ? "problem" : "problems"} to fix` }),
-        el("ul", { class: "errors-list" }, body.errors.map((e) =>
-          el("li", {}, el("span", { class: "line", text: e.line ? `line ${e.line}` : "file" }), e.message))),
+        el("ul", { class: "errors-list" }, body.errors.map(errorItem)),
         more > 0 ? el("p", { class: "muted", text: `…and ${fmt.number(more)} more.` }) : null));
     }
     const message = code === 0 ? "The upload was interrupted: check your connection and try again." : tl.errorText(body);
