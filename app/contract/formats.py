@@ -7,18 +7,25 @@ Formats (detected per row from its keys, the first rule that matches wins):
 
 ========================  =====================================================
 chat                      {"messages": [{"role": ..., "content": ...}], "tools"?}
-sharegpt                  {"conversations": [{"from": ..., "value": ...}]}
+sharegpt                  {"conversations": [{"from": ..., "value": ...}], "system"?, "tools"?}
 prompt_completion         {"prompt": ..., "completion": ...}
 instruction               {"instruction": ..., "input"?: ..., "output": ...}
 classification            {"text": ..., "label": ...}
 text                      {"text": ...}
 ========================  =====================================================
 
+ShareGPT rows follow LLaMA-Factory for tool calling: "tools" (a list, or a JSON string of
+one) holds the function definitions, a "function_call" turn holds a call as JSON
+(`{"name": ..., "arguments": {...}}`, or a list of them) and an "observation" turn its
+result. They become the chat form's `tools`, an assistant message with `tool_calls`, and a
+`tool` message.
+
 The conversions below assume a row that validation has accepted.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +77,7 @@ REQUIRED_KEYS: dict[str, frozenset[str]] = dict(_FORMAT_KEYS)
 # Row keys that `to_canonical` reads besides the required ones.
 OPTIONAL_KEYS: dict[str, frozenset[str]] = {
     CHAT: frozenset({"tools"}),
-    SHAREGPT: frozenset({"system"}),
+    SHAREGPT: frozenset({"system", "tools"}),
     PROMPT_COMPLETION: frozenset(),
     INSTRUCTION: frozenset({"input", "system"}),
     CLASSIFICATION: frozenset(),
@@ -153,6 +160,58 @@ def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sharegpt_tools(value: Any) -> list[dict[str, Any]]:
+    """A ShareGPT row's "tools" as chat tools: a JSON string is decoded, and a bare function
+    definition (`{"name": ..., "parameters": ...}`) is wrapped as `{"type": "function", "function": ...}`.
+    Raises ValueError (json.JSONDecodeError) on a string that is not JSON."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, list):
+        return value  # validation names the problem
+    return [
+        {"type": "function", "function": tool} if isinstance(tool, dict) and "function" not in tool else tool
+        for tool in value
+    ]
+
+
+def sharegpt_calls(value: str) -> list[dict[str, Any]]:
+    """A "function_call" turn's value (`{"name": ..., "arguments": ...}` or a list of them, as
+    JSON) as chat tool calls, with arguments as an object, the way chat templates render them.
+    Raises ValueError (json.JSONDecodeError) on a value that is not JSON."""
+    calls = json.loads(value)
+    out = []
+    for call in calls if isinstance(calls, list) else [calls]:
+        arguments = call.get("arguments") or {}
+        if isinstance(arguments, str):
+            arguments = json.loads(arguments)
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return out
+
+
+def _sharegpt_messages(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns as chat messages; each observation answers the oldest call not answered yet."""
+    messages: list[dict[str, Any]] = []
+    unanswered: list[str] = []
+    calls_made = 0
+    for turn in turns:
+        speaker = turn["from"].strip().lower()
+        if speaker == "function_call":
+            calls = sharegpt_calls(turn["value"])
+            for call in calls:
+                calls_made += 1
+                call["id"] = f"call_{calls_made}"
+                unanswered.append(call["id"])
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+            continue
+        message = {"role": SHAREGPT_ROLES[speaker], "content": str(turn["value"])}
+        if message["role"] == "tool" and unanswered:
+            message["tool_call_id"] = unanswered.pop(0)
+        messages.append(message)
+    return messages
+
+
 def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
     """One validated row in the canonical shape the training library renders."""
     fmt = fmt or detect_format(row)
@@ -160,13 +219,10 @@ def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
         messages = [_chat_message(m) for m in row["messages"]]
         example = Conversation(messages=messages, tools=row.get("tools") or None)
     elif fmt == SHAREGPT:
-        messages = [
-            {"role": SHAREGPT_ROLES[turn["from"].strip().lower()], "content": str(turn["value"])}
-            for turn in row["conversations"]
-        ]
+        messages = _sharegpt_messages(row["conversations"])
         if row.get("system"):
             messages.insert(0, {"role": "system", "content": str(row["system"])})
-        example = Conversation(messages=messages)
+        example = Conversation(messages=messages, tools=sharegpt_tools(row.get("tools")) or None)
     elif fmt == PROMPT_COMPLETION:
         example = Conversation(
             messages=[

@@ -33,6 +33,7 @@ from app.contract.formats import (
     SHAREGPT_ROLES,
     TEXT,
     detect_format,
+    sharegpt_tools,
 )
 
 from .hints import closest, describe, did_you_mean, quoted, shown
@@ -49,6 +50,7 @@ _KEY_ALIASES = {"response": "output", "context": "input"}
 _USER_ASSISTANT = ("user", "assistant")
 _SYSTEM_USER_ASSISTANT = ("system", "user", "assistant")
 _NOTHING: RowMeasure = (0, None)
+_CALL_KEYS = frozenset({"name", "arguments"})
 
 _EXPECTED_KEYS = (
     'a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", '
@@ -326,6 +328,8 @@ def _check_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
         value = turn.get("value")
         if type(value) is str and value and not value.isspace():
             length += len(value)
+            if role == "assistant" and speaker.strip().lower() == "function_call":
+                _check_function_call(f"turn {number} ({shown(speaker)})", value, problems)
         elif "value" not in turn:
             problems.append(
                 f'turn {number} ({shown(speaker)}) has no "value"'
@@ -337,7 +341,40 @@ def _check_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
             problems.append(f'turn {number} ({shown(speaker)}): "value" must be a string, not {describe(value)}')
     if len(roles) == len(turns) + bool(row.get("system")) and "assistant" not in roles:
         problems.append('no "gpt" turn: the model learns from the gpt replies, so a conversation needs one')
+    if row.get("tools") not in (None, ""):
+        try:
+            tools = sharegpt_tools(row["tools"])
+        except ValueError:
+            problems.append('"tools" is a string but not JSON: it must be a list of functions, or a JSON string of one')
+        else:
+            _check_tools(tools, problems)
     return length, roles
+
+
+_FUNCTION_CALL_SHAPE = '{"name": ..., "arguments": {...}}'
+
+
+def _check_function_call(where: str, value: str, problems: Problems) -> None:
+    """A ShareGPT function_call turn's value: one call or a list of them, as JSON."""
+    try:
+        calls = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        problems.append(f'{where}: "value" must be a function call as JSON, like {_FUNCTION_CALL_SHAPE}')
+        return
+    for call in calls if type(calls) is list else [calls]:
+        if type(call) is not dict:
+            problems.append(f"{where}: a function call must be an object like {_FUNCTION_CALL_SHAPE}")
+        elif type(call.get("name")) is not str or not call["name"]:
+            problems.append(f'{where}: a function call needs a "name"{_typo_of(call, "name", _CALL_KEYS)}')
+        elif type(call.get("arguments")) is str:
+            try:
+                arguments = orjson.loads(call["arguments"])
+            except orjson.JSONDecodeError:
+                arguments = None
+            if type(arguments) is not dict:
+                problems.append(f'{where}: "arguments" must be an object (or a JSON string of one)')
+        elif call.get("arguments") is not None and type(call["arguments"]) is not dict:
+            problems.append(f'{where}: "arguments" must be an object, not {describe(call["arguments"])}')
 
 
 # -- the flat formats ------------------------------------------------------------------------

@@ -491,3 +491,77 @@ def test_a_label_longer_than_a_class_name_is_refused_with_its_line(validate):
     rows = [{"text": "good", "label": "positive"}, {"text": "bad", "label": "x" * 5000}]
     report = validate("".join(json.dumps(row) + "\n" for row in rows).encode())
     assert listed(report) == [(2, '"label" is 5000 characters long; a label names a class in at most 100')]
+
+
+# -- ShareGPT tool calling (LLaMA-Factory's format) ------------------------------------------
+
+
+def test_sharegpt_tool_calling_rows_keep_their_tools_calls_and_results(validate):
+    data = (DATA / "sharegpt_tools.jsonl").read_bytes()
+    report = validate(data)
+    assert (report.format, report.error_count) == ("sharegpt", 0)
+    assert report.stats["roles"] == {"user": 4, "assistant": 7, "tool": 4, "system": 1}
+    first, second, _ = (to_canonical(orjson.loads(line)).example for line in data.splitlines())
+
+    assert first.tools == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    assert first.messages[1:3] == [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": '{"temperature": 18, "sky": "cloudy"}', "tool_call_id": "call_1"},
+    ]
+    assert first.trainable == [False, True, False, True]
+
+    # Tools as a list, a system prompt, parallel calls (arguments as an object or a JSON string)
+    assert [tool["function"]["name"] for tool in second.tools] == ["get_weather", "convert_currency"]
+    assert second.messages[0] == {"role": "system", "content": "You are a travel assistant."}
+    assert [c["function"]["arguments"] for c in second.messages[2]["tool_calls"]] == [
+        {"city": "Oslo"},
+        {"city": "Rome"},
+    ]
+    assert [m.get("tool_call_id") for m in second.messages[3:5]] == ["call_1", "call_2"]
+
+
+SHAREGPT_CALL = (
+    '{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": %s}, {"from": "gpt", "value": "Sunny."}'
+)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (
+            '{"conversations": [%s], "tools": "[{\\"name\\": \\"get_weather\\"}"}' % (SHAREGPT_CALL % '"{}"'),
+            [
+                'turn 2 (function_call): a function call needs a "name"',
+                '"tools" is a string but not JSON: it must be a list of functions, or a JSON string of one',
+            ],
+        ),
+        (
+            '{"conversations": [%s], "tools": [{"description": "no name"}]}'
+            % (SHAREGPT_CALL % '"get_weather(city=Paris)"'),
+            [
+                'turn 2 (function_call): "value" must be a function call as JSON, like {"name": ..., "arguments": {...}}',
+                'tool 1 needs a function "name"',
+            ],
+        ),
+        (
+            '{"conversations": [%s]}' % (SHAREGPT_CALL % '"{\\"nmae\\": \\"f\\", \\"arguments\\": \\"x\\"}"'),
+            ['turn 2 (function_call): a function call needs a "name" (found "nmae": did you mean "name"?)'],
+        ),
+        (
+            '{"conversations": [%s]}' % (SHAREGPT_CALL % '"{\\"name\\": \\"f\\", \\"arguments\\": \\"x\\"}"'),
+            ['turn 2 (function_call): "arguments" must be an object (or a JSON string of one)'],
+        ),
+    ],
+)
+def test_sharegpt_tool_calling_errors(validate, row, expected):
+    assert _second_line_errors(validate, SHAREGPT_OK, row.encode()) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -108,6 +109,29 @@ def test_tool_definitions_and_results_are_prompt_and_tool_calls_are_trained(toke
     ids, labels = tokenize_one(with_tools, row)
     assert with_tools.decode(ids).startswith("Tools: get_weather\n")
     assert trained_runs(with_tools, ids, labels) == ["call get_weather<|im_end|>\n", "Sunny.<|im_end|>\n"]
+
+
+def test_sharegpt_tool_calls_render_with_the_templates_tool_support_and_train_the_calls(tokenizer):
+    """LLaMA-Factory's ShareGPT tool rows: the tools reach the template, the function_call turns
+    and the answers carry loss, the tool definitions and observations are prompt."""
+    weather = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    row = {
+        "tools": json.dumps([weather]),
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris?"},
+            {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+            {"from": "observation", "value": '{"sky": "cloudy"}'},
+            {"from": "gpt", "value": "Cloudy."},
+        ],
+    }
+    ids, labels = tokenize_one(tokenizer, row, max_length=1024)
+    rendered = tokenizer.decode(ids)
+    assert json.dumps({"type": "function", "function": weather}) in rendered
+    assert '<|im_start|>tool\n{"sky": "cloudy"}<|im_end|>' in rendered
+    assert trained_runs(tokenizer, ids, labels) == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n',
+        "Cloudy.<|im_end|>\n",
+    ]
 
 
 def test_assistant_turns_with_weight_zero_are_context_only(tokenizer):

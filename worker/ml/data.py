@@ -52,10 +52,31 @@ class Task(str, Enum):
 
 
 # Used when a tokenizer has no chat template of its own. Its markers are plain text to
-# such a tokenizer, which is fine: the model learns them like any other text.
+# such a tokenizer, which is fine: the model learns them like any other text. With tools it
+# writes them as Qwen2.5 and Hermes do: the function signatures in the system turn, each call
+# as `<tool_call>{"name": ..., "arguments": ...}</tool_call>` in the assistant turn, each
+# result in a `tool` turn. Without tools it is plain ChatML.
 CHATML_TEMPLATE = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ '# Tools\n\nYou may call one or more functions. Their signatures are within <tools></tools>:\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+    '{{ \'\n</tools>\n\nFor each call, return {"name": <function-name>, "arguments": <args-json-object>} \''
+    " + 'within <tool_call></tool_call> tags.<|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% if not (tools and loop.first and message['role'] == 'system') %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{% set call = call['function'] if call['function'] is defined else call %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{% if call['arguments'] is string %}{{ call['arguments'] }}{% else %}{{ call['arguments'] | tojson }}{% endif %}"
+    "{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

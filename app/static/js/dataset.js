@@ -54,13 +54,31 @@
       el("div", { class: `bubble ${role}` }, el("span", { class: "role", text: role }), content, extra ? el("code", { class: "block", text: extra }) : null)));
   }
 
+  // The tools a conversation may call (chat "tools", or ShareGPT's list or JSON string of them):
+  // their names, and their definitions when opened.
+  function toolList(tools) {
+    if (typeof tools === "string") {
+      try { tools = JSON.parse(tools); } catch { return null; }
+    }
+    if (!Array.isArray(tools) || !tools.length) return null;
+    const names = tools.map((t) => (t && (t.function || t).name) || "?");
+    return el("details", { class: "tools" }, el("summary", { text: `Tools: ${names.join(", ")}` }),
+      el("code", { class: "block", text: tools.map((t) => JSON.stringify(t, null, 2)).join("\n") }));
+  }
+
   function renderRow(row) {
     if (row.messages) {
-      return bubbles(row.messages.map((m) => ({ role: m.role, content: text(m.content),
-        extra: m.tool_calls ? JSON.stringify(m.tool_calls.map((c) => c.function || c)) : null })));
+      return el("div", {}, toolList(row.tools), bubbles(row.messages.map((m) => ({ role: m.role, content: text(m.content),
+        extra: m.tool_calls ? JSON.stringify(m.tool_calls.map((c) => c.function || c)) : null }))));
     }
     if (row.conversations) {
-      return bubbles(row.conversations.map((t) => ({ role: SHAREGPT_ROLES[String(t.from).toLowerCase()] || "user", content: text(t.value) })));
+      const turns = row.conversations.map((t) => {
+        const speaker = String(t.from).toLowerCase();
+        const call = speaker === "function_call";
+        return { role: SHAREGPT_ROLES[speaker] || "user", content: call ? "" : text(t.value), extra: call ? text(t.value) : null };
+      });
+      if (row.system) turns.unshift({ role: "system", content: text(row.system) });
+      return el("div", {}, toolList(row.tools), bubbles(turns));
     }
     return el("dl", { class: "fields" }, Object.entries(row).flatMap(([key, value]) =>
       [el("dt", { text: key }), el("dd", { text: typeof value === "string" ? value : JSON.stringify(value) })]));
