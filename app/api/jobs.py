@@ -26,12 +26,13 @@ def create_job(body: JobSubmission, access: AccessDep, session: SessionDep) -> J
 
 class EstimateIn(BaseModel):
     spec: TrainingSpec
+    dataset_id: int | None = None  # the data it would train on: a classification dataset trains a classifier
 
 
 @router.post("/jobs/estimate")
-def estimate_job(body: EstimateIn, access: AccessDep) -> dict:
+def estimate_job(body: EstimateIn, access: AccessDep, session: SessionDep) -> dict:
     """GPU memory the job would need, before launching it."""
-    return estimate_job_memory(body.spec).as_dict()
+    return estimate_job_memory(session, access, body.spec, body.dataset_id).as_dict()
 
 
 @router.get("/jobs", response_model=JobPage)

@@ -88,7 +88,12 @@ class TrainingSpec(_Strict):
 
     batch_size: int = Field(8, ge=1, le=4096, description="Sequences per device per micro-batch.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
-    max_seq_length: int = Field(1024, ge=16, le=262_144, description="Longer rows are truncated (and counted).")
+    max_seq_length: int = Field(
+        1024,
+        ge=16,
+        le=262_144,
+        description="Longer conversations are truncated (and counted); text rows are cut into pieces of this length.",
+    )
     packing: bool = Field(
         True,
         description="Pack rows into full sequences (packed rows never attend to each other); off: batches of similar length.",

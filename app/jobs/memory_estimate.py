@@ -4,6 +4,9 @@ An estimate, not a promise: it counts weights, trainable parameters with their g
 and AdamW states, activations (with or without gradient checkpointing; attention by a
 fused kernel, so no seq² term), the logits, and the CUDA context. Good to tell a 24 GB
 card from an 80 GB one, which is the decision a user makes with it.
+
+A classifier has no LM logits: it scores each row once per class, where a causal LM scores
+every token against the whole vocabulary (for a 128k vocabulary that is most of the memory).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def lora_parameters(model: BaseModelInfo, rank: int) -> int:
     return layers * rank * (q_and_o + k_and_v + mlp)
 
 
-def estimate_memory(model: BaseModelInfo, spec: TrainingSpec) -> MemoryEstimate:
+def estimate_memory(model: BaseModelInfo, spec: TrainingSpec, *, classes: int | None = None) -> MemoryEstimate:
+    """The estimate for a causal LM, or for a sequence classifier of `classes` classes."""
     hidden, layers, vocab = model.hidden_size or 1024, model.num_layers or 12, model.vocab_size or 32000
     params = model.parameters
     tokens = spec.batch_size * spec.max_seq_length
@@ -83,6 +87,9 @@ def estimate_memory(model: BaseModelInfo, spec: TrainingSpec) -> MemoryEstimate:
         parts["activations (checkpointed)"] = tokens * hidden * (2 * layers + ACTIVATION_BYTES_PER_HIDDEN)
     else:
         parts["activations"] = tokens * hidden * layers * ACTIVATION_BYTES_PER_HIDDEN
-    parts["logits (fp32, with their gradient)"] = tokens * vocab * 4 * 2
+    if classes is None:
+        parts["logits (fp32, with their gradient)"] = tokens * vocab * 4 * 2
+    else:
+        parts["class scores (fp32, with their gradient)"] = spec.batch_size * classes * 4 * 2
     parts["CUDA context and allocator slack"] = CUDA_CONTEXT_BYTES
     return MemoryEstimate(parts=parts, trainable_parameters=trainable)

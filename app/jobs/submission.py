@@ -139,9 +139,18 @@ def cancel_job(session: Session, access: TeamAccess, job_id: int) -> Job:
     return job
 
 
-def estimate_job_memory(spec: TrainingSpec) -> MemoryEstimate:
-    """GPU memory the job would need, before launching it; InvalidField for a model not here."""
+def estimate_job_memory(
+    session: Session, access: TeamAccess, spec: TrainingSpec, dataset_id: int | None = None
+) -> MemoryEstimate:
+    """GPU memory the job would need, before launching it, on the dataset when one is given (a
+    classification dataset trains a classifier: no LM logits); InvalidField for a model not
+    here, NotFound for a dataset not the caller's."""
     model = find_model(spec.base_model)
     if model is None:
         raise InvalidField(("spec", "base_model"), f"model {spec.base_model!r} is not in the models directory")
-    return estimate_memory(model, spec)
+    classes = None
+    if dataset_id is not None:
+        dataset = access.get(session, Dataset, dataset_id)
+        if dataset.format == CLASSIFICATION:
+            classes = max(2, len((dataset.stats or {}).get("labels") or {}))
+    return estimate_memory(model, spec, classes=classes)

@@ -69,3 +69,28 @@ def test_an_owner_adds_a_member_and_changes_their_role(pages, make_account):
     expect(page.locator("#teams tr", has_text=newcomer.email).locator("select")).to_have_value("member")
     roles = {m["email"]: m["role"] for m in owner.client.get(f"/api/teams/{owner.team_id}/members").json()}
     assert roles[newcomer.email] == "member"
+
+
+def test_a_classification_dataset_gets_classifier_defaults_on_the_new_job_page(pages, make_account, db):
+    member = make_account(team="acme", role="member")
+    labeled = [{"text": f"review {i}", "label": ["good", "bad"][i % 2]} for i in range(8)]
+    reviews = member.client.post("/api/datasets", files={"file": ("reviews.jsonl", jsonl(labeled))}).json()
+    chats = member.client.post("/api/datasets", files={"file": ("chats.jsonl", jsonl(chat_rows(6)))}).json()
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/new?dataset={reviews['id']}")
+    page.select_option("select[name='spec.base_model']", TINY_MODEL)
+    packing = page.locator("input[name='spec.packing']")
+    expect(packing).not_to_be_checked()
+    expect(page.locator("#model-help")).to_contain_text("trained as a classifier (no chat template)")
+    expect(page.locator("#estimate-parts")).to_contain_text("class scores")
+    expect(page.locator("#estimate-parts")).not_to_contain_text("logits")
+    screenshot(page, "new-job-classification")
+
+    page.select_option("#dataset", str(chats["id"]))
+    expect(packing).to_be_checked()
+    expect(page.locator("#model-help")).to_contain_text("has a chat template")
+    expect(page.locator("#estimate-parts")).to_contain_text("logits")
+    packing.uncheck()  # the user's choice stays, whatever the data
+    page.select_option("#dataset", str(reviews["id"]))
+    page.select_option("#dataset", str(chats["id"]))
+    expect(packing).not_to_be_checked()

@@ -86,11 +86,31 @@
   }
   document.getElementById("no-datasets").hidden = data.datasets.length > 0;
 
+  const selectedModel = () => data.models.find((m) => m.name === modelSelect.value);
+  const classifying = () => data.datasets.some((d) => String(d.id) === datasetSelect.value && d.format === "classification");
+
   function describeModel() {
-    const model = data.models.find((m) => m.name === modelSelect.value);
+    const model = selectedModel();
+    const template = classifying() ? "trained as a classifier (no chat template)"
+      : model && model.chat_template ? "has a chat template" : "no chat template (ChatML is used)";
     document.getElementById("model-help").textContent = model
-      ? `${model.architecture} · up to ${fmt.number(model.max_positions)} tokens · ${model.chat_template ? "has a chat template" : "no chat template (ChatML is used)"}`
+      ? `${model.architecture} · up to ${fmt.number(model.max_positions)} tokens · ${template}`
       : "";
+  }
+
+  // Defaults that depend on the model and the data: the max length is at most what the model
+  // handles, and text+label data trains a classifier, which packs nothing. A field the user
+  // has set (or a cloned job's) keeps its value.
+  const setByUser = new Set();
+  function applyDefaults() {
+    const packing = form.querySelector("[name='spec.packing']");
+    if (!setByUser.has(packing.name)) packing.checked = !classifying() && fieldSchema("packing").default === true;
+    const length = form.querySelector("[name='spec.max_seq_length']");
+    const model = selectedModel();
+    if (!setByUser.has(length.name)) {
+      const fallback = fieldSchema("max_seq_length").default;
+      length.value = model && model.max_positions ? Math.min(model.max_positions, fallback) : fallback;
+    }
   }
 
   /** The JSON body the API takes, from the form's inputs. */
@@ -159,7 +179,7 @@
   async function estimate() {
     const request = body();
     if (!request.spec.base_model) return;
-    const response = await tl.api("POST", "/api/jobs/estimate", { spec: request.spec });
+    const response = await tl.api("POST", "/api/jobs/estimate", { spec: request.spec, dataset_id: request.dataset_id });
     const total = document.getElementById("estimate-total");
     if (!response.ok) {
       total.textContent = "–";
@@ -182,6 +202,7 @@
         if (value && typeof value === "object" && !Array.isArray(value)) { walk(path, value); continue; }
         const nodes = form.querySelectorAll(`[name="spec.${CSS.escape(path)}"]`);
         for (const node of nodes) {
+          setByUser.add(node.name);
           if (node.type === "radio") node.checked = node.value === value;
           else if (node.type === "checkbox") node.checked = !!value;
           else node.value = Array.isArray(value) ? value.join(", ") : value ?? "";
@@ -196,10 +217,16 @@
 
   form.addEventListener("change", (event) => {
     if (event.target.name === "spec.method") methodChanged();
-    if (event.target.name === "spec.base_model") describeModel();
+    if (event.target.name === "spec.base_model" || event.target.name === "dataset_id") {
+      applyDefaults();
+      describeModel();
+    } else if (event.target.name && event.target.name.startsWith("spec.")) setByUser.add(event.target.name);
     scheduleEstimate();
   });
-  form.addEventListener("input", scheduleEstimate);
+  form.addEventListener("input", (event) => {
+    if (event.target.name && event.target.name.startsWith("spec.") && event.target.name !== "spec.base_model") setByUser.add(event.target.name);
+    scheduleEstimate();
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const button = document.getElementById("launch");
@@ -220,6 +247,7 @@
   const wanted = new URLSearchParams(location.search).get("dataset");
   if (wanted && data.datasets.some((d) => String(d.id) === wanted)) datasetSelect.value = wanted;
   methodChanged();
+  applyDefaults();
   describeModel();
   estimate();
 })();
