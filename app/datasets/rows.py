@@ -51,6 +51,8 @@ _USER_ASSISTANT = ("user", "assistant")
 _SYSTEM_USER_ASSISTANT = ("system", "user", "assistant")
 _NOTHING: RowMeasure = (0, None)
 _CALL_KEYS = frozenset({"name", "arguments"})
+_PART_KEYS = frozenset({"type", "text"})
+_TURN_KEYS = frozenset({"from", "value"})
 
 _EXPECTED_KEYS = (
     'a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", '
@@ -116,14 +118,19 @@ def _content_length(where: str, content: Any, problems: Problems) -> int:
     return length
 
 
+def _text_elsewhere(mapping: dict[str, Any], key: str, skip: frozenset[str]) -> str:
+    """' (found "value": did you mean "text"?)' when `mapping` lacks `key` but keeps a string
+    under another key (not one of `skip`): the text under the name another tool uses for it."""
+    if key not in mapping:
+        for other, value in mapping.items():
+            if other not in skip and type(value) is str:
+                return f' (found "{shown(other)}": did you mean "{key}"?)'
+    return ""
+
+
 def _text_part_hint(part: dict[str, Any]) -> str:
-    """' (found "value": did you mean "text"?)' for a text part that keeps its text under another
-    key (ShareGPT's "value", "content"...); the example shape otherwise."""
-    if "text" not in part:
-        for key, value in part.items():
-            if key != "type" and type(value) is str:
-                return f' (found "{shown(key)}": did you mean "text"?)'
-    return ' (a text part is {"type": "text", "text": ...})'
+    """Where a text part keeps its text when not under "text" (ShareGPT's "value"...), or its shape."""
+    return _text_elsewhere(part, "text", _PART_KEYS) or ' (a text part is {"type": "text", "text": ...})'
 
 
 def _tool_calls_length(where: str, tool_calls: Any, call_ids: set[str], problems: Problems) -> int:
@@ -333,7 +340,7 @@ def _check_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
         elif "value" not in turn:
             problems.append(
                 f'turn {number} ({shown(speaker)}) has no "value"'
-                + _typo_of(turn, "value", frozenset({"from", "value"}))
+                + (_typo_of(turn, "value", _TURN_KEYS) or _text_elsewhere(turn, "value", _TURN_KEYS))
             )
         elif type(value) is str:
             problems.append(f'turn {number} ({shown(speaker)}): "value" is {_emptiness(value)}')

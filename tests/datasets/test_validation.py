@@ -259,6 +259,10 @@ SHAREGPT_OK = b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "g
             ['turn 2 (gpt) has no "value" (found "vaule": did you mean "value"?)'],
         ),
         (
+            b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "content": "Hello"}]}',
+            ['turn 2 (gpt) has no "value" (found "content": did you mean "value"?)'],
+        ),
+        (
             b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]}',
             ['turn 2 (gpt): "value" is empty'],
         ),
