@@ -63,6 +63,11 @@ def test_job_submissions_with_bad_values_are_a_client_error(member, body):
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
 
 
+def test_an_estimate_on_a_dataset_id_too_large_is_a_client_error(member):
+    response = member.client.post("/api/jobs/estimate", json={"spec": _spec(), "dataset_id": HUGE})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+
+
 @pytest.mark.parametrize(
     "raw",
     [
