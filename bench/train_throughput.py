@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.contract import formats
 from app.contract.spec import TrainingSpec
-from worker.ml.data import Tokenization, read_jsonl
+from worker.ml.data import Tokenization, read_jsonl, split_documents
 from worker.ml.reporting import MemoryReporter
 from worker.ml.tiny import WORDS, make_tiny_model
 
@@ -270,9 +270,9 @@ def flops_per_token(args, workdir: Path) -> float:
     matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     per_weight = 6 if args.method == "full" else 4
     tokenizer = AutoTokenizer.from_pretrained(workdir / "models" / args.preset)
-    lengths = [
-        len(ids) for ids in Tokenization(tokenizer, max_length=args.max_seq_length)(read_jsonl(args.data)).input_ids
-    ]
+    examples = Tokenization(tokenizer, max_length=args.max_seq_length)(read_jsonl(args.data))
+    # Text rows are not truncated: they are cut into pieces of at most the max length, each its own context.
+    lengths = [len(ids) for ids in split_documents(examples, args.max_seq_length).input_ids]
     average_context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)
     width = config.num_attention_heads * (config.hidden_size // config.num_attention_heads)
     attention = 12 * config.num_hidden_layers * width * average_context
