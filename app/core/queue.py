@@ -126,33 +126,57 @@ def _job_id_of(payload: str | bytes | dict) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
-def job_ids_in_broker(queue: str) -> set[int] | None:
-    """Ids of the jobs whose run message waits in `queue`, or was delivered from it and not
-    yet acknowledged. None when this kind of broker cannot be looked into."""
-    settings = get_settings()
-    url = settings.celery_broker_url
+def _broker_messages(queue: str) -> tuple[list, list] | None:
+    """The messages of `queue` as the broker holds them: (waiting, delivered and not yet
+    acknowledged). None when this kind of broker cannot be looked into."""
+    url = get_settings().celery_broker_url
     if url.startswith(("redis://", "rediss://")):
         import redis
 
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        payloads = [*client.lrange(queue, 0, -1)]
+        waiting = [*client.lrange(queue, 0, -1)]
         # Delivered, not yet acknowledged: [message, exchange, routing key] by delivery tag.
+        delivered = []
         for value in client.hvals("unacked"):
             message, _exchange, routing_key = json.loads(value)
             if routing_key == queue:
-                payloads.append(message)
-    elif url.startswith(EMBEDDED_SCHEME + "+sqlite:///"):
+                delivered.append(message)
+        return waiting, delivered
+    if url.startswith(EMBEDDED_SCHEME + "+sqlite:///"):
         import sqlite3
 
-        query = "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
+        # kombu's SQLAlchemy transport hides a delivered message (visible = 0) until it is acknowledged.
+        query = (
+            "SELECT m.payload, m.visible FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
+        )
         with closing(sqlite3.connect(url.removeprefix(EMBEDDED_SCHEME + "+sqlite:///"), timeout=30)) as connection:
             try:
-                payloads = [row[0] for row in connection.execute(query, (queue,))]
+                rows = list(connection.execute(query, (queue,)))
             except sqlite3.OperationalError:  # no message was ever sent: kombu has not made its tables
-                payloads = []
-    else:
+                rows = []
+        return [payload for payload, visible in rows if visible], [payload for payload, visible in rows if not visible]
+    return None
+
+
+def job_ids_in_broker(queue: str) -> set[int] | None:
+    """Ids of the jobs whose run message waits in `queue`, or was delivered from it and not
+    yet acknowledged. None when this kind of broker cannot be looked into."""
+    messages = _broker_messages(queue)
+    if messages is None:
         return None
-    return {job_id for payload in payloads if (job_id := _job_id_of(payload)) is not None}
+    waiting, delivered = messages
+    return {job_id for payload in [*waiting, *delivered] if (job_id := _job_id_of(payload)) is not None}
+
+
+def queue_length(queue: str) -> int | None:
+    """How many messages wait in `queue` for a worker (delivered ones not counted); None when
+    the broker cannot be looked into or cannot be reached."""
+    try:
+        messages = _broker_messages(queue)
+    except Exception as error:  # noqa: BLE001 - a page must show "unknown", not fail
+        log.warning("could not read the length of queue %s (%s: %s)", queue, type(error).__name__, error)
+        return None
+    return None if messages is None else len(messages[0])
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

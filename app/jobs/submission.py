@@ -15,9 +15,10 @@ from app.contract.spec import TrainingSpec
 from app.core.errors import Conflict, InvalidField
 from app.core.queue import commit_then_enqueue, enqueue_job
 from app.core.tables import Dataset, Job, JobState
-from app.jobs.memory_estimate import MemoryEstimate, estimate_memory
+from app.jobs.memory_estimate import estimate_memory, gpu_targets
 from app.jobs.states import IllegalTransition, request_cancel, transition
 from app.jobs.timeline import add_event
+from app.jobs.workers import live_gpus
 
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 
@@ -139,9 +140,10 @@ def cancel_job(session: Session, access: TeamAccess, job_id: int) -> Job:
     return job
 
 
-def estimate_job_memory(spec: TrainingSpec) -> MemoryEstimate:
-    """GPU memory the job would need, before launching it; InvalidField for a model not here."""
+def estimate_job_memory(session: Session, spec: TrainingSpec) -> dict:
+    """GPU memory the job would need, before launching it, compared with the GPUs the live
+    workers have (or common sizes when none reports one); InvalidField for a model not here."""
     model = find_model(spec.base_model)
     if model is None:
         raise InvalidField(("spec", "base_model"), f"model {spec.base_model!r} is not in the models directory")
-    return estimate_memory(model, spec)
+    return estimate_memory(model, spec).as_dict(gpu_targets(live_gpus(session)))

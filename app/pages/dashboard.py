@@ -11,6 +11,7 @@ from app.accounts.teams import people_in
 from app.api.bodies import JobOut
 from app.api.deps import SESSION_TEAM, PageAccessDep, SessionDep
 from app.jobs.queries import list_jobs, loss_outlines
+from app.jobs.workers import gpu_counts
 from app.pages.rendering import page_json, render
 
 router = APIRouter(include_in_schema=False)
@@ -32,6 +33,7 @@ def dashboard(request: Request, access: PageAccessDep, session: SessionDep):
         active="dashboard",
         data=page_json(data),
         has_jobs=bool(rows),
+        gpus=gpu_counts(session),
     )
 
 
