@@ -29,6 +29,10 @@ COMMON_GPUS = (
 USABLE_FRACTION = 0.95
 
 
+def _gib(size: float) -> str:
+    return f"{size / GIB:.0f}" if size >= 10 * GIB else f"{size / GIB:.1f}"
+
+
 def gpu_targets(live_gpus: list[dict]) -> list[tuple[str, float]]:
     """What to compare an estimate with: the workers' GPUs (as `worker.devices` reports them),
     one line per model and memory size, smallest first; the common sizes when there is none."""
@@ -41,7 +45,7 @@ def gpu_targets(live_gpus: list[dict]) -> list[tuple[str, float]]:
     if not counts:
         return list(COMMON_GPUS)
     return [
-        (f"{name} ({total / GIB:.0f} GiB){f' × {count}' if count > 1 else ''}, on the workers", total)
+        (f"{name} ({_gib(total)} GiB){f' × {count}' if count > 1 else ''}, on the workers", total)
         for (name, total), count in sorted(counts.items(), key=lambda item: (item[0][1], item[0][0]))
     ]
 
