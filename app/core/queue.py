@@ -126,57 +126,67 @@ def _job_id_of(payload: str | bytes | dict) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
-def _broker_messages(queue: str) -> tuple[list, list] | None:
-    """The messages of `queue` as the broker holds them: (waiting, delivered and not yet
-    acknowledged). None when this kind of broker cannot be looked into."""
-    url = get_settings().celery_broker_url
-    if url.startswith(("redis://", "rediss://")):
-        import redis
+def _redis(url: str):
+    import redis
 
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        waiting = [*client.lrange(queue, 0, -1)]
-        # Delivered, not yet acknowledged: [message, exchange, routing key] by delivery tag.
-        delivered = []
-        for value in client.hvals("unacked"):
-            message, _exchange, routing_key = json.loads(value)
-            if routing_key == queue:
-                delivered.append(message)
-        return waiting, delivered
-    if url.startswith(EMBEDDED_SCHEME + "+sqlite:///"):
-        import sqlite3
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
-        # kombu's SQLAlchemy transport hides a delivered message (visible = 0) until it is acknowledged.
-        query = (
-            "SELECT m.payload, m.visible FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
-        )
-        with closing(sqlite3.connect(url.removeprefix(EMBEDDED_SCHEME + "+sqlite:///"), timeout=30)) as connection:
-            try:
-                rows = list(connection.execute(query, (queue,)))
-            except sqlite3.OperationalError:  # no message was ever sent: kombu has not made its tables
-                rows = []
-        return [payload for payload, visible in rows if visible], [payload for payload, visible in rows if not visible]
-    return None
+
+_EMBEDDED_QUEUE = "FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
+
+
+def _embedded_rows(url: str, query: str, queue: str) -> list[tuple]:
+    """Rows of `query` on the embedded broker's SQLite file (kombu's tables; a message it has
+    delivered stays, with visible = 0, until it is acknowledged)."""
+    import sqlite3
+
+    with closing(sqlite3.connect(url.removeprefix(EMBEDDED_SCHEME + "+sqlite:///"), timeout=30)) as connection:
+        try:
+            return list(connection.execute(query, (queue,)))
+        except sqlite3.OperationalError:  # no message was ever sent: kombu has not made its tables
+            return []
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+def _is_embedded(url: str) -> bool:
+    return url.startswith(EMBEDDED_SCHEME + "+sqlite:///")
 
 
 def job_ids_in_broker(queue: str) -> set[int] | None:
     """Ids of the jobs whose run message waits in `queue`, or was delivered from it and not
     yet acknowledged. None when this kind of broker cannot be looked into."""
-    messages = _broker_messages(queue)
-    if messages is None:
+    url = get_settings().celery_broker_url
+    if _is_redis(url):
+        client = _redis(url)
+        payloads = [*client.lrange(queue, 0, -1)]
+        # Delivered, not yet acknowledged: [message, exchange, routing key] by delivery tag.
+        for value in client.hvals("unacked"):
+            message, _exchange, routing_key = json.loads(value)
+            if routing_key == queue:
+                payloads.append(message)
+    elif _is_embedded(url):
+        payloads = [row[0] for row in _embedded_rows(url, f"SELECT m.payload {_EMBEDDED_QUEUE}", queue)]
+    else:
         return None
-    waiting, delivered = messages
-    return {job_id for payload in [*waiting, *delivered] if (job_id := _job_id_of(payload)) is not None}
+    return {job_id for payload in payloads if (job_id := _job_id_of(payload)) is not None}
 
 
 def queue_length(queue: str) -> int | None:
     """How many messages wait in `queue` for a worker (delivered ones not counted); None when
     the broker cannot be looked into or cannot be reached."""
+    url = get_settings().celery_broker_url
     try:
-        messages = _broker_messages(queue)
+        if _is_redis(url):
+            return int(_redis(url).llen(queue))
+        if _is_embedded(url):
+            rows = _embedded_rows(url, f"SELECT count(*) {_EMBEDDED_QUEUE} AND m.visible", queue)
+            return rows[0][0] if rows else 0
     except Exception as error:  # noqa: BLE001 - a page must show "unknown", not fail
         log.warning("could not read the length of queue %s (%s: %s)", queue, type(error).__name__, error)
-        return None
-    return None if messages is None else len(messages[0])
+    return None
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

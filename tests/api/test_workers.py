@@ -193,3 +193,18 @@ def test_the_memory_estimate_compares_with_the_gpus_the_workers_have(acme, db):
 def test_the_workers_page_needs_a_signed_in_user(client, db):
     assert client.get("/api/workers").status_code == 401
     assert client.get("/workers", follow_redirects=False).status_code in (302, 303)
+
+
+def test_queue_lengths_come_from_the_embedded_broker_too(make_account, models_env, db):
+    from app.config import get_settings
+    from app.core.queue import queue_length
+
+    assert get_settings().embedded_broker, "no TUNELAB_BROKER_URL: the embedded broker"
+    member = make_account(team="acme", role="member")
+    assert queue_length("never-used") == 0
+    dataset = add_dataset(db, member, chat_rows(6))
+    for _ in range(2):
+        body = {"spec": tiny_spec(), "dataset_id": dataset.id, "queue": "embedded-q"}
+        assert member.client.post("/api/jobs", json=body).status_code == 201
+    queues = {q["name"]: q for q in member.client.get("/api/workers").json()["queues"]}
+    assert queues["embedded-q"] == {"name": "embedded-q", "waiting": 2, "workers": 0}
