@@ -59,3 +59,24 @@ def test_the_workers_page_lists_the_running_workers_and_follows_the_job_one_runs
     # The page refreshes itself: the worker goes back to idle once the job has stopped.
     expect(trainer_row).to_contain_text("idle", timeout=60_000)
     expect(trainer_row.locator("a")).to_have_count(0)
+
+
+def test_a_job_on_a_queue_nobody_serves_shows_a_banner_saying_what_to_run(pages, make_account, db):
+    acme = make_account(team="acme", role="member")
+    dataset = add_dataset(db, acme, chat_rows())
+    body = {"spec": tiny_spec(), "dataset_id": dataset.id, "queue": "a100-nobody", "name": "waits"}
+    job = acme.client.post("/api/jobs", json=body).json()
+
+    page = pages.sign_in(acme.email)
+    expect(page.locator("#gpu-counts")).to_have_text("No GPU worker live")
+    expect(page.locator("#jobs-body tr", has_text="waits")).to_contain_text("no live worker serves its queue")
+    screenshot(page, "dashboard-gpu-counts")
+    page.goto(f"/jobs/{job['id']}")
+    banner = page.locator("#job-queue-warning")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("tunelab worker --queues a100-nobody")
+    screenshot(page, "job-queue-warning")
+    banner.locator("a").click()
+    expect(page.locator("#queues-body tr", has_text="a100-nobody")).to_contain_text("none: start one")
+    expect(page.locator("#workers-empty")).to_be_visible()
+    screenshot(page, "workers-none")
