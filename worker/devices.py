@@ -4,7 +4,8 @@ library (NVML, the `nvidia-ml-py` package, imported as `pynvml`), or else its CP
     read_devices()  # [{"kind": "gpu", "index": 0, "name": "NVIDIA H100 80GB HBM3", ...}] or [{"kind": "cpu", ...}]
 
 NVML sees every GPU of the machine, whatever CUDA_VISIBLE_DEVICES says; `visible_indices`
-picks the ones this process may use, as CUDA would. The reading (`read_gpus`) and the stored
+picks the ones this process may use, as CUDA would (indices in NVML's PCI bus order, which
+`tunelab worker` makes CUDA's too with CUDA_DEVICE_ORDER=PCI_BUS_ID). The reading (`read_gpus`) and the stored
 shape (`gpu_entries`, `cpu_entry`) are apart, so the shape is tested without a GPU. No torch here:
 the heartbeat runs in the worker's main process, which never loads the ML stack.
 """
