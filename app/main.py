@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.accounts.throttle import LoginThrottle
-from app.api import account, datasets, downloads, health, jobs, openai_compat, streams, teams
+from app.api import account, datasets, downloads, health, jobs, openai_compat, streams, teams, workers
 from app.api.errors import install_error_handlers
 from app.config import get_settings
 from app.jobs.recovery import reap_orphans, resend_lost_messages
@@ -20,6 +20,7 @@ from app.pages import auth, dashboard, playground
 from app.pages import datasets as dataset_pages
 from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
+from app.pages import workers as worker_pages
 from app.pages.templating import STATIC_DIR
 
 log = logging.getLogger("tunelab")
@@ -104,8 +105,8 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    api = (health, account, teams, datasets, jobs, streams, downloads, openai_compat)
-    pages = (auth, playground, dashboard, job_pages, dataset_pages, settings_pages)
+    api = (health, account, teams, datasets, jobs, streams, downloads, openai_compat, workers)
+    pages = (auth, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
     routers = [module.router for module in (*api, *pages)]
     for router in routers:
         app.include_router(router)

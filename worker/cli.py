@@ -171,6 +171,9 @@ def worker_command(queues: str, gpus: str) -> None:
         env = dict(os.environ)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
+            # The indices are nvidia-smi's (and NVML's), in PCI bus order; CUDA counts fastest
+            # first unless told otherwise, which differs on a machine with mixed GPUs.
+            env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         commands.append((device, env))
     if len(commands) == 1:
         os.execvpe(sys.executable, _worker_command(queues), commands[0][1])

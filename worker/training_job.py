@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from app.core.blobs import BlobStore, blob_store
 from app.core.database import session_scope
 from app.core.queue import enqueue_job
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
+from app.core.worker_registry import set_current_job
 from app.jobs.artifacts import job_output_key, record_artifact
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
@@ -66,6 +68,7 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             transition(
                 session, job, JobState.running, message=message, worker=owner, attempts=attempt, heartbeat_at=utcnow()
             )
+            _show_on_worker_row(session, job.id)
         except IllegalTransition as race:
             log.info("job %s changed while claiming it (%s); leaving it", job_id, race)
             return None
@@ -79,6 +82,12 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             validation_key=validation.blob_key if validation else None,
             attempt=attempt,
         )
+
+
+def _show_on_worker_row(session, job_id: int | None) -> None:
+    """Say on this worker's heartbeat row which job it runs (None: none). The row is the
+    Celery main process's: the parent of this pool process (or this process, in a solo pool)."""
+    set_current_job(session, hostname=socket.gethostname(), pids=(os.getppid(), os.getpid()), job_id=job_id)
 
 
 def _input_file(store: BlobStore, key: str | None, what: str) -> Path:
@@ -120,7 +129,14 @@ def run_job(job_id: int) -> None:
         error = f"Training failed unexpectedly: {type(failure).__name__}: {failure}"
     finally:
         reporter.close()
-    _finish(job_id, claimed, store, result, error, retry=retry)
+    try:
+        _finish(job_id, claimed, store, result, error, retry=retry)
+    finally:
+        try:
+            with session_scope() as session:
+                _show_on_worker_row(session, None)
+        except Exception:  # the database is gone: the row goes stale, and the page says so
+            log.exception("could not clear the job from this worker's row")
 
 
 def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str | None, *, retry: bool) -> None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, Role
 from app.jobs.queries import eta_seconds, progress
+from app.jobs.workers import WorkersOverview, WorkerView
 
 
 class _In(BaseModel):
@@ -126,9 +127,12 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    warning: str | None = Field(
+        None, description="Why the job may not start, e.g. no live worker serves its queue (checked on every read)."
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, *, warning: str | None = None) -> JobOut:
         return cls(
             id=job.id,
             name=job.name,
@@ -157,6 +161,7 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             updated_at=job.updated_at,
+            warning=warning,
         )
 
 
@@ -204,3 +209,80 @@ class DatasetOut(_Out):
         fields = {name: getattr(dataset, name) for name in cls.model_fields if name not in ("created_by", "duplicate")}
         created_by = dataset.created_by.email if dataset.created_by else None
         return cls(**fields, created_by=created_by, duplicate=duplicate)
+
+
+class DeviceOut(BaseModel):
+    """A GPU (from NVIDIA's management library) or, for a worker without one, its CPU."""
+
+    kind: str = Field(description="gpu or cpu")
+    index: int | None = None
+    name: str
+    cores: int | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    utilization_percent: int | None = None
+
+
+class JobOnWorkerOut(BaseModel):
+    id: int
+    name: str
+
+
+class WorkerOut(BaseModel):
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    devices: list[DeviceOut]
+    started_at: datetime
+    last_seen_at: datetime
+    stale: bool = Field(description="No heartbeat for longer than TUNELAB_WORKER_STALE_AFTER_S")
+    busy: bool
+    busy_since: datetime | None
+    job: JobOnWorkerOut | None = Field(description="The job it runs, when it is one of your teams' jobs")
+
+    @classmethod
+    def of(cls, worker: WorkerView) -> WorkerOut:
+        job = worker.job
+        return cls(
+            name=worker.name,
+            hostname=worker.hostname,
+            pid=worker.pid,
+            queues=worker.queues,
+            devices=[DeviceOut.model_validate(device) for device in worker.devices],
+            started_at=worker.started_at,
+            last_seen_at=worker.last_seen_at,
+            stale=worker.stale,
+            busy=job is not None,
+            busy_since=job.since if job else None,
+            job=JobOnWorkerOut(id=job.id, name=job.name) if job and job.id is not None else None,
+        )
+
+
+class QueueOut(BaseModel):
+    name: str
+    waiting: int | None = Field(description="Messages waiting in the broker; null when it cannot be read")
+    workers: int = Field(description="Live workers taking from this queue")
+
+
+class GpuCountsOut(BaseModel):
+    total: int
+    busy: int
+    free: int
+
+
+class WorkersOut(BaseModel):
+    workers: list[WorkerOut]
+    queues: list[QueueOut]
+    gpus: GpuCountsOut
+    stale_after_s: float
+
+    @classmethod
+    def of(cls, overview: WorkersOverview) -> WorkersOut:
+        gpus = overview.gpus
+        return cls(
+            workers=[WorkerOut.of(worker) for worker in overview.workers],
+            queues=[QueueOut(name=q.name, waiting=q.waiting, workers=q.workers) for q in overview.queues],
+            gpus=GpuCountsOut(total=gpus.total, busy=gpus.busy, free=gpus.free),
+            stale_after_s=overview.stale_after_s,
+        )

@@ -12,16 +12,19 @@ from app.api.bodies import ArtifactOut, JobEventOut, JobOut, JobPage, MetricOut
 from app.api.deps import AccessDep, SessionDep
 from app.contract.spec import TrainingSpec
 from app.core.tables import Artifact, Job, JobEvent, JobMetric, JobState
+from app.core.worker_registry import served_queues
 from app.jobs import artifacts, timeline
 from app.jobs.queries import list_jobs as query_jobs
 from app.jobs.submission import JobSubmission, cancel_job, estimate_job_memory, submit_job
+from app.jobs.workers import job_queue_warning, queue_warning
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
 
 @router.post("/jobs", response_model=JobOut, status_code=status.HTTP_201_CREATED)
 def create_job(body: JobSubmission, access: AccessDep, session: SessionDep) -> JobOut:
-    return JobOut.of(submit_job(session, access, body))
+    job = submit_job(session, access, body)
+    return JobOut.of(job, warning=job_queue_warning(session, job))
 
 
 class EstimateIn(BaseModel):
@@ -31,8 +34,9 @@ class EstimateIn(BaseModel):
 
 @router.post("/jobs/estimate")
 def estimate_job(body: EstimateIn, access: AccessDep, session: SessionDep) -> dict:
-    """GPU memory the job would need, before launching it."""
-    return estimate_job_memory(session, access, body.spec, body.dataset_id).as_dict()
+    """GPU memory the job would need, before launching it, and whether it fits the GPUs of the
+    live workers (`gpus_from: "workers"`), or common GPU sizes when no worker reports a GPU."""
+    return estimate_job_memory(session, access, body.spec, body.dataset_id)
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -45,17 +49,22 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobPage:
     rows = query_jobs(session, access, states=state, created_by=created_by, before_id=after, limit=limit + 1)
-    return JobPage(data=[JobOut.of(job) for job in rows[:limit]], has_more=len(rows) > limit)
+    served = served_queues(session)
+    return JobPage(
+        data=[JobOut.of(job, warning=queue_warning(job, served)) for job in rows[:limit]], has_more=len(rows) > limit
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
-    return JobOut.of(access.get(session, Job, job_id))
+    job = access.get(session, Job, job_id)
+    return JobOut.of(job, warning=job_queue_warning(session, job))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
-    return JobOut.of(cancel_job(session, access, job_id))
+    job = cancel_job(session, access, job_id)
+    return JobOut.of(job, warning=job_queue_warning(session, job))
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[JobEventOut])

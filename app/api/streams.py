@@ -21,8 +21,10 @@ from app.config import get_settings
 from app.core.database import session_scope
 from app.core.live import Doorbell, job_channel, team_channel
 from app.core.tables import Job, JobEvent, JobMetric, JobState, utcnow
+from app.core.worker_registry import served_queues
 from app.jobs.queries import jobs_changed_since
 from app.jobs.timeline import items_after
+from app.jobs.workers import job_queue_warning, queue_warning
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -41,7 +43,8 @@ def _stream_item(item: JobEvent | JobMetric) -> dict[str, Any]:
 def _read_job_stream(job_id: int, after_seq: int) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
     with session_scope() as session:
         items = items_after(session, job_id, after_seq, limit=PAGE)
-        snapshot = JobOut.of(session.get(Job, job_id)).model_dump(mode="json")
+        job = session.get(Job, job_id)
+        snapshot = JobOut.of(job, warning=job_queue_warning(session, job)).model_dump(mode="json")
         return [_stream_item(item) for item in items], (items[-1].seq if items else after_seq), snapshot
 
 
@@ -117,7 +120,9 @@ async def stream_job(
 
 def _read_team_jobs(team_ids: list[int], since) -> list[JobOut]:
     with session_scope() as session:
-        return [JobOut.of(job) for job in jobs_changed_since(session, team_ids, since)]
+        jobs = jobs_changed_since(session, team_ids, since)
+        served = served_queues(session) if any(job.state == JobState.queued for job in jobs) else set()
+        return [JobOut.of(job, warning=queue_warning(job, served)) for job in jobs]
 
 
 # Clocks of app and worker hosts may differ a little: each read looks back this far.

@@ -126,33 +126,67 @@ def _job_id_of(payload: str | bytes | dict) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def _redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+_EMBEDDED_QUEUE = "FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
+
+
+def _embedded_rows(url: str, query: str, queue: str) -> list[tuple]:
+    """Rows of `query` on the embedded broker's SQLite file (kombu's tables; a message it has
+    delivered stays, with visible = 0, until it is acknowledged)."""
+    import sqlite3
+
+    with closing(sqlite3.connect(url.removeprefix(EMBEDDED_SCHEME + "+sqlite:///"), timeout=30)) as connection:
+        try:
+            return list(connection.execute(query, (queue,)))
+        except sqlite3.OperationalError:  # no message was ever sent: kombu has not made its tables
+            return []
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+def _is_embedded(url: str) -> bool:
+    return url.startswith(EMBEDDED_SCHEME + "+sqlite:///")
+
+
 def job_ids_in_broker(queue: str) -> set[int] | None:
     """Ids of the jobs whose run message waits in `queue`, or was delivered from it and not
     yet acknowledged. None when this kind of broker cannot be looked into."""
-    settings = get_settings()
-    url = settings.celery_broker_url
-    if url.startswith(("redis://", "rediss://")):
-        import redis
-
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    url = get_settings().celery_broker_url
+    if _is_redis(url):
+        client = _redis(url)
         payloads = [*client.lrange(queue, 0, -1)]
         # Delivered, not yet acknowledged: [message, exchange, routing key] by delivery tag.
         for value in client.hvals("unacked"):
             message, _exchange, routing_key = json.loads(value)
             if routing_key == queue:
                 payloads.append(message)
-    elif url.startswith(EMBEDDED_SCHEME + "+sqlite:///"):
-        import sqlite3
-
-        query = "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = ?"
-        with closing(sqlite3.connect(url.removeprefix(EMBEDDED_SCHEME + "+sqlite:///"), timeout=30)) as connection:
-            try:
-                payloads = [row[0] for row in connection.execute(query, (queue,))]
-            except sqlite3.OperationalError:  # no message was ever sent: kombu has not made its tables
-                payloads = []
+    elif _is_embedded(url):
+        payloads = [row[0] for row in _embedded_rows(url, f"SELECT m.payload {_EMBEDDED_QUEUE}", queue)]
     else:
         return None
     return {job_id for payload in payloads if (job_id := _job_id_of(payload)) is not None}
+
+
+def queue_length(queue: str) -> int | None:
+    """How many messages wait in `queue` for a worker (delivered ones not counted); None when
+    the broker cannot be looked into or cannot be reached."""
+    url = get_settings().celery_broker_url
+    try:
+        if _is_redis(url):
+            return int(_redis(url).llen(queue))
+        if _is_embedded(url):
+            rows = _embedded_rows(url, f"SELECT count(*) {_EMBEDDED_QUEUE} AND m.visible", queue)
+            return rows[0][0] if rows else 0
+    except Exception as error:  # noqa: BLE001 - a page must show "unknown", not fail
+        log.warning("could not read the length of queue %s (%s: %s)", queue, type(error).__name__, error)
+    return None
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

@@ -302,7 +302,12 @@ class WorkerProcess(Base):
     pid: Mapped[int] = mapped_column(Integer)
     queues: Mapped[str] = mapped_column(String(255), default="default")
     device: Mapped[str | None] = mapped_column(String(255))
+    # What the worker computes on, as its last heartbeat read it: one entry per GPU (name, memory
+    # used/total in bytes, utilisation %), or a single CPU entry; see worker/devices.py.
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The training job its pool process runs now, and since when (set and cleared by the job).
     current_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    current_job_since: Mapped[datetime | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 

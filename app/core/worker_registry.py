@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -20,6 +20,21 @@ def live_worker_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(live_workers_query().subquery())) or 0
 
 
+def served_queues(session: Session) -> set[str]:
+    """The queues live workers take tasks from."""
+    return {queue for worker in session.scalars(live_workers_query()) for queue in worker.queues.split(",") if queue}
+
+
 def serves_queue(session: Session, queue: str) -> bool:
     """Whether a live worker takes tasks from `queue`."""
-    return any(queue in worker.queues.split(",") for worker in session.scalars(live_workers_query()))
+    return queue in served_queues(session)
+
+
+def set_current_job(session: Session, *, hostname: str, pids: tuple[int, ...], job_id: int | None) -> None:
+    """Record on the heartbeat row of the worker (on `hostname`, one of `pids`) the job it now
+    runs, and since when; `job_id=None` when it has finished."""
+    session.execute(
+        update(WorkerProcess)
+        .where(WorkerProcess.hostname == hostname, WorkerProcess.pid.in_(pids))
+        .values(current_job_id=job_id, current_job_since=utcnow() if job_id is not None else None)
+    )

@@ -21,12 +21,36 @@ CUDA_CONTEXT_BYTES = 0.6 * GIB
 # Activation bytes kept per token per layer, in units of hidden size (bf16, fused attention,
 # after Korthikanti et al. 2022 without the attention-score term).
 ACTIVATION_BYTES_PER_HIDDEN = 34
+# Compared with only when no live worker reports a GPU (a CPU-only install, or none started yet).
 COMMON_GPUS = (
-    ("24 GB (RTX 4090, A10G, L4)", 24),
-    ("40 GB (A100 40G)", 40),
-    ("48 GB (L40S, A6000)", 48),
-    ("80 GB (A100 80G, H100)", 80),
+    ("24 GB (RTX 4090, A10G, L4)", 24 * GIB),
+    ("40 GB (A100 40G)", 40 * GIB),
+    ("48 GB (L40S, A6000)", 48 * GIB),
+    ("80 GB (A100 80G, H100)", 80 * GIB),
 )
+# The part of a GPU's memory a job can count on (the driver and fragmentation take the rest).
+USABLE_FRACTION = 0.95
+
+
+def _gib(size: float) -> str:
+    return f"{size / GIB:.0f}" if size >= 10 * GIB else f"{size / GIB:.1f}"
+
+
+def gpu_targets(live_gpus: list[dict]) -> list[tuple[str, float]]:
+    """What to compare an estimate with: the workers' GPUs (as `worker.devices` reports them),
+    one line per model and memory size, smallest first; the common sizes when there is none."""
+    counts: dict[tuple[str, int], int] = {}
+    for gpu in live_gpus:
+        total = gpu.get("memory_total_bytes")
+        if gpu.get("kind") == "gpu" and isinstance(total, int) and total > 0:
+            key = (str(gpu.get("name") or "GPU"), total)
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return list(COMMON_GPUS)
+    return [
+        (f"{name} ({_gib(total)} GiB){f' × {count}' if count > 1 else ''}, on the workers", total)
+        for (name, total), count in sorted(counts.items(), key=lambda item: (item[0][1], item[0][0]))
+    ]
 
 
 @dataclass(frozen=True)
@@ -38,13 +62,15 @@ class MemoryEstimate:
     def total_bytes(self) -> float:
         return sum(self.parts.values())
 
-    def as_dict(self) -> dict:
-        total_gib = self.total_bytes / GIB
+    def as_dict(self, gpus: list[tuple[str, float]] = COMMON_GPUS) -> dict:
+        """The estimate for the page and the API, compared with `gpus` ((label, bytes), from
+        `gpu_targets`)."""
         return {
-            "total_gib": round(total_gib, 2),
+            "total_gib": round(self.total_bytes / GIB, 2),
             "trainable_parameters": self.trainable_parameters,
             "parts": [{"name": name, "gib": round(size / GIB, 2)} for name, size in self.parts.items()],
-            "fits": [{"gpu": name, "fits": total_gib <= size * 0.95} for name, size in COMMON_GPUS],
+            "fits": [{"gpu": name, "fits": self.total_bytes <= size * USABLE_FRACTION} for name, size in gpus],
+            "gpus_from": "common sizes" if tuple(gpus) == COMMON_GPUS else "workers",
         }
 
 

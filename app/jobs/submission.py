@@ -15,9 +15,10 @@ from app.contract.spec import TrainingSpec
 from app.core.errors import Conflict, InvalidField
 from app.core.queue import commit_then_enqueue, enqueue_job
 from app.core.tables import Dataset, Job, JobState
-from app.jobs.memory_estimate import MemoryEstimate, estimate_memory
+from app.jobs.memory_estimate import estimate_memory, gpu_targets
 from app.jobs.states import IllegalTransition, request_cancel, transition
 from app.jobs.timeline import add_event
+from app.jobs.workers import live_gpus
 
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 
@@ -141,10 +142,11 @@ def cancel_job(session: Session, access: TeamAccess, job_id: int) -> Job:
 
 def estimate_job_memory(
     session: Session, access: TeamAccess, spec: TrainingSpec, dataset_id: int | None = None
-) -> MemoryEstimate:
+) -> dict:
     """GPU memory the job would need, before launching it, on the dataset when one is given (a
-    classification dataset trains a classifier: no LM logits); InvalidField for a model not
-    here, NotFound for a dataset not the caller's."""
+    classification dataset trains a classifier: no LM logits), compared with the GPUs the live
+    workers have (or common sizes when none reports one); InvalidField for a model not here,
+    NotFound for a dataset not the caller's."""
     model = find_model(spec.base_model)
     if model is None:
         raise InvalidField(("spec", "base_model"), f"model {spec.base_model!r} is not in the models directory")
@@ -153,4 +155,4 @@ def estimate_job_memory(
         dataset = access.get(session, Dataset, dataset_id)
         if dataset.format == CLASSIFICATION:
             classes = max(2, len((dataset.stats or {}).get("labels") or {}))
-    return estimate_memory(model, spec, classes=classes)
+    return estimate_memory(model, spec, classes=classes).as_dict(gpu_targets(live_gpus(session)))

@@ -10,7 +10,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from app.accounts.teams import people_in
 from app.api.bodies import JobOut
 from app.api.deps import SESSION_TEAM, PageAccessDep, SessionDep
+from app.core.worker_registry import served_queues
 from app.jobs.queries import list_jobs, loss_outlines
+from app.jobs.workers import gpu_counts, queue_warning
 from app.pages.rendering import page_json, render
 
 router = APIRouter(include_in_schema=False)
@@ -19,8 +21,9 @@ router = APIRouter(include_in_schema=False)
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, access: PageAccessDep, session: SessionDep):
     rows = list_jobs(session, access, limit=200)
+    served = served_queues(session)
     data = {
-        "jobs": [JobOut.of(job).model_dump(mode="json") for job in rows],
+        "jobs": [JobOut.of(job, warning=queue_warning(job, served)).model_dump(mode="json") for job in rows],
         "losses": loss_outlines(session, [job.id for job in rows]),
         "people": people_in(session, access.team_ids),
     }
@@ -32,6 +35,7 @@ def dashboard(request: Request, access: PageAccessDep, session: SessionDep):
         active="dashboard",
         data=page_json(data),
         has_jobs=bool(rows),
+        gpus=gpu_counts(session),
     )
 
 

@@ -13,6 +13,7 @@ from app.core.tables import Dataset, Job
 from app.datasets.team_datasets import list_datasets
 from app.jobs import artifacts, timeline
 from app.jobs.queries import list_jobs
+from app.jobs.workers import job_queue_warning
 from app.pages.rendering import page_json, render
 
 router = APIRouter(include_in_schema=False)
@@ -60,8 +61,9 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
     metrics = timeline.metrics(session, job)
     events = timeline.events(session, job)
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    warning = job_queue_warning(session, job)
     data = {
-        "job": JobOut.of(job).model_dump(mode="json"),
+        "job": JobOut.of(job, warning=warning).model_dump(mode="json"),
         "metrics": [MetricOut.model_validate(m, from_attributes=True).model_dump(mode="json") for m in metrics],
         "events": [JobEventOut.model_validate(e).model_dump(mode="json") for e in events],
         "artifacts": [
@@ -73,7 +75,14 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
         "dataset": {"id": dataset.id, "name": dataset.name} if dataset else None,
     }
     return render(
-        request, "job.html", access=access, session=session, active="dashboard", job=job, data=page_json(data)
+        request,
+        "job.html",
+        access=access,
+        session=session,
+        active="dashboard",
+        job=job,
+        queue_warning=warning,
+        data=page_json(data),
     )
 
 

@@ -102,3 +102,34 @@ def test_make_tiny_writes_a_model_that_models_list_shows(run, settings_env):
 
     again = run("models", "make-tiny", "tiny-llama")
     assert again.returncode == 1 and "exists already" in again.stderr
+
+
+def test_a_worker_given_a_gpu_index_sees_that_gpu_in_nvidia_smis_order(db, settings_env):
+    """`--gpus 0` means nvidia-smi's GPU 0: CUDA must count GPUs in PCI bus order too, or on a
+    machine with mixed GPUs the worker would train on (and report) another one."""
+    import signal
+    import time
+
+    from app.core.tables import WorkerProcess
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("TUNELAB_", "PATH", "HOME", "LANG", "PYTHON"))}
+    env.pop("CUDA_DEVICE_ORDER", None)
+    process = subprocess.Popen(
+        [TUNELAB, "worker", "--gpus", "0", "--queues", "cli-gpu-test"], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        row = None
+        while row is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.3)
+            db.expire_all()
+            row = db.scalar(select(WorkerProcess).where(WorkerProcess.pid == process.pid))
+        assert row is not None, "the worker did not come up"
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{process.pid}/environ").read_text().split("\0") if "=" in item
+        )
+        assert environ["CUDA_VISIBLE_DEVICES"] == "0" and environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert row.queues == "cli-gpu-test" and row.devices, "its heartbeat says what it runs on"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)

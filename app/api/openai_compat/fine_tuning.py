@@ -31,10 +31,12 @@ from app.chat.model_names import checkpoint_model_id, fine_tuned_model_id, team_
 from app.contract.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
 from app.core.errors import InvalidField
 from app.core.tables import Job, JobState, Team, utcnow
+from app.core.worker_registry import served_queues
 from app.jobs.artifacts import checkpoints_before
 from app.jobs.queries import eta_seconds, list_jobs
 from app.jobs.submission import JobSubmission, cancel_job, submit_job
 from app.jobs.timeline import events_newest_first, values_at
+from app.jobs.workers import job_queue_warning, queue_warning
 
 from .common import cursor, number_in, page, public_id, team_names, unix
 from .errors import OpenAIError, OpenAIRoute, invalid, not_found
@@ -190,7 +192,8 @@ def hyperparameters_of(job: Job) -> dict[str, Any]:
     }
 
 
-def job_object(job: Job, team_name: str) -> dict[str, Any]:
+def job_object(job: Job, team_name: str, warning: str | None = None) -> dict[str, Any]:
+    """OpenAI's fine_tuning.job, plus tunelab's `warning` (e.g. no live worker serves its queue)."""
     hyperparameters = hyperparameters_of(job)
     eta = eta_seconds(job)
     failed = job.state == JobState.failed
@@ -216,6 +219,7 @@ def job_object(job: Job, team_name: str) -> dict[str, Any]:
         "integrations": [],
         "estimated_finish": unix(utcnow() + timedelta(seconds=eta)) if eta is not None else None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "warning": warning,
     }
 
 
@@ -241,7 +245,7 @@ def create_fine_tuning_job(body: FineTuningJobSubmission, access: AccessDep, ses
         job = submit_job(session, access, submission)
     except InvalidField as error:
         raise _invalid(error.errors(), _PARAMS) from None
-    return job_object(job, _team_name(session, job))
+    return job_object(job, _team_name(session, job), job_queue_warning(session, job))
 
 
 @router.get("/fine_tuning/jobs")
@@ -252,14 +256,16 @@ def list_fine_tuning_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict:
     rows = list_jobs(session, access, before_id=cursor(after, JOB), limit=limit + 1)
-    names = team_names(session, access)
-    return page([job_object(job, names[job.team_id]) for job in rows[:limit]], len(rows) > limit)
+    names, served = team_names(session, access), served_queues(session)
+    return page(
+        [job_object(job, names[job.team_id], queue_warning(job, served)) for job in rows[:limit]], len(rows) > limit
+    )
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
 def retrieve_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
     job = _job(session, access, job_id)
-    return job_object(job, _team_name(session, job))
+    return job_object(job, _team_name(session, job), job_queue_warning(session, job))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")

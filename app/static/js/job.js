@@ -89,6 +89,9 @@
     error.hidden = !job.error;
     error.textContent = job.error || "";
     document.getElementById("cancel-job").hidden = !(data.can_write && ["queued", "running"].includes(job.state));
+    // "No worker serves this queue" holds only while the job waits in it.
+    const queueWarning = document.getElementById("job-queue-warning");
+    if (queueWarning) queueWarning.hidden = job.state !== "queued";
   }
 
   function renderDownloads(artifacts) {

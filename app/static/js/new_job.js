@@ -192,7 +192,8 @@
     document.getElementById("estimate-parts").replaceChildren(...result.parts.map((part) =>
       el("tr", {}, el("td", { text: part.name }), el("td", { class: "num", text: `${part.gib.toFixed(2)} GiB` }))));
     document.getElementById("estimate-fits").replaceChildren(...result.fits.map((fit) =>
-      el("li", { class: fit.fits ? "fits-yes" : "fits-no", text: `${fit.fits ? "✓ fits" : "✗ too big for"} ${fit.gpu}` })));
+      el("li", { class: fit.fits ? "fits-yes" : "fits-no", text: `${fit.fits ? "✓ fits" : "✗ too big for"} ${fit.gpu}` })),
+      result.gpus_from === "workers" ? null : el("li", { class: "muted small", text: "No live worker reports a GPU: compared with common sizes." }));
   }
 
   function prefill(clone) {

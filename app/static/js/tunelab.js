@@ -87,12 +87,12 @@ const tl = (() => {
 
   function progressBar(job) {
     const fraction = job.progress === null || job.progress === undefined ? (job.state === "succeeded" ? 1 : 0) : job.progress;
-    const label = job.total_steps ? `${fmt.number(job.step)} / ${fmt.number(job.total_steps)}` : job.state === "queued" ? "waiting for a worker" : "–";
+    const label = job.total_steps ? `${fmt.number(job.step)} / ${fmt.number(job.total_steps)}` : job.state === "queued" ? (job.warning ? "no live worker serves its queue" : "waiting for a worker") : "–";
     const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? ` · ${fmt.duration(job.eta_seconds)} left` : "";
     return el("div", { class: "progress-cell" },
       el("div", { class: `progress state-${job.state}`, role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(fraction * 100) },
         el("div", { class: "progress-fill", style: `width: ${(fraction * 100).toFixed(1)}%` })),
-      el("small", { class: "muted", text: label + eta }));
+      el("small", { class: job.warning ? "warning-text" : "muted", title: job.warning || null, text: label + eta }));
   }
 
   /** A tiny line chart of the last values, drawn on a canvas. */
