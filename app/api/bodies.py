@@ -110,6 +110,7 @@ class JobOut(BaseModel):
     dataset_id: int | None
     validation_dataset_id: int | None
     queue: str
+    parent_job_id: int | None = Field(description="The succeeded job this one continues from")
     spec: dict
     metadata: dict
     error: str | None
@@ -141,6 +142,7 @@ class JobOut(BaseModel):
             dataset_id=job.dataset_id,
             validation_dataset_id=job.validation_dataset_id,
             queue=job.queue,
+            parent_job_id=job.parent_job_id,
             spec=job.spec,
             metadata=job.user_metadata,
             error=job.error,

@@ -1,4 +1,4 @@
-"""Fine-tuning jobs: launch, estimate, list, inspect, cancel; their events, metrics and artifacts.
+"""Fine-tuning jobs: launch, estimate, list, inspect, cancel, pause, resume; their events, metrics and artifacts.
 The live streams are in `app.api.streams`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from app.contract.spec import TrainingSpec
 from app.core.tables import Artifact, Job, JobEvent, JobMetric, JobState
 from app.jobs import artifacts, timeline
 from app.jobs.queries import list_jobs as query_jobs
-from app.jobs.submission import JobSubmission, cancel_job, estimate_job_memory, submit_job
+from app.jobs.submission import JobSubmission, cancel_job, estimate_job_memory, pause_job, resume_job, submit_job
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -55,6 +55,18 @@ def get_job(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
     return JobOut.of(cancel_job(session, access, job_id))
+
+
+@router.post("/jobs/{job_id}/pause", response_model=JobOut)
+def pause(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
+    """A queued job pauses at once; a running one stops at its next step, keeping a checkpoint there."""
+    return JobOut.of(pause_job(session, access, job_id))
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobOut)
+def resume(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
+    """A cancelled, failed or paused job goes back to the queue and continues from its last checkpoint."""
+    return JobOut.of(resume_job(session, access, job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[JobEventOut])

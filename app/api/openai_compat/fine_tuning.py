@@ -13,8 +13,11 @@ tunelab's own settings are extra fields: any training spec field (`lora`, `max_s
 `max_seq_length`, ...), `method` as a string ("lora", "qlora", "full") instead of OpenAI's
 method object, and `queue`, `team_id`, `name`.
 
-Statuses: queued, running, succeeded, failed and cancelled as tunelab's; a job asked to
-cancel reads `cancelled` at once (as OpenAI's cancel does), while it stops at its next step.
+Statuses: queued, running, succeeded, failed, cancelled and paused as tunelab's; a job asked to
+cancel reads `cancelled` at once (as OpenAI's cancel does), while it stops at its next step, and
+one asked to pause reads `paused` at once likewise. `pause` stops a running job at its next step
+with a checkpoint there; `resume` puts a paused job (or a cancelled or failed one) back in the
+queue, to continue from that checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from app.core.errors import InvalidField
 from app.core.tables import Job, JobState, Team, utcnow
 from app.jobs.artifacts import checkpoints_before
 from app.jobs.queries import eta_seconds, list_jobs
-from app.jobs.submission import JobSubmission, cancel_job, submit_job
+from app.jobs.submission import JobSubmission, cancel_job, pause_job, resume_job, submit_job
 from app.jobs.timeline import events_newest_first, values_at
 
 from .common import cursor, number_in, page, public_id, team_names, unix
@@ -47,6 +50,8 @@ _STATUS = {
     JobState.queued: "queued",
     JobState.running: "running",
     JobState.cancelling: "cancelled",
+    JobState.pausing: "paused",
+    JobState.paused: "paused",
     JobState.succeeded: "succeeded",
     JobState.failed: "failed",
     JobState.cancelled: "cancelled",
@@ -265,6 +270,18 @@ def retrieve_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
     job = cancel_job(session, access, _job_number(job_id))
+    return job_object(job, _team_name(session, job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+def pause_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
+    job = pause_job(session, access, _job_number(job_id))
+    return job_object(job, _team_name(session, job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+def resume_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
+    job = resume_job(session, access, _job_number(job_id))
     return job_object(job, _team_name(session, job))
 
 
