@@ -20,7 +20,7 @@ from app.core.blobs import blob_store
 from app.core.errors import Conflict, InvalidField
 from app.core.queue import commit_then_enqueue, enqueue_job
 from app.core.tables import Dataset, Job, JobState
-from app.jobs.artifacts import checkpoints, final_weights
+from app.jobs.artifacts import checkpoints, final_weights, merged_model
 from app.jobs.memory_estimate import MemoryEstimate, estimate_memory
 from app.jobs.states import RESUMABLE, IllegalTransition, reopen, request_cancel, request_pause, transition
 from app.jobs.timeline import add_event
@@ -208,6 +208,10 @@ def resume_job(session: Session, access: TeamAccess, job_id: int) -> Job:
         reopen(session, job, step=step, message=f"Resumed by {access.user.email}: {where}")
     except IllegalTransition:  # changed since it was read
         raise Conflict(f"the job is {job.state.value} now; it cannot be resumed") from None
+    if (merged := merged_model(session, job)) is not None:
+        # Built from a checkpoint that training now goes past: it would be handed out as the final model.
+        store.delete(merged.blob_key)
+        session.delete(merged)
     _enqueue(session, job)
     return job
 

@@ -55,6 +55,7 @@ def test_a_failed_job_resumes_from_its_last_checkpoint_with_fresh_attempts_and_n
     db.commit()
     _stored(db, job, ArtifactKind.checkpoint, 4, "checkpoints/step-4")
     _stored(db, job, ArtifactKind.checkpoint, 8, "checkpoints/step-8")
+    merged_key = _stored(db, job, ArtifactKind.merged, 8, "merged").blob_key  # built from that checkpoint
 
     response = acme.client.post(f"/api/jobs/{job.id}/resume")
     assert response.status_code == 200, response.text
@@ -63,6 +64,9 @@ def test_a_failed_job_resumes_from_its_last_checkpoint_with_fresh_attempts_and_n
     assert resumed["step"] == 8 and resumed["finished_at"] is None
     db.expire_all()
     assert db.get(Job, job.id).crashes == 0
+    kinds = [a["kind"] for a in acme.client.get(f"/api/jobs/{job.id}/artifacts").json()]
+    assert kinds == ["checkpoint", "checkpoint"], "the merged model of a checkpoint goes: training goes past it"
+    assert not blob_store().exists(merged_key)
     assert _messages(acme, job.id)[-1] == f"Resumed by {acme.email}: training continues from the checkpoint at step 8"
 
 
