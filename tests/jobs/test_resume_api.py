@@ -233,3 +233,13 @@ def test_another_teams_job_or_a_lost_adapter_cannot_be_continued(make_account, a
     gone = _continue(acme, parent.dataset_id, parent.id)
     assert gone.status_code == 422 and "no longer stored" in gone.json()["detail"][0]["msg"]
     assert [job["id"] for job in acme.client.get("/api/jobs").json()["data"]] == [parent.id], "nothing was queued"
+
+
+def test_a_job_whose_worker_died_while_pausing_ends_paused_not_requeued(acme, db, job_in):
+    from app.jobs.recovery import recover_orphan
+
+    job = job_in(JobState.pausing)
+    assert recover_orphan(db, job, max_attempts=3) is False, "not sent to the queue again"
+    db.commit()
+    assert db.get(Job, job.id).state == JobState.paused and db.get(Job, job.id).crashes == 0
+    assert _messages(acme, job.id)[-1].startswith("Job paused (its worker stopped while pausing)")
