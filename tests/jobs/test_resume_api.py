@@ -243,3 +243,24 @@ def test_a_job_whose_worker_died_while_pausing_ends_paused_not_requeued(acme, db
     db.commit()
     assert db.get(Job, job.id).state == JobState.paused and db.get(Job, job.id).crashes == 0
     assert _messages(acme, job.id)[-1].startswith("Job paused (its worker stopped while pausing)")
+
+
+def test_the_openai_api_continues_a_job_given_its_fine_tuned_model_as_the_base(make_account, acme, db, parent):
+    parent.spec = tiny_spec(lora={"r": 8, "alpha": 16})  # not the defaults: the child takes them from its parent
+    db.commit()
+    fine_tuned = acme.client.get(f"/v1/fine_tuning/jobs/ftjob-{parent.id}").json()["fine_tuned_model"]
+    assert fine_tuned.startswith("ft:") and fine_tuned.endswith(f":ftjob-{parent.id}")
+    body = {"model": fine_tuned, "training_file": f"file-{parent.dataset_id}", "hyperparameters": {"n_epochs": 2}}
+    created = acme.client.post("/v1/fine_tuning/jobs", json=body)
+    assert created.status_code == 200, created.text
+    assert created.json()["model"] == parent.base_model
+    child = acme.client.get(f"/api/jobs/{created.json()['id'].removeprefix('ftjob-')}").json()
+    assert child["parent_job_id"] == parent.id and child["spec"]["epochs"] == 2
+    assert child["spec"]["method"] == parent.method and child["spec"]["lora"]["r"] == 8
+    assert child["spec"]["lora"]["alpha"] == 16
+
+    stranger = make_account(team="globex", role="member")
+    theirs = add_dataset(db, stranger, chat_rows(6))
+    refused = stranger.client.post("/v1/fine_tuning/jobs", json={**body, "training_file": f"file-{theirs.id}"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "model" and refused.json()["error"]["code"] == "model_not_found"

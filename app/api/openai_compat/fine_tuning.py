@@ -7,7 +7,9 @@ parameters map onto the training spec:
 - `n_epochs` → epochs, `batch_size` → batch_size, `learning_rate_multiplier` → a multiple of the
   method's default learning rate; "auto" keeps tunelab's default; given in
   `method.supervised.hyperparameters` or (deprecated by OpenAI) `hyperparameters`;
-- `suffix`, `seed`, `metadata` as OpenAI defines them.
+- `suffix`, `seed`, `metadata` as OpenAI defines them;
+- a fine-tuned model as `model` (`ft:...:ftjob-<id>`) continues that job: a new job starts from
+  its adapter (or weights), on its base model, with its method and LoRA settings unless given.
 
 tunelab's own settings are extra fields: any training spec field (`lora`, `max_steps`,
 `max_seq_length`, ...), `method` as a string ("lora", "qlora", "full") instead of OpenAI's
@@ -30,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.accounts.access import TeamAccess
 from app.api.deps import AccessDep, SessionDep
-from app.chat.model_names import checkpoint_model_id, fine_tuned_model_id, team_slug
+from app.chat.model_names import ModelNotFound, checkpoint_model_id, fine_tuned_job, fine_tuned_model_id, team_slug
 from app.contract.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
 from app.core.errors import InvalidField
 from app.core.tables import Job, JobState, Team, utcnow
@@ -125,8 +127,17 @@ def _file_number(value: str | None, param: str) -> int | None:
     return number
 
 
-def job_in(body: FineTuningJobSubmission) -> JobSubmission:
-    """The tunelab submission an OpenAI job request stands for; raises OpenAIError."""
+def _parent(session, access: TeamAccess, model: str) -> Job | None:
+    """The job a fine-tuned `model` continues; None for a base model."""
+    try:
+        return fine_tuned_job(session, access, model)
+    except ModelNotFound as error:
+        raise OpenAIError(400, str(error), param="model", code="model_not_found") from None
+
+
+def job_in(body: FineTuningJobSubmission, parent: Job | None = None) -> JobSubmission:
+    """The tunelab submission an OpenAI job request stands for (continuing `parent`, the job
+    whose fine-tuned model `model` names); raises OpenAIError."""
     if isinstance(body.method, OpenAIMethod) and body.method.type != "supervised":
         raise OpenAIError(
             400,
@@ -141,8 +152,13 @@ def job_in(body: FineTuningJobSubmission) -> JobSubmission:
     hyper, path = _hyperparameters(body)
     spec: dict[str, Any] = dict(body.model_extra or {})
     renames = dict(_PARAMS)
+    if parent is not None:  # the parent's adapter settings, unless given: its weights must fit them
+        parent_spec = TrainingSpec.model_validate(parent.spec)
+        if not isinstance(body.method, Method):
+            spec.setdefault("method", parent_spec.method.value)
+        spec.setdefault("lora", parent_spec.lora.model_dump(mode="json"))
     given = {
-        "base_model": body.model,
+        "base_model": parent.base_model if parent is not None else body.model,
         "seed": body.seed,
         "method": body.method.value if isinstance(body.method, Method) else None,
         "epochs": hyper.n_epochs,
@@ -176,6 +192,7 @@ def job_in(body: FineTuningJobSubmission) -> JobSubmission:
             team_id=body.team_id,
             queue=body.queue or JobSubmission.model_fields["queue"].default,
             metadata=body.metadata or {},
+            parent_job_id=parent.id if parent is not None else None,
         )
     except ValidationError as error:
         raise _invalid(error.errors(), renames) from None
@@ -241,7 +258,7 @@ def _team_name(session, job: Job) -> str:
 
 @router.post("/fine_tuning/jobs")
 def create_fine_tuning_job(body: FineTuningJobSubmission, access: AccessDep, session: SessionDep) -> dict:
-    submission = job_in(body)
+    submission = job_in(body, _parent(session, access, body.model))
     try:
         job = submit_job(session, access, submission)
     except InvalidField as error:
