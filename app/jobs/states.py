@@ -85,7 +85,7 @@ def transition(
     values: dict[str, Any] = dict(fields)
     if to == _RUNNING and job.started_at is None:
         values["started_at"] = utcnow()
-    if to.is_terminal:
+    if to.is_terminal or to == _PAUSED:  # no longer training
         values["steps_per_second"] = None
     if error is not None:
         values["error"] = error
