@@ -55,3 +55,36 @@ def test_weights_that_do_not_fit_the_model_are_a_clear_error(make_spec, colour_f
             models_dir=models_dir,
             start_from=first.final_dir,
         )
+
+
+def test_a_classifier_continues_only_with_the_labels_it_was_trained_on(make_spec, write_jsonl, models_dir, tmp_path):
+    rows = [{"text": f"the {word} day", "label": label} for word, label in [("sunny", "warm"), ("snowy", "cool")] * 8]
+    first = train(
+        make_spec(max_steps=1),
+        train_file=write_jsonl(tmp_path / "labels.jsonl", rows),
+        output_dir=tmp_path / "parent",
+        reporter=MemoryReporter(),
+        models_dir=models_dir,
+    )
+    relabelled = [{**row, "label": {"warm": "hot", "cool": "cold"}[row["label"]]} for row in rows]
+    with pytest.raises(ConfigurationError, match="trained with the labels cool, warm, and this dataset has the labels"):
+        train(
+            make_spec(max_steps=1),
+            train_file=write_jsonl(tmp_path / "relabelled.jsonl", relabelled),
+            output_dir=tmp_path / "child",
+            reporter=MemoryReporter(),
+            models_dir=models_dir,
+            start_from=first.final_dir,
+            start_from_name="job #1",
+        )
+    continued = MemoryReporter()
+    train(
+        make_spec(max_steps=1),
+        train_file=write_jsonl(tmp_path / "same.jsonl", rows),
+        output_dir=tmp_path / "same",
+        reporter=continued,
+        models_dir=models_dir,
+        start_from=first.final_dir,
+        start_from_name="job #1",
+    )
+    assert ("info", "Starting from the trained weights of job #1") in [(lvl, msg) for lvl, msg, _ in continued.events]

@@ -38,7 +38,15 @@ from . import data
 from .arguments import training_arguments
 from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
 from .errors import ConfigurationError, DatasetError, DiskFullError, OutOfMemoryError
-from .loading import DevicePlan, load_model, load_tokenizer, parameter_counts, plan_device, resolve_model
+from .loading import (
+    DevicePlan,
+    load_model,
+    load_tokenizer,
+    parameter_counts,
+    plan_device,
+    read_class_names,
+    resolve_model,
+)
 from .reporting import Reporter
 from .result import COMPLETED, STOPPED, TrainResult
 from .saving import merge_adapter, save_final
@@ -132,7 +140,7 @@ def prepare(
         trainable_parameters=trainable,
     )
     if start_from is not None:
-        _start_from(model, Path(start_from), start_from_name or Path(start_from).name, reporter)
+        _start_from(model, Path(start_from), start_from_name or Path(start_from).name, reporter, class_names)
 
     pack = spec.packing and task == data.Task.causal_lm
     train_dataset = _dataset(train_examples, pack=pack, max_length=spec.max_seq_length)
@@ -158,8 +166,14 @@ def prepare(
     )
 
 
-def _start_from(model, weights: Path, name: str, reporter: Reporter) -> None:
-    """Put the trained weights in `weights` into `model`; a ConfigurationError when they do not fit it."""
+def _start_from(model, weights: Path, name: str, reporter: Reporter, class_names: list[str] | None) -> None:
+    """Put the trained weights in `weights` into `model`; a ConfigurationError when they do not
+    fit it, or when a classifier's labels are not the ones those weights were trained on."""
+    trained_on = read_class_names(weights)
+    if trained_on != class_names:
+        had = f"the labels {', '.join(trained_on)}" if trained_on else "no labels (a language model)"
+        has = f"the labels {', '.join(class_names)}" if class_names else "no labels"
+        raise ConfigurationError(f"{name} was trained with {had}, and this dataset has {has}: they must be the same")
     try:
         load_checkpoint_weights(model, weights)
     except (RuntimeError, ValueError, KeyError, OSError) as error:
