@@ -142,7 +142,9 @@ def request_pause(session: Session, job: Job) -> Job:
     """A queued job is paused at once (no worker will start it until it is resumed); a running
     one is asked to stop at its next step, saving a checkpoint there (as a cancel does)."""
     if job.state == _QUEUED:
-        return transition(session, job, _PAUSED, message="Job paused before it started")
+        return transition(
+            session, job, _PAUSED, message="Job paused while queued: no worker takes it until it is resumed"
+        )
     if job.state == _RUNNING:
         return transition(session, job, _PAUSING, record_step=True)
     raise IllegalTransition("job", job.id, job.state, _PAUSED)

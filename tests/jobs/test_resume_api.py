@@ -108,7 +108,7 @@ def test_a_queued_job_pauses_at_once_and_a_running_one_at_its_next_step(acme, db
     assert paused.status_code == 200 and paused.json()["state"] == "paused"
     assert paused.json()["finished_at"] is None, "a paused job has not finished"
     assert acme.client.post(f"/api/jobs/{queued.id}/pause").json()["state"] == "paused", "asking twice is no error"
-    assert _messages(acme, queued.id)[-1] == "Job paused before it started"
+    assert _messages(acme, queued.id)[-1] == "Job paused while queued: no worker takes it until it is resumed"
     assert acme.client.post(f"/api/jobs/{queued.id}/resume").json()["state"] == "queued"
 
     running = job_in(JobState.running)
