@@ -210,12 +210,12 @@ def add_dataset(db, account, rows: list[dict], name: str = "colours.jsonl"):
     return dataset
 
 
-def add_job(db, account, state, name: str = "job"):
-    """A job row of the account's team in `state`, on a small dataset, as if it had got there
-    (no worker, no broker): for tests of what comes after."""
+def add_job(db, account, state, name: str = "job", dataset=None):
+    """A job row of the account's team in `state`, on a small dataset (a new one unless given),
+    as if it had got there (no worker, no broker): for tests of what comes after."""
     from app.core.tables import Job
 
-    dataset = add_dataset(db, account, chat_rows(6))
+    dataset = dataset or add_dataset(db, account, chat_rows(6))
     job = Job(
         team_id=account.team_id,
         created_by_id=account.user_id,

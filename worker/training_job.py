@@ -19,7 +19,7 @@ from app.core.database import session_scope
 from app.core.queue import enqueue_job
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
 from app.core.worker_registry import set_current_job
-from app.jobs.artifacts import job_output_key, record_artifact
+from app.jobs.artifacts import final_weights, job_output_key, record_artifact
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from worker.database_reporter import DatabaseReporter
@@ -39,6 +39,8 @@ class Claimed:
     dataset_name: str | None
     validation_key: str | None
     attempt: int
+    parent_job_id: int | None = None
+    parent_weights_key: str | None = None  # the blob of the adapter (or weights) a continued job starts from
 
 
 def claim(job_id: int, owner: str) -> Claimed | None:
@@ -54,6 +56,9 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             if job.state == JobState.cancelling:
                 transition(session, job, JobState.cancelled, message="Job cancelled before it resumed")
                 return None
+            if job.state == JobState.pausing:
+                transition(session, job, JobState.paused, message="Job paused before it resumed")
+                return None
             if job.state == JobState.running:
                 if not is_orphaned(job, stale_after_s=settings.worker_stale_after_s):
                     log.info("job %s is running on %s; dropping a duplicate message", job_id, job.worker)
@@ -64,7 +69,10 @@ def claim(job_id: int, owner: str) -> Claimed | None:
                 return None
             attempt = job.attempts + 1
             where = f"on {owner.rpartition(':')[0]}"
-            message = f"Training started {where}" if attempt == 1 else f"Training resumed {where} (attempt {attempt})"
+            if attempt > 1:
+                message = f"Training resumed {where} (attempt {attempt})"
+            else:  # a first attempt, or the first since a user resumed the job from a checkpoint
+                message = f"Training resumed {where} from step {job.step}" if job.step else f"Training started {where}"
             transition(
                 session, job, JobState.running, message=message, worker=owner, attempts=attempt, heartbeat_at=utcnow()
             )
@@ -74,6 +82,8 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             return None
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         validation = session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
+        parent = session.get(Job, job.parent_job_id) if job.parent_job_id else None
+        parent_weights = final_weights(session, parent) if parent is not None else None
         return Claimed(
             job_id=job.id,
             spec=TrainingSpec.model_validate(job.spec),
@@ -81,6 +91,8 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             dataset_name=dataset.name if dataset else None,
             validation_key=validation.blob_key if validation else None,
             attempt=attempt,
+            parent_job_id=job.parent_job_id,
+            parent_weights_key=parent_weights.blob_key if parent_weights else None,
         )
 
 
@@ -94,6 +106,17 @@ def _input_file(store: BlobStore, key: str | None, what: str) -> Path:
     if key is None or not store.exists(key):
         raise JobInputError(f"The {what} dataset no longer exists (it was deleted after the job was created).")
     return store.path(key)
+
+
+def _parent_weights(store: BlobStore, claimed: Claimed) -> Path | None:
+    """The adapter (or weights) folder a continued job starts from, through the blob store."""
+    if claimed.parent_job_id is None:
+        return None
+    if claimed.parent_weights_key is None or not store.exists(claimed.parent_weights_key):
+        raise JobInputError(
+            f"The adapter (or weights) of job #{claimed.parent_job_id}, which this job continues, no longer exists."
+        )
+    return store.path(claimed.parent_weights_key)
 
 
 def run_job(job_id: int) -> None:
@@ -111,6 +134,7 @@ def run_job(job_id: int) -> None:
     try:
         train_file = _input_file(store, claimed.dataset_key, "training")
         eval_file = _input_file(store, claimed.validation_key, "validation") if claimed.validation_key else None
+        start_from = _parent_weights(store, claimed)
         result = ml.train(
             claimed.spec,
             train_file=train_file,
@@ -119,6 +143,8 @@ def run_job(job_id: int) -> None:
             output_dir=store.path(job_output_key(job_id)),
             models_dir=settings.models_path,
             dataset_name=claimed.dataset_name,
+            start_from=start_from,
+            start_from_name=f"job #{claimed.parent_job_id}" if start_from else None,
         )
     except ml.DiskFullError as failure:  # the machine's fault, not the job's: try again from the checkpoint
         error, retry = str(failure), True
@@ -157,7 +183,7 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                 requeue = True
             elif error is not None:
                 transition(session, job, JobState.failed, error=error)
-            elif result.completed and job.state == JobState.running:
+            elif result.completed and job.state in (JobState.running, JobState.pausing):
                 _record_outputs(session, job, claimed, store, result)
                 transition(
                     session,
@@ -174,6 +200,13 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                     job,
                     JobState.cancelled,
                     message=f"Job cancelled at step {result.step}; its checkpoints are kept",
+                )
+            elif job.state == JobState.pausing:
+                transition(
+                    session,
+                    job,
+                    JobState.paused,
+                    message=f"Job paused at step {result.step}; resuming continues from the checkpoint there",
                 )
             elif job.state == JobState.running:
                 # Stopped without a cancel: this worker is shutting down. Another one resumes it.

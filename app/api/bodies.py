@@ -111,6 +111,7 @@ class JobOut(BaseModel):
     dataset_id: int | None
     validation_dataset_id: int | None
     queue: str
+    parent_job_id: int | None = Field(description="The succeeded job this one continues from")
     spec: dict
     metadata: dict
     error: str | None
@@ -145,6 +146,7 @@ class JobOut(BaseModel):
             dataset_id=job.dataset_id,
             validation_dataset_id=job.validation_dataset_id,
             queue=job.queue,
+            parent_job_id=job.parent_job_id,
             spec=job.spec,
             metadata=job.user_metadata,
             error=job.error,

@@ -1,4 +1,4 @@
-"""Fine-tuning jobs: launch, estimate, list, inspect, cancel; their events, metrics and artifacts.
+"""Fine-tuning jobs: launch, estimate, list, inspect, cancel, pause, resume; their events, metrics and artifacts.
 The live streams are in `app.api.streams`."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from app.core.tables import Artifact, Job, JobEvent, JobMetric, JobState
 from app.core.worker_registry import served_queues
 from app.jobs import artifacts, timeline
 from app.jobs.queries import list_jobs as query_jobs
-from app.jobs.submission import JobSubmission, cancel_job, estimate_job_memory, submit_job
+from app.jobs.submission import JobSubmission, cancel_job, estimate_job_memory, pause_job, resume_job, submit_job
 from app.jobs.workers import job_queue_warning, queue_warning
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -64,6 +64,20 @@ def get_job(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
     job = cancel_job(session, access, job_id)
+    return JobOut.of(job, warning=job_queue_warning(session, job))
+
+
+@router.post("/jobs/{job_id}/pause", response_model=JobOut)
+def pause(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
+    """A queued job pauses at once; a running one stops at its next step, keeping a checkpoint there."""
+    job = pause_job(session, access, job_id)
+    return JobOut.of(job, warning=job_queue_warning(session, job))
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobOut)
+def resume(job_id: int, access: AccessDep, session: SessionDep) -> JobOut:
+    """A cancelled, failed or paused job goes back to the queue and continues from its last checkpoint."""
+    job = resume_job(session, access, job_id)
     return JobOut.of(job, warning=job_queue_warning(session, job))
 
 

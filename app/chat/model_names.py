@@ -117,3 +117,17 @@ def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) 
         if model is not None:
             found.append((job, model, job.state != JobState.succeeded))
     return found
+
+
+def fine_tuned_job(session: Session, access: TeamAccess, name: str) -> Job | None:
+    """The succeeded job of the caller's teams that the fine-tuned model `name` is
+    (`ft:...:ftjob-<id>`, no checkpoint): what OpenAI's API fine-tunes further when it is given
+    as the base model. None when `name` is no such name (a base model's, say); ModelNotFound
+    for one that names no job of the caller's teams, or not exactly."""
+    match = _FINE_TUNED.fullmatch(name)
+    if match is None or match["step"] is not None:
+        return None
+    job = access.find(session, Job, int(match["job"]))
+    if job is None or fine_tuned_model_id(job, session.get(Team, job.team_id).name) != name:
+        raise ModelNotFound(name)
+    return job

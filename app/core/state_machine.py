@@ -33,7 +33,7 @@ class IllegalTransition(RuntimeError):
 
 @dataclass(frozen=True)
 class StateMachine(Generic[StateT]):
-    table: Any  # an ORM class with id, state, updated_at and finished_at columns
+    table: Any  # an ORM class with id, state, updated_at and finished_at columns; states have `is_terminal`
     transitions: Mapping[StateT, frozenset[StateT]]
     what: str  # how messages name a row: "job", "completion"
 
@@ -42,12 +42,13 @@ class StateMachine(Generic[StateT]):
 
     def update_if(self, session: Session, row_id: int, states: Iterable[StateT], **values: Any) -> bool:
         """Write `values` (and `updated_at`) if the row is in one of `states`; True when it was.
-        A `state` among the values that is terminal also sets `finished_at`."""
+        A `state` among the values that is terminal (`is_terminal`) sets `finished_at`, and any
+        other clears it (a finished job that is resumed has not finished any more)."""
         now = utcnow()
         values = {"updated_at": now, **values}
         to = values.get("state")
-        if to is not None and not self.transitions[to]:
-            values["finished_at"] = now
+        if to is not None:
+            values["finished_at"] = now if to.is_terminal else None
         table = self.table
         statement = update(table).where(table.id == row_id, table.state.in_(list(states))).values(**values)
         return session.execute(statement).rowcount == 1

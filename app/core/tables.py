@@ -77,6 +77,8 @@ class JobState(str, enum.Enum):
     queued = "queued"
     running = "running"
     cancelling = "cancelling"
+    pausing = "pausing"  # asked to pause: stops at its next step, with a checkpoint there
+    paused = "paused"  # stopped with its checkpoint, until someone resumes it
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -218,6 +220,8 @@ class Job(Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
     validation_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     queue: Mapped[str] = mapped_column(String(64), default="default")
+    # The succeeded job whose adapter (or weights) this one starts from and keeps training.
+    parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
     error: Mapped[str | None] = mapped_column(Text)

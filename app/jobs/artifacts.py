@@ -89,10 +89,10 @@ def all_artifacts(session: Session, job_id: int) -> list[Artifact]:
 
 
 def final_weights(session: Session, job: Job) -> Artifact | None:
-    """The adapter (or full model) to hand out: the final one, or for a cancelled or failed
-    job its latest checkpoint, which holds the adapter too."""
+    """The adapter (or full model) to hand out: the final one, or for a cancelled, failed or
+    paused job its latest checkpoint, which holds the adapter too."""
     final = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.kind.in_(FINAL_KINDS)))
-    if final is not None or job.state not in (JobState.cancelled, JobState.failed):
+    if final is not None or job.state not in (JobState.cancelled, JobState.failed, JobState.paused):
         return final
     latest = checkpoints(session, job.id, newest_first=True)
     return latest[0] if latest else None

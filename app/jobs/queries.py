@@ -71,3 +71,9 @@ def loss_outlines(session: Session, job_ids: list[int], points: int = 60) -> dic
         if values.get("loss") is not None:
             series[job_id].append((step, values["loss"]))
     return {job_id: sorted(outline) for job_id, outline in series.items()}
+
+
+def continuations(session: Session, job: Job) -> list[Job]:
+    """The jobs that continue `job` (started from its adapter or weights), oldest first."""
+    query = select(Job).where(Job.parent_job_id == job.id, Job.team_id == job.team_id).order_by(Job.id)
+    return list(session.scalars(query))

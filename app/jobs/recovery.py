@@ -21,7 +21,7 @@ from app.core.tables import Job, JobState, utcnow
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from app.jobs.timeline import add_event
 
-_ACTIVE = (JobState.running, JobState.cancelling)
+_ACTIVE = (JobState.running, JobState.cancelling, JobState.pausing)
 
 
 def worker_identity(pid: int) -> str:
@@ -49,7 +49,7 @@ def _owner_is_dead_here(owner: str | None) -> bool:
 
 
 def is_orphaned(job: Job, *, stale_after_s: float) -> bool:
-    """A running (or cancelling) job whose worker is gone: a dead process on this host, or
+    """A running (or cancelling, or pausing) job whose worker is gone: a dead process on this host, or
     no heartbeat for `stale_after_s`."""
     if job.state not in _ACTIVE:
         return False
@@ -65,6 +65,10 @@ def recover_orphan(session: Session, job: Job, *, max_attempts: int) -> bool:
     compare-and-set, so of two reapers only one acts."""
     if job.state == JobState.cancelling:
         transition(session, job, JobState.cancelled, message="Job cancelled (its worker stopped while cancelling)")
+        return False
+    if job.state == JobState.pausing:
+        message = "Job paused (its worker stopped while pausing); resuming continues from its last checkpoint"
+        transition(session, job, JobState.paused, message=message)
         return False
     where = f"at step {job.step}" if job.step else "before the first step"
     crashes = job.crashes + 1

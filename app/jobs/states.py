@@ -2,8 +2,12 @@
 
     queued ──> running ──> succeeded | failed
       │           │  └───> queued            (its worker died: retried from the last checkpoint)
-      │           └──────> cancelling ──> cancelled | failed
-      └──> cancelled | failed
+      │           ├──────> cancelling ──> cancelled | failed
+      │           └──────> pausing ──> paused | succeeded | failed | cancelling
+      └──> cancelled | failed | paused
+
+    cancelled | failed | paused ──> queued   (resumed: from the last checkpoint, with fresh attempts)
+    paused ──> cancelled
 
 Each change is a compare-and-set on the current state (`app.core.state_machine`) and is
 also a job event, which the live streams carry.
@@ -20,23 +24,38 @@ from app.core.state_machine import IllegalTransition, StateMachine
 from app.core.tables import Job, JobState, utcnow
 from app.jobs.timeline import add_event
 
-__all__ = ["JOB_STATES", "IllegalTransition", "back_to_queue", "request_cancel", "transition"]
+__all__ = [
+    "JOB_STATES",
+    "RESUMABLE",
+    "IllegalTransition",
+    "back_to_queue",
+    "reopen",
+    "request_cancel",
+    "request_pause",
+    "transition",
+]
 
 _QUEUED, _RUNNING, _CANCELLING = JobState.queued, JobState.running, JobState.cancelling
 _SUCCEEDED, _FAILED, _CANCELLED = JobState.succeeded, JobState.failed, JobState.cancelled
+_PAUSING, _PAUSED = JobState.pausing, JobState.paused
 
 JOB_STATES = StateMachine(
     Job,
     {
-        _QUEUED: frozenset({_RUNNING, _CANCELLED, _FAILED}),
-        _RUNNING: frozenset({_SUCCEEDED, _FAILED, _CANCELLING, _QUEUED}),
+        _QUEUED: frozenset({_RUNNING, _CANCELLED, _FAILED, _PAUSED}),
+        _RUNNING: frozenset({_SUCCEEDED, _FAILED, _CANCELLING, _QUEUED, _PAUSING}),
         _CANCELLING: frozenset({_CANCELLED, _FAILED}),
+        # The step that the pause met may be the last one: the run then finishes.
+        _PAUSING: frozenset({_PAUSED, _SUCCEEDED, _FAILED, _CANCELLING}),
+        _PAUSED: frozenset({_QUEUED, _CANCELLED}),
         _SUCCEEDED: frozenset(),
-        _FAILED: frozenset(),
-        _CANCELLED: frozenset(),
+        _FAILED: frozenset({_QUEUED}),
+        _CANCELLED: frozenset({_QUEUED}),
     },
     what="job",
 )
+# The states a user may resume a job from: it goes back to the queue and continues from its last checkpoint.
+RESUMABLE = frozenset({_CANCELLED, _FAILED, _PAUSED})
 
 _STATE_MESSAGES = {
     _RUNNING: "Training started",
@@ -45,6 +64,8 @@ _STATE_MESSAGES = {
     _CANCELLING: "Cancelling: training stops at the next step",
     _CANCELLED: "Job cancelled",
     _QUEUED: "Job queued",
+    _PAUSING: "Pausing: training stops at the next step, with a checkpoint there",
+    _PAUSED: "Job paused",
 }
 
 
@@ -64,10 +85,12 @@ def transition(
     values: dict[str, Any] = dict(fields)
     if to == _RUNNING and job.started_at is None:
         values["started_at"] = utcnow()
-    if to.is_terminal:
+    if to.is_terminal or to == _PAUSED:  # no longer training
         values["steps_per_second"] = None
     if error is not None:
         values["error"] = error
+    elif to == _QUEUED:
+        values["error"] = None  # a job back in the queue carries no error (a resumed failed job)
     if not JOB_STATES.move(session, job.id, from_states=[current], to=to, **values):
         session.refresh(job)
         raise IllegalTransition("job", job.id, job.state, to)
@@ -89,6 +112,15 @@ def back_to_queue(session: Session, job: Job, *, message: str, **fields: Any) ->
     )
 
 
+def reopen(session: Session, job: Job, *, message: str, step: int) -> Job:
+    """A cancelled, failed or paused job goes back to the queue, to continue from its checkpoint at
+    `step` (0: from the start). A user's resume is a new start: the attempts and crashes counted
+    so far are forgotten, and so is the old error (the event before this one keeps it)."""
+    if job.state not in RESUMABLE:
+        raise IllegalTransition("job", job.id, job.state, _QUEUED)
+    return back_to_queue(session, job, message=message, step=step, attempts=0, crashes=0)
+
+
 def request_cancel(session: Session, job: Job) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step.
 
@@ -99,6 +131,20 @@ def request_cancel(session: Session, job: Job) -> Job:
     at that step or at the one then in progress."""
     if job.state == _QUEUED:
         return transition(session, job, _CANCELLED, message="Job cancelled before it started")
-    if job.state == _RUNNING:
+    if job.state in (_RUNNING, _PAUSING):
         return transition(session, job, _CANCELLING, record_step=True)
+    if job.state == _PAUSED:
+        return transition(session, job, _CANCELLED, message="Job cancelled while paused; its checkpoints are kept")
     raise IllegalTransition("job", job.id, job.state, _CANCELLED)
+
+
+def request_pause(session: Session, job: Job) -> Job:
+    """A queued job is paused at once (no worker will start it until it is resumed); a running
+    one is asked to stop at its next step, saving a checkpoint there (as a cancel does)."""
+    if job.state == _QUEUED:
+        return transition(
+            session, job, _PAUSED, message="Job paused while queued: no worker takes it until it is resumed"
+        )
+    if job.state == _RUNNING:
+        return transition(session, job, _PAUSING, record_step=True)
+    raise IllegalTransition("job", job.id, job.state, _PAUSED)

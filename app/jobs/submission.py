@@ -1,5 +1,9 @@
-"""Launching and cancelling a job: the checks a submission must pass, the queued row, the
-hand-over to the workers. Behind POST /api/jobs, OpenAI's fine-tuning API and the pages."""
+"""Launching, cancelling, pausing and resuming a job: the checks a submission must pass, the
+queued row, the hand-over to the workers. Behind POST /api/jobs, OpenAI's fine-tuning API and
+the pages.
+
+A job can continue a succeeded one (`parent_job_id`): it starts from the parent's adapter (or
+weights) and trains them further, on the same base model, with its own data and epochs."""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from app.chat.catalog import find_model
 from app.config import get_settings
 from app.contract.formats import CLASSIFICATION
 from app.contract.spec import TrainingSpec
+from app.core.blobs import blob_store
 from app.core.errors import Conflict, InvalidField
 from app.core.queue import commit_then_enqueue, enqueue_job
 from app.core.tables import Dataset, Job, JobState
+from app.jobs.artifacts import checkpoints, final_weights, merged_model
 from app.jobs.memory_estimate import estimate_memory, gpu_targets
-from app.jobs.states import IllegalTransition, request_cancel, transition
+from app.jobs.states import RESUMABLE, IllegalTransition, reopen, request_cancel, request_pause, transition
 from app.jobs.timeline import add_event
 from app.jobs.workers import live_gpus
 
@@ -40,6 +46,11 @@ class JobSubmission(BaseModel):
     team_id: int | None = Field(None, description="Team to run in (default: your team, if you have one).")
     queue: str = Field("default", pattern=QUEUE_PATTERN, description="Workers serving this queue take the job.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Up to 16 key-value pairs of your own.")
+    parent_job_id: int | None = Field(
+        None,
+        description="Continue a succeeded job of the same team and base model: start from its adapter (or "
+        "weights) and keep training them, with this job's data and epochs.",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -93,7 +104,44 @@ def check_submission(session: Session, submission: JobSubmission, team_id: int) 
         )
     if spec.eval_steps is not None and not has_eval:
         raise InvalidField(("spec", "eval_steps"), "evaluation needs a validation dataset or an eval split")
+    if submission.parent_job_id is not None:
+        check_parent(session, team_id, submission.parent_job_id, spec)
     return dataset
+
+
+# LoRA settings that shape the adapter's weights: a continued job must keep its parent's.
+_ADAPTER_SHAPE = ("r", "alpha", "target_modules", "use_dora")
+
+
+def check_parent(session: Session, team_id: int, parent_job_id: int, spec: TrainingSpec) -> Job:
+    """The job a new one continues: a succeeded job of the same team, on the same base model
+    and method (and, for adapters, the same adapter shape), whose adapter or weights are still
+    stored. Raises InvalidField beside the field at fault."""
+    parent = session.scalar(select(Job).where(Job.id == parent_job_id, Job.team_id == team_id))
+    if parent is None:
+        raise InvalidField(("parent_job_id",), "job not found in this team")
+    if parent.state != JobState.succeeded:
+        raise InvalidField(
+            ("parent_job_id",), f"only a succeeded job can be continued; job {parent.id} is {parent.state.value}"
+        )
+    if spec.base_model != parent.base_model:
+        raise InvalidField(
+            ("spec", "base_model"), f"a continued job keeps its parent's base model ({parent.base_model})"
+        )
+    if spec.method.value != parent.method:
+        raise InvalidField(("spec", "method"), f"a continued job keeps its parent's method ({parent.method})")
+    if spec.uses_adapter:
+        parent_lora = TrainingSpec.model_validate(parent.spec).lora
+        for name in _ADAPTER_SHAPE:
+            if getattr(spec.lora, name) != getattr(parent_lora, name):
+                raise InvalidField(
+                    ("spec", "lora", name),
+                    f"a continued job keeps its parent's adapter: lora.{name} must be {getattr(parent_lora, name)!r}",
+                )
+    weights = final_weights(session, parent)
+    if weights is None or not blob_store().exists(weights.blob_key):
+        raise InvalidField(("parent_job_id",), f"job {parent.id}'s adapter or weights are no longer stored")
+    return parent
 
 
 def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) -> Job:
@@ -115,17 +163,69 @@ def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) 
         validation_dataset_id=submission.validation_dataset_id,
         queue=submission.queue,
         user_metadata=submission.metadata,
+        parent_job_id=submission.parent_job_id,
     )
     session.add(job)
     session.flush()
-    add_event(session, job, f"Job created by {access.user.email}", state=JobState.queued.value)
-    broker_down = "The job queue (broker) could not be reached; nothing was started. Try again when /healthz is ok."
+    created = f"Job created by {access.user.email}"
+    if job.parent_job_id is not None:
+        created += f", continuing job #{job.parent_job_id} from its {'adapter' if spec.uses_adapter else 'weights'}"
+    add_event(session, job, created, state=JobState.queued.value, parent_job_id=job.parent_job_id)
+    _enqueue(session, job)
+    return job
+
+
+_BROKER_DOWN = "The job queue (broker) could not be reached; nothing was started. Try again when /healthz is ok."
+
+
+def _enqueue(session: Session, job: Job) -> None:
+    """Commit the queued job and hand it to the workers; Unavailable (and the job failed) when the broker is down."""
     commit_then_enqueue(
         session,
         lambda: enqueue_job(job.id, job.queue),
-        on_failure=lambda: transition(session, job, JobState.failed, error=broker_down),
+        on_failure=lambda: transition(session, job, JobState.failed, error=_BROKER_DOWN),
         message="the job queue is unreachable; the job was not started",
     )
+
+
+def resume_job(session: Session, access: TeamAccess, job_id: int) -> Job:
+    """Put a cancelled, failed or paused job back in the queue: the same job, whose loss curve
+    continues from its last kept checkpoint (from step 0 when it has none, and the event says
+    so), with fresh attempts. Conflict for a job in any other state, or whose dataset is gone."""
+    job = access.get(session, Job, job_id, write=True)
+    if job.state not in RESUMABLE:
+        raise Conflict(f"only a cancelled, failed or paused job can be resumed; this one is {job.state.value}")
+    if job.dataset_id is None:
+        raise Conflict("the job's training dataset was deleted: it cannot be resumed (launch a new job instead)")
+    store = blob_store()
+    kept = [c for c in checkpoints(session, job.id, newest_first=True) if store.exists(c.blob_key)]
+    step = kept[0].step if kept else 0
+    where = (
+        f"training continues from the checkpoint at step {step}"
+        if kept
+        else "no checkpoint was kept, so training starts again from step 0"
+    )
+    try:
+        reopen(session, job, step=step, message=f"Resumed by {access.user.email}: {where}")
+    except IllegalTransition:  # changed since it was read
+        raise Conflict(f"the job is {job.state.value} now; it cannot be resumed") from None
+    if (merged := merged_model(session, job)) is not None:
+        # Built from a checkpoint that training now goes past: it would be handed out as the final model.
+        store.delete(merged.blob_key)
+        session.delete(merged)
+    _enqueue(session, job)
+    return job
+
+
+def pause_job(session: Session, access: TeamAccess, job_id: int) -> Job:
+    """Pause a queued or running job (a running one stops at its next step, with a checkpoint
+    there); asking twice is not an error, asking after it has finished is (Conflict)."""
+    job = access.get(session, Job, job_id, write=True)
+    try:
+        request_pause(session, job)
+    except IllegalTransition:
+        if job.state not in (JobState.pausing, JobState.paused):
+            raise Conflict(f"only a queued or running job can be paused; this one is {job.state.value}") from None
     return job
 
 

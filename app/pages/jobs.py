@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from app.api.bodies import ArtifactOut, JobEventOut, JobOut, MetricOut
@@ -12,7 +14,7 @@ from app.contract.spec import TrainingSpec
 from app.core.tables import Dataset, Job
 from app.datasets.team_datasets import list_datasets
 from app.jobs import artifacts, timeline
-from app.jobs.queries import list_jobs
+from app.jobs.queries import continuations, list_jobs
 from app.jobs.workers import job_queue_warning
 from app.pages.rendering import page_json, render
 
@@ -31,9 +33,16 @@ def _model_choice(model) -> dict:
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
-def new_job(request: Request, access: PageAccessDep, session: SessionDep, clone: int | None = None):
+def new_job(
+    request: Request,
+    access: PageAccessDep,
+    session: SessionDep,
+    clone: int | None = None,
+    continue_from: Annotated[int | None, Query(alias="continue")] = None,
+):
+    """The launch form; `clone` prefills it from a job, `continue` from a succeeded job that the new one continues."""
     team_id = access.preferred_team_id if access.preferred_team_id in access.roles else None
-    template = access.get(session, Job, clone) if clone else None
+    template = access.get(session, Job, continue_from or clone) if (continue_from or clone) else None
     clone_of = None
     if template is not None:
         clone_of = {
@@ -42,6 +51,10 @@ def new_job(request: Request, access: PageAccessDep, session: SessionDep, clone:
             "queue": template.queue,
             "validation_dataset_id": template.validation_dataset_id,
         }
+    parent = None
+    if continue_from is not None:
+        parent = {"id": template.id, "name": template.name, "method": template.method, "state": template.state.value}
+        team_id = template.team_id
     data = {
         "models": [_model_choice(model) for model in list_local_models()],
         "datasets": [
@@ -50,6 +63,7 @@ def new_job(request: Request, access: PageAccessDep, session: SessionDep, clone:
         ],
         "schema": TrainingSpec.model_json_schema(),
         "clone": clone_of,
+        "parent": parent,
         "team_id": team_id,
     }
     return render(request, "new_job.html", access=access, session=session, active="new-job", data=page_json(data))
@@ -82,6 +96,7 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
         active="dashboard",
         job=job,
         queue_warning=warning,
+        continued_as=continuations(session, job),
         data=page_json(data),
     )
 

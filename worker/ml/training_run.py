@@ -37,8 +37,16 @@ from app.contract.spec import TrainingSpec
 from . import data
 from .arguments import training_arguments
 from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
-from .errors import DatasetError, DiskFullError, OutOfMemoryError
-from .loading import DevicePlan, load_model, load_tokenizer, parameter_counts, plan_device, resolve_model
+from .errors import ConfigurationError, DatasetError, DiskFullError, OutOfMemoryError
+from .loading import (
+    DevicePlan,
+    load_model,
+    load_tokenizer,
+    parameter_counts,
+    plan_device,
+    read_class_names,
+    resolve_model,
+)
 from .reporting import Reporter
 from .result import COMPLETED, STOPPED, TrainResult
 from .saving import merge_adapter, save_final
@@ -81,9 +89,14 @@ def prepare(
     eval_file: Path | None = None,
     models_dir: Path | None = None,
     dataset_name: str | None = None,
+    start_from: Path | None = None,
+    start_from_name: str | None = None,
 ) -> Prepared:
     """Tokenizer, data (tokenized, split, packed) and model, with an event for each.
-    `dataset_name` is what events call the training file (default: its file name)."""
+    `dataset_name` is what events call the training file (default: its file name).
+    `start_from`: a folder of trained weights (an adapter in PEFT format, or a full model's
+    safetensors) put into the model before training, to keep training them; events call it
+    `start_from_name`."""
     plan = plan_device(spec)
     source = resolve_model(spec.base_model, models_dir)
     tokenizer = load_tokenizer(source)
@@ -126,6 +139,8 @@ def prepare(
         parameters=total,
         trainable_parameters=trainable,
     )
+    if start_from is not None:
+        _start_from(model, Path(start_from), start_from_name or Path(start_from).name, reporter, class_names)
 
     pack = spec.packing and task == data.Task.causal_lm
     train_dataset = _dataset(train_examples, pack=pack, max_length=spec.max_seq_length)
@@ -162,6 +177,24 @@ def prepare(
         truncated_rows=truncated_rows,
         class_names=class_names,
     )
+
+
+def _start_from(model, weights: Path, name: str, reporter: Reporter, class_names: list[str] | None) -> None:
+    """Put the trained weights in `weights` into `model`; a ConfigurationError when they do not
+    fit it, or when a classifier's labels are not the ones those weights were trained on."""
+    trained_on = read_class_names(weights)
+    if trained_on != class_names:
+        had = f"the labels {', '.join(trained_on)}" if trained_on else "no labels (a language model)"
+        has = f"the labels {', '.join(class_names)}" if class_names else "no labels"
+        raise ConfigurationError(f"{name} was trained with {had}, and this dataset has {has}: they must be the same")
+    try:
+        load_checkpoint_weights(model, weights)
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        raise ConfigurationError(
+            f"The weights of {name} do not fit this job's model (same base model, method and adapter settings "
+            f"are needed): {error}"
+        ) from error
+    reporter.event(f"Starting from the trained weights of {name}", start_from=name)
 
 
 def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, max_length: int) -> None:
@@ -237,8 +270,11 @@ def train(
     models_dir: Path | None = None,
     resume: bool = True,
     dataset_name: str | None = None,
+    start_from: Path | None = None,
+    start_from_name: str | None = None,
 ) -> TrainResult:
-    """Train `spec` on `train_file`, from the latest checkpoint in `output_dir` when there is one."""
+    """Train `spec` on `train_file`, from the latest checkpoint in `output_dir` when there is one.
+    `start_from` (a trained adapter or model folder) continues an earlier run's weights: see `prepare`."""
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     if not resume:
@@ -255,6 +291,8 @@ def train(
         eval_file=eval_file,
         models_dir=models_dir,
         dataset_name=dataset_name,
+        start_from=start_from,
+        start_from_name=start_from_name,
     )
     trainer, callback = build_trainer(prepared, checkpoint_dir, reporter)
     with _training_memory(spec, prepared.plan), _disk_space(checkpoint_dir):

@@ -7,14 +7,19 @@ parameters map onto the training spec:
 - `n_epochs` → epochs, `batch_size` → batch_size, `learning_rate_multiplier` → a multiple of the
   method's default learning rate; "auto" keeps tunelab's default; given in
   `method.supervised.hyperparameters` or (deprecated by OpenAI) `hyperparameters`;
-- `suffix`, `seed`, `metadata` as OpenAI defines them.
+- `suffix`, `seed`, `metadata` as OpenAI defines them;
+- a fine-tuned model as `model` (`ft:...:ftjob-<id>`) continues that job: a new job starts from
+  its adapter (or weights), on its base model, with its method and LoRA settings unless given.
 
 tunelab's own settings are extra fields: any training spec field (`lora`, `max_steps`,
 `max_seq_length`, ...), `method` as a string ("lora", "qlora", "full") instead of OpenAI's
 method object, and `queue`, `team_id`, `name`.
 
-Statuses: queued, running, succeeded, failed and cancelled as tunelab's; a job asked to
-cancel reads `cancelled` at once (as OpenAI's cancel does), while it stops at its next step.
+Statuses: queued, running, succeeded, failed, cancelled and paused as tunelab's; a job asked to
+cancel reads `cancelled` at once (as OpenAI's cancel does), while it stops at its next step, and
+one asked to pause reads `paused` at once likewise. `pause` stops a running job at its next step
+with a checkpoint there; `resume` puts a paused job (or a cancelled or failed one) back in the
+queue, to continue from that checkpoint.
 """
 
 from __future__ import annotations
@@ -27,14 +32,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.accounts.access import TeamAccess
 from app.api.deps import AccessDep, SessionDep
-from app.chat.model_names import checkpoint_model_id, fine_tuned_model_id, team_slug
+from app.chat.model_names import ModelNotFound, checkpoint_model_id, fine_tuned_job, fine_tuned_model_id, team_slug
 from app.contract.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
 from app.core.errors import InvalidField
 from app.core.tables import Job, JobState, Team, utcnow
 from app.core.worker_registry import served_queues
 from app.jobs.artifacts import checkpoints_before
 from app.jobs.queries import eta_seconds, list_jobs
-from app.jobs.submission import JobSubmission, cancel_job, submit_job
+from app.jobs.submission import JobSubmission, cancel_job, pause_job, resume_job, submit_job
 from app.jobs.timeline import events_newest_first, values_at
 from app.jobs.workers import job_queue_warning, queue_warning
 
@@ -49,6 +54,8 @@ _STATUS = {
     JobState.queued: "queued",
     JobState.running: "running",
     JobState.cancelling: "cancelled",
+    JobState.pausing: "paused",
+    JobState.paused: "paused",
     JobState.succeeded: "succeeded",
     JobState.failed: "failed",
     JobState.cancelled: "cancelled",
@@ -122,8 +129,17 @@ def _file_number(value: str | None, param: str) -> int | None:
     return number
 
 
-def job_in(body: FineTuningJobSubmission) -> JobSubmission:
-    """The tunelab submission an OpenAI job request stands for; raises OpenAIError."""
+def _parent(session, access: TeamAccess, model: str) -> Job | None:
+    """The job a fine-tuned `model` continues; None for a base model."""
+    try:
+        return fine_tuned_job(session, access, model)
+    except ModelNotFound as error:
+        raise OpenAIError(400, str(error), param="model", code="model_not_found") from None
+
+
+def job_in(body: FineTuningJobSubmission, parent: Job | None = None) -> JobSubmission:
+    """The tunelab submission an OpenAI job request stands for (continuing `parent`, the job
+    whose fine-tuned model `model` names); raises OpenAIError."""
     if isinstance(body.method, OpenAIMethod) and body.method.type != "supervised":
         raise OpenAIError(
             400,
@@ -138,8 +154,13 @@ def job_in(body: FineTuningJobSubmission) -> JobSubmission:
     hyper, path = _hyperparameters(body)
     spec: dict[str, Any] = dict(body.model_extra or {})
     renames = dict(_PARAMS)
+    if parent is not None:  # the parent's adapter settings, unless given: its weights must fit them
+        parent_spec = TrainingSpec.model_validate(parent.spec)
+        if not isinstance(body.method, Method):
+            spec.setdefault("method", parent_spec.method.value)
+        spec.setdefault("lora", parent_spec.lora.model_dump(mode="json"))
     given = {
-        "base_model": body.model,
+        "base_model": parent.base_model if parent is not None else body.model,
         "seed": body.seed,
         "method": body.method.value if isinstance(body.method, Method) else None,
         "epochs": hyper.n_epochs,
@@ -173,6 +194,7 @@ def job_in(body: FineTuningJobSubmission) -> JobSubmission:
             team_id=body.team_id,
             queue=body.queue or JobSubmission.model_fields["queue"].default,
             metadata=body.metadata or {},
+            parent_job_id=parent.id if parent is not None else None,
         )
     except ValidationError as error:
         raise _invalid(error.errors(), renames) from None
@@ -240,7 +262,7 @@ def _team_name(session, job: Job) -> str:
 
 @router.post("/fine_tuning/jobs")
 def create_fine_tuning_job(body: FineTuningJobSubmission, access: AccessDep, session: SessionDep) -> dict:
-    submission = job_in(body)
+    submission = job_in(body, _parent(session, access, body.model))
     try:
         job = submit_job(session, access, submission)
     except InvalidField as error:
@@ -271,6 +293,18 @@ def retrieve_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
     job = cancel_job(session, access, _job_number(job_id))
+    return job_object(job, _team_name(session, job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+def pause_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
+    job = pause_job(session, access, _job_number(job_id))
+    return job_object(job, _team_name(session, job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+def resume_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) -> dict:
+    job = resume_job(session, access, _job_number(job_id))
     return job_object(job, _team_name(session, job))
 
 

@@ -18,7 +18,7 @@
 
   function visible(job) {
     const state = stateFilter.value;
-    if (state === "active" && !["queued", "running", "cancelling"].includes(job.state)) return false;
+    if (state === "active" && !["queued", "running", "cancelling", "pausing", "paused"].includes(job.state)) return false;
     if (state && state !== "active" && job.state !== state) return false;
     if (personFilter.value && job.created_by !== personFilter.value) return false;
     return true;

@@ -63,7 +63,7 @@
       el("time", { datetime: event.created_at, text: new Date(event.created_at).toLocaleTimeString() }),
       el("span", { text: event.message })));
     list.scrollTop = list.scrollHeight;
-    if (/^Saved checkpoint|^Saved the|^Job (succeeded|cancelled)/.test(event.message)) refreshArtifacts();
+    if (/^Saved checkpoint|^Saved the|^Job (succeeded|cancelled|paused)/.test(event.message)) refreshArtifacts();
   }
 
   function renderJob() {
@@ -88,7 +88,11 @@
     const error = document.getElementById("job-error");
     error.hidden = !job.error;
     error.textContent = job.error || "";
-    document.getElementById("cancel-job").hidden = !(data.can_write && ["queued", "running"].includes(job.state));
+    const can = (states) => data.can_write && states.includes(job.state);
+    document.getElementById("cancel-job").hidden = !can(["queued", "running", "pausing", "paused"]);
+    document.getElementById("pause-job").hidden = !can(["queued", "running"]);
+    document.getElementById("resume-job").hidden = !can(["cancelled", "failed", "paused"]);
+    document.getElementById("continue-job").hidden = !can(["succeeded"]);
     // "No worker serves this queue" holds only while the job waits in it.
     const queueWarning = document.getElementById("job-queue-warning");
     if (queueWarning) queueWarning.hidden = job.state !== "queued";
@@ -99,7 +103,7 @@
     const finalWeights = artifacts.find((a) => a.kind === "adapter" || a.kind === "model");
     const checkpoints = artifacts.filter((a) => a.kind === "checkpoint");
     const items = [];
-    if (finalWeights || (["cancelled", "failed"].includes(job.state) && checkpoints.length)) {
+    if (finalWeights || (["cancelled", "failed", "paused"].includes(job.state) && checkpoints.length)) {
       const label = finalWeights && finalWeights.kind === "model" ? "Model weights (.zip)" : "Adapter (.zip, PEFT format)";
       items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/adapter.zip`, download: "", text: label }),
         el("span", { class: "muted", text: finalWeights ? fmt.bytes(finalWeights.size_bytes) : "from the last checkpoint" })));
@@ -146,15 +150,35 @@
     if (response.ok) renderDownloads(response.data);
   }
 
-  document.getElementById("cancel-job").addEventListener("click", async (event) => {
-    if (!confirm("Cancel this job? Training stops at the next step; checkpoints are kept.")) return;
-    event.target.disabled = true;
-    const response = await tl.api("POST", `/api/jobs/${job.id}/cancel`);
-    event.target.disabled = false;
-    if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
-    job = response.data;
-    renderJob();
-  });
+  /** A button that POSTs a job action, then shows the job as the answer leaves it. */
+  function action(id, path, question) {
+    document.getElementById(id).addEventListener("click", async (event) => {
+      if (question && !confirm(question)) return;
+      event.target.disabled = true;
+      const response = await tl.api("POST", `/api/jobs/${job.id}/${path}`);
+      event.target.disabled = false;
+      if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
+      job = response.data;
+      renderJob();
+      follow(); // a resumed job streams again, continuing the same curve
+    });
+  }
+  action("cancel-job", "cancel", "Cancel this job? Training stops at the next step; checkpoints are kept.");
+  action("pause-job", "pause");
+  action("resume-job", "resume");
+
+  let stream = null;
+  /** Follow the job's stream while it has not finished, from the last item the page has. */
+  function follow() {
+    if (stream || ["succeeded", "failed", "cancelled"].includes(job.state)) return;
+    const after = Math.max(data.last_seq, ...seenMetric, ...seenEvent);
+    // The browser resends the last event id by itself when it reconnects.
+    stream = new EventSource(`/api/jobs/${job.id}/stream?after=${after}`);
+    stream.addEventListener("metric", (e) => { addMetric(JSON.parse(e.data)); drawCharts(); });
+    stream.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
+    stream.addEventListener("progress", (e) => { job = JSON.parse(e.data); renderJob(); });
+    stream.addEventListener("end", () => { stream.close(); stream = null; refreshArtifacts(); });
+  }
 
   data.metrics.forEach(addMetric);
   data.events.forEach(addEvent);
@@ -162,14 +186,6 @@
   renderJob();
   renderDownloads(data.artifacts);
   drawCharts();
-
-  if (!["succeeded", "failed", "cancelled"].includes(job.state)) {
-    // The browser resends the last event id by itself when it reconnects.
-    const stream = new EventSource(`/api/jobs/${job.id}/stream?after=${data.last_seq}`);
-    stream.addEventListener("metric", (e) => { addMetric(JSON.parse(e.data)); drawCharts(); });
-    stream.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
-    stream.addEventListener("progress", (e) => { job = JSON.parse(e.data); renderJob(); });
-    stream.addEventListener("end", () => { stream.close(); refreshArtifacts(); });
-  }
+  follow();
   setInterval(renderJob, 30000);
 })();

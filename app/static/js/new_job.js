@@ -140,6 +140,7 @@
     if (name) result.name = name;
     result.queue = form.elements.queue.value.trim() || "default";
     if (data.team_id) result.team_id = data.team_id;
+    if (data.parent) result.parent_job_id = data.parent.id;
     return result;
   }
 
@@ -245,6 +246,15 @@
   });
 
   if (data.clone) prefill(data.clone);
+  if (data.parent) {
+    // Continuing a job: same base model, method and adapter; more steps or epochs, or new data.
+    const note = document.getElementById("continue-note");
+    const weights = data.parent.method === "full" ? "weights" : "adapter";
+    note.replaceChildren("Continues ", el("a", { href: `/jobs/${data.parent.id}`, text: `#${data.parent.id} ${data.parent.name}` }),
+      `: training starts from its ${weights} and keeps training it. Choose more epochs or steps, or another dataset.`);
+    note.hidden = false;
+    document.querySelector("h1").textContent = `Continue training #${data.parent.id}`;
+  }
   const wanted = new URLSearchParams(location.search).get("dataset");
   if (wanted && data.datasets.some((d) => String(d.id) === wanted)) datasetSelect.value = wanted;
   methodChanged();
