@@ -148,7 +148,9 @@ def test_a_long_conversation_loses_its_oldest_turns_to_fit_and_keeps_the_system_
     assert reply.prompt_tokens == len(ids) and len(ids) + 20 <= 160
     assert fit_messages(model.tokenizer, kept[:1] + kept[-3:], 160, 20)[0] == kept[:1] + kept[-3:], "what fits stays"
     shorter, _ = fit_messages(model.tokenizer, messages, 160, 120)
-    assert shorter == [messages[0], messages[-1]], "less of the conversation stays when more room is kept for the answer"
+    assert shorter == [messages[0], messages[-1]], (
+        "less of the conversation stays when more room is kept for the answer"
+    )
 
 
 def test_a_conversation_that_fits_loses_nothing_and_a_last_question_too_long_is_still_refused(tmp_path):
@@ -209,8 +211,7 @@ def test_a_classifier_cuts_a_text_longer_than_it_reads_and_refuses_an_empty_one(
 
 
 def test_a_chat_model_is_not_a_classifier_and_a_classifier_does_not_chat(cache, adapter, classifier):
-    with pytest.raises(InferenceError, match="not trained to label text"):
-        with cache.classifier("tiny-llama", adapter):
-            pass
+    with pytest.raises(InferenceError, match="not trained to label text"), cache.classifier("tiny-llama", adapter):
+        pass
     with pytest.raises(InferenceError, match="classifier"):
         answer(cache, classifier)
