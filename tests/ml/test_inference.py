@@ -167,9 +167,8 @@ def test_a_conversation_that_fits_loses_nothing_and_a_last_question_too_long_is_
 WARM, COLD = ["sun", "fire", "summer", "hot"], ["snow", "ice", "winter", "cold"]
 
 
-@pytest.fixture(scope="module")
-def classifier(models_dir, tmp_path_factory) -> Path:
-    """A LoRA classifier of warm and cool texts (trained once for this module)."""
+def _train_classifier(models_dir: Path, folder: Path, **spec) -> Path:
+    """A classifier of warm and cool texts: the final folder of its run."""
     import random
 
     from tests.ml.conftest import _make_spec, _write_jsonl
@@ -180,11 +179,17 @@ def classifier(models_dir, tmp_path_factory) -> Path:
     for i in range(64):
         label, words = ("warm", WARM) if i % 2 else ("cool", COLD)
         rows.append({"text": " ".join(rng.sample(filler, 4) + [rng.choice(words)]), "label": label})
-    folder = tmp_path_factory.mktemp("classifier")
     data = _write_jsonl(folder / "labels.jsonl", rows)
-    spec = _make_spec(max_steps=40, learning_rate=3e-3)
-    result = train(spec, train_file=data, output_dir=folder / "run", reporter=MemoryReporter(), models_dir=models_dir)
+    result = train(
+        _make_spec(**spec), train_file=data, output_dir=folder / "run", reporter=MemoryReporter(), models_dir=models_dir
+    )
     return result.final_dir
+
+
+@pytest.fixture(scope="module")
+def classifier(models_dir, tmp_path_factory) -> Path:
+    """A LoRA classifier of warm and cool texts (trained once for this module)."""
+    return _train_classifier(models_dir, tmp_path_factory.mktemp("classifier"), max_steps=40, learning_rate=3e-3)
 
 
 def test_a_classifier_gives_each_label_its_probability(cache, classifier):
@@ -215,3 +220,12 @@ def test_a_chat_model_is_not_a_classifier_and_a_classifier_does_not_chat(cache, 
         pass
     with pytest.raises(InferenceError, match="classifier"):
         answer(cache, classifier)
+
+
+def test_a_fully_fine_tuned_classifier_is_a_model_of_its_own(cache, models_dir, tmp_path):
+    full = _train_classifier(models_dir, tmp_path, method="full", max_steps=30, learning_rate=1e-3)
+    assert not (full / "adapter_config.json").exists()
+    with cache.classifier("tiny-llama", full) as model:
+        hot = classify(model, "the day was really hot")
+    assert list(hot.probabilities) == ["cool", "warm"] and sum(hot.probabilities.values()) == pytest.approx(1.0)
+    assert hot.probabilities["warm"] > 0.5
