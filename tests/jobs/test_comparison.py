@@ -106,3 +106,15 @@ def test_only_the_callers_jobs_compare_and_within_bounds(acme, make_account, db)
     assert acme.client.get("/api/compare").status_code == 422
     alone = acme.client.get("/api/compare", params={"jobs": [mine.id, mine.id]}).json()
     assert [job["id"] for job in alone["jobs"]] == [mine.id] and alone["differing"] == []
+
+
+def test_a_spec_an_older_version_stored_is_compared_as_it_was_given(acme, db):
+    old = ended_job(
+        db, acme, name="old", spec={"batch_size": 2, "retired_setting": "x"}, rows=chat_rows(6), dataset_name="a.jsonl"
+    )
+    new = ended_job(db, acme, name="new", spec={"batch_size": 2}, rows=chat_rows(7), dataset_name="a.jsonl")
+    body = acme.client.get("/api/compare", params={"jobs": [old.id, new.id]}).json()
+    differing = {row["name"]: row["values"] for row in body["differing"]}
+    assert differing["retired_setting"] == ["x", None]
+    assert differing["learning_rate"] == [None, 2e-4], "the old one's was not given, and is not made up"
+    assert {row["name"]: row["values"] for row in body["equal"]}["batch_size"] == [2, 2]
