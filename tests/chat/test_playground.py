@@ -252,3 +252,15 @@ def test_a_conversation_too_long_for_the_model_loses_its_oldest_turns_when_asked
     )
     assert short.json()["usage"]["dropped_messages"] == 0
     worker.join(timeout=30)
+
+
+def test_a_classifier_whose_weights_are_gone_is_answered_with_the_workers_reason(acme, db):
+    job = finished_job(db, acme, rows=warm_and_cool_rows(60))  # its weights were never written to the store
+    worker = inference_worker_in_this_process(db)
+    response = acme.client.post(f"/api/jobs/{job.id}/classify", json={"text": "hot"})
+    assert response.status_code == 500 and response.json()["detail"] == (
+        "the fine-tuned weights are no longer in the store"
+    )
+    worker.join(timeout=30)
+    db.expire_all()
+    assert db.scalar(select(Completion.state)) == CompletionState.failed
