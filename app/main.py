@@ -12,7 +12,19 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from app.accounts.throttle import LoginThrottle
-from app.api import account, datasets, downloads, health, jobs, openai_compat, streams, teams, workers
+from app.api import (
+    account,
+    classifications,
+    comparisons,
+    datasets,
+    downloads,
+    health,
+    jobs,
+    openai_compat,
+    streams,
+    teams,
+    workers,
+)
 from app.api.errors import install_error_handlers
 from app.config import get_settings
 from app.jobs.recovery import reap_orphans, resend_lost_messages
@@ -105,7 +117,19 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    api = (health, account, teams, datasets, jobs, streams, downloads, openai_compat, workers)
+    api = (
+        health,
+        account,
+        teams,
+        datasets,
+        jobs,
+        classifications,
+        comparisons,
+        streams,
+        downloads,
+        openai_compat,
+        workers,
+    )
     pages = (auth, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
     routers = [module.router for module in (*api, *pages)]
     for router in routers:

@@ -1,5 +1,6 @@
 """Answering chat requests on an inference worker: claim the request, generate with the
-process's cached models, write the text into the request's row as it comes.
+process's cached models, write the text into the request's row as it comes. A request of kind
+"classify" is answered with a classifier's label probabilities instead.
 
 The Celery task is a one-line call into `run_completion`. An inference worker keeps its
 process (no max-tasks-per-child), so the models it has loaded answer the next request at once.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
+from pathlib import Path
 
 from app.chat import completions
 from app.config import get_settings
@@ -53,35 +56,57 @@ class _TextWriter:
 
 
 def run_completion(completion_id: int) -> None:
-    """Answer one chat request. Never raises: a failure is written into the request."""
+    """Answer one chat (or classification) request. Never raises: a failure is written into the request."""
     from worker.ml import TrainingError
-    from worker.ml.inference import generate_chat
 
     with session_scope() as session:
         claimed = completions.claim(session, completion_id, worker_identity(os.getpid()))
     if claimed is None:
         return
-    writer = _TextWriter(completion_id)
-    error = reply = None
+    answer = _classify if claimed.request.get("kind") == completions.CLASSIFY else _chat
     try:
         weights = blob_store().path(claimed.weights_key) if claimed.weights_key else None
-        sampling = Sampling.model_validate(claimed.request["sampling"])
-        with model_cache().use(claimed.base_model, weights) as model:
-            reply = generate_chat(model, claimed.request["messages"], sampling, on_text=writer.add)
+        record = answer(claimed, weights)
     except TrainingError as failure:
-        error = str(failure)
+        record = partial(completions.fail, error=str(failure))
     except Exception as failure:
-        log.exception("chat request %s failed", completion_id)
-        error = f"Generation failed unexpectedly: {type(failure).__name__}: {failure}"
+        log.exception("inference request %s failed", completion_id)
+        record = partial(completions.fail, error=f"Inference failed unexpectedly: {type(failure).__name__}: {failure}")
     with session_scope() as session:
-        if error is not None:
-            completions.fail(session, completion_id, error)
-        else:
-            completions.finish(
-                session,
-                completion_id,
-                text=reply.text,
-                finish_reason=reply.finish_reason,
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-            )
+        record(session, completion_id)
+
+
+def _chat(claimed: completions.Claimed, weights: Path | None):
+    """The conversation answered, as text written as it comes; returns how to record the end."""
+    from worker.ml.inference import generate_chat
+
+    writer = _TextWriter(claimed.id)
+    sampling = Sampling.model_validate(claimed.request["sampling"])
+    fit = bool(claimed.request.get("fit_context"))
+    with model_cache().use(claimed.base_model, weights) as model:
+        reply = generate_chat(model, claimed.request["messages"], sampling, on_text=writer.add, fit_context=fit)
+    return partial(
+        completions.finish,
+        text=reply.text,
+        finish_reason=reply.finish_reason,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        dropped_messages=reply.dropped_messages if fit else None,
+    )
+
+
+def _classify(claimed: completions.Claimed, weights: Path | None):
+    """The text labelled by the classifier; returns how to record the answer."""
+    from worker.ml import InferenceError
+    from worker.ml.inference import classify
+
+    if weights is None:
+        raise InferenceError("a base model has no trained classification head: pick a classifier job")
+    with model_cache().classifier(claimed.base_model, weights) as model:
+        reply = classify(model, claimed.request["text"])
+    return partial(
+        completions.finish_classification,
+        probabilities=reply.probabilities,
+        prompt_tokens=reply.tokens,
+        truncated=reply.truncated,
+    )

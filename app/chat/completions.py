@@ -1,6 +1,10 @@
 """Chat completions: a request the app stores and an inference worker answers. The data
 functions behind the chat API and the worker; no HTTP here.
 
+A request is of one of two kinds, through the same queue and states: a chat
+(`{"messages", "sampling", "fit_context"}`, answered with text), or the labelling of a text by
+a classifier job's model (`{"kind": "classify", "text"}`, answered with `probabilities`).
+
 The worker writes the text into the request's row as it is generated and rings the
 completion's doorbell; the app follows the row (`follow`) and streams what is new. The
 database is the truth, the doorbell only wakes the stream up, as for jobs.
@@ -28,15 +32,16 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
-from app.chat.model_names import ModelNotFound, resolve
+from app.chat.model_names import ModelNotFound, finished_job_model, is_classifier, resolve
 from app.config import get_settings
 from app.core.database import session_scope
-from app.core.errors import NotFound, Unavailable
+from app.core.errors import Conflict, DomainError, NotFound, Unavailable
 from app.core.live import Doorbell, completion_channel, ring_after_commit
 from app.core.queue import commit_then_enqueue, enqueue_completion
 from app.core.state_machine import StateMachine
-from app.core.tables import Completion, CompletionState, utcnow
+from app.core.tables import Completion, CompletionState, Job, Team, utcnow
 from app.core.worker_registry import serves_queue
+from app.jobs.artifacts import final_weights
 
 _QUEUED, _RUNNING = CompletionState.queued, CompletionState.running
 _SUCCEEDED, _FAILED, _CANCELLED = CompletionState.succeeded, CompletionState.failed, CompletionState.cancelled
@@ -55,6 +60,7 @@ COMPLETION_STATES = StateMachine(
 # Requests are kept this long after they last changed (their answer has long been delivered,
 # or nobody is waiting for it any more), then deleted.
 KEEP = timedelta(hours=1)
+CLASSIFY = "classify"  # the request kind of a text to label; a request without a kind is a chat
 
 
 def create(
@@ -92,6 +98,52 @@ def start_completion(session: Session, access: TeamAccess, *, model: str, reques
         target = resolve(session, access, model)
     except ModelNotFound as error:
         raise NotFound(str(error), code="model_not_found") from None
+    return _enqueue(
+        session,
+        access,
+        team_id=target.team_id or access.default_team(),
+        model=target.model,
+        base_model=target.base_model,
+        weights_key=target.weights.blob_key if target.weights else None,
+        request=request,
+    )
+
+
+def start_classification(session: Session, access: TeamAccess, job_id: int, text: str) -> int:
+    """Have an inference worker label `text` with the classifier job `job_id` trained (its
+    final weights, or a stopped job's last checkpoint); the request's id. NotFound for another
+    team's job, Conflict for a job that is not a finished classifier, Unavailable as for chat."""
+    job = access.get(session, Job, job_id)
+    if not is_classifier(session, job):
+        raise Conflict("this job's model chats: it was not trained to label text", code="not_a_classifier")
+    if not job.state.is_terminal:
+        raise Conflict(f"the job is {job.state.value}: its classifier can be tried once it has finished")
+    weights = final_weights(session, job)
+    if weights is None:
+        raise Conflict("the job left no classifier to try: it saved no weights")
+    model = finished_job_model(session, job, session.get(Team, job.team_id).name)
+    return _enqueue(
+        session,
+        access,
+        team_id=job.team_id,
+        model=model,
+        base_model=job.base_model,
+        weights_key=weights.blob_key,
+        request={"kind": CLASSIFY, "text": text},
+    )
+
+
+def _enqueue(
+    session: Session,
+    access: TeamAccess,
+    *,
+    team_id: int,
+    model: str,
+    base_model: str,
+    weights_key: str | None,
+    request: dict[str, Any],
+) -> int:
+    """Store the request and hand it to the inference workers; its id."""
     queue = get_settings().inference_queue
     if not serves_queue(session, queue):
         raise Unavailable(
@@ -101,11 +153,11 @@ def start_completion(session: Session, access: TeamAccess, *, model: str, reques
         )
     completion = create(
         session,
-        team_id=target.team_id or access.default_team(),
+        team_id=team_id,
         user_id=access.user.id,
-        model=target.model,
-        base_model=target.base_model,
-        weights_key=target.weights.blob_key if target.weights else None,
+        model=model,
+        base_model=base_model,
+        weights_key=weights_key,
         request=request,
     )
     commit_then_enqueue(
@@ -153,7 +205,14 @@ def write_text(session: Session, completion_id: int, text: str) -> bool:
 
 
 def finish(
-    session: Session, completion_id: int, *, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+    session: Session,
+    completion_id: int,
+    *,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    dropped_messages: int | None = None,
 ) -> bool:
     return _move(
         session,
@@ -164,6 +223,23 @@ def finish(
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        dropped_messages=dropped_messages,
+    )
+
+
+def finish_classification(
+    session: Session, completion_id: int, *, probabilities: dict[str, float], prompt_tokens: int, truncated: bool
+) -> bool:
+    """A classification's answer: each label's probability, and whether the text was cut to fit."""
+    return _move(
+        session,
+        completion_id,
+        _SUCCEEDED,
+        only_from=(_RUNNING,),
+        probabilities=probabilities,
+        finish_reason="length" if truncated else "stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=0,
     )
 
 
@@ -188,6 +264,8 @@ class Progress:
     prompt_tokens: int | None
     completion_tokens: int | None
     error: str | None
+    dropped_messages: int | None = None  # oldest messages left out to fit the context
+    probabilities: dict[str, float] | None = None  # a classification's answer
 
 
 def _deadline_error(row: Completion) -> str | None:
@@ -220,6 +298,8 @@ def read_progress(completion_id: int) -> Progress:
             row.prompt_tokens,
             row.completion_tokens,
             row.error,
+            row.dropped_messages,
+            row.probabilities,
         )
 
 
@@ -236,3 +316,29 @@ async def follow(completion_id: int) -> AsyncIterator[Progress]:
             if progress.state.is_terminal:
                 return
             await bell.wait()
+
+
+@dataclass(frozen=True)
+class Classification:
+    labels: list[tuple[str, float]]  # (label, probability), most probable first
+    tokens: int  # the text's length in tokens, as the classifier read it
+    truncated: bool  # the text was longer than the model reads: only its start was labelled
+
+
+async def classify(session: Session, access: TeamAccess, job_id: int, text: str) -> Classification:
+    """The label probabilities the classifier of job `job_id` gives `text`, once an inference
+    worker has answered (see `start_classification` for the errors; Unavailable when no worker
+    takes it in time, DomainError 500 when it fails)."""
+    completion_id = await to_thread.run_sync(start_classification, session, access, job_id, text)
+    updates = follow(completion_id)
+    try:
+        async for progress in updates:
+            pass
+    finally:
+        await updates.aclose()
+    if progress.state != _SUCCEEDED or progress.probabilities is None:
+        if not progress.started:
+            raise Unavailable(progress.error or "the request was not answered", code="no_inference_worker")
+        raise DomainError(progress.error or "the classification was cancelled", 500, code="classification_failed")
+    labels = sorted(progress.probabilities.items(), key=lambda item: item[1], reverse=True)
+    return Classification(labels, progress.prompt_tokens or 0, progress.finish_reason == "length")

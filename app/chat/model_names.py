@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
@@ -100,22 +100,38 @@ def resolve(session: Session, access: TeamAccess, name: str) -> ChatTarget:
 _FINISHED = (JobState.succeeded, JobState.cancelled, JobState.failed)
 
 
-def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) -> list[tuple[Job, str, bool]]:
-    """(job, model name, is a checkpoint) for the caller's finished jobs that left a model to
-    chat with, newest first; classifiers are left out (they do not chat)."""
+def is_classifier(session: Session, job: Job) -> bool:
+    """Whether the job trains a text classifier (its dataset has text+label rows): its model
+    labels text, it does not chat."""
+    return (
+        job.dataset_id is not None
+        and session.scalar(select(Dataset.format).where(Dataset.id == job.dataset_id)) == CLASSIFICATION
+    )
+
+
+@dataclass(frozen=True)
+class FinishedModel:
+    job: Job
+    model: str  # its name, as chat and classification take it
+    checkpoint: bool  # the job did not succeed: the model is its last checkpoint
+    classifier: bool  # it labels text (classify), it does not chat
+
+
+def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) -> list[FinishedModel]:
+    """The caller's finished jobs that left a model to try, newest first."""
     names = {team.id: team.name for team in teams_by_id(session, access.team_ids)}
-    classifiers = select(Dataset.id).where(Dataset.format == CLASSIFICATION)
     query = (
-        access.scope(select(Job), Job)
-        .where(Job.state.in_(_FINISHED), or_(Job.dataset_id.is_(None), Job.dataset_id.not_in(classifiers)))
+        access.scope(select(Job, Dataset.format), Job)
+        .outerjoin(Dataset, Dataset.id == Job.dataset_id)
+        .where(Job.state.in_(_FINISHED))
         .order_by(Job.id.desc())
         .limit(limit)
     )
     found = []
-    for job in session.scalars(query):
+    for job, dataset_format in session.execute(query):
         model = finished_job_model(session, job, names[job.team_id])
         if model is not None:
-            found.append((job, model, job.state != JobState.succeeded))
+            found.append(FinishedModel(job, model, job.state != JobState.succeeded, dataset_format == CLASSIFICATION))
     return found
 
 

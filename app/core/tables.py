@@ -339,6 +339,11 @@ class Completion(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Oldest messages the worker left out to fit the conversation in the model's context
+    # (asked for with `fit_context`); none when it was not asked to.
+    dropped_messages: Mapped[int | None] = mapped_column(Integer)
+    # A classifier's answer: {label: probability}, for a request of kind "classify".
+    probabilities: Mapped[dict[str, Any] | None]
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

@@ -1,5 +1,6 @@
-"""The playground: pick a finished job, and the same prompt goes to its model and to the base
-model, the answers streaming side by side (through /v1/chat/completions)."""
+"""The playground: pick a finished job and hold a conversation with its model and with the base
+model side by side, the answers streaming (through /v1/chat/completions); or, for a classifier
+job, type a text and see the probability of each label (through /api/jobs/{id}/classify)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ router = APIRouter(include_in_schema=False)
 def playground(request: Request, access: PageAccessDep, session: SessionDep, job: int | None = None):
     choices = [
         {
-            "id": row.id,
-            "name": row.name,
-            "state": row.state.value,
-            "base_model": row.base_model,
-            "model": model,
-            "checkpoint": is_checkpoint,
+            "id": found.job.id,
+            "name": found.job.name,
+            "state": found.job.state.value,
+            "base_model": found.job.base_model,
+            "model": found.model,
+            "checkpoint": found.checkpoint,
+            "classifier": found.classifier,
         }
-        for row, model, is_checkpoint in finished_job_models(session, access)
+        for found in finished_job_models(session, access)
     ]
     chosen = job if any(choice["id"] == job for choice in choices) else (choices[0]["id"] if choices else None)
     data = page_json({"jobs": choices, "chosen": chosen})

@@ -1,5 +1,5 @@
 """Chat with a base model or a fine-tuned one: the tokenizer's chat template, sampling, the
-text streamed as it is generated, token counts.
+text streamed as it is generated, token counts; and label text with a fine-tuned classifier.
 
     models = ModelCache(models_dir=Path("/models"))
     with models.use("tiny-llama", weights_dir=Path("runs/42/final")) as model:
@@ -10,7 +10,15 @@ A fine-tuned model is its base model plus the job's weights: a PEFT adapter is l
 the cached base (each base is loaded once, whatever the number of adapters used on it, and
 the plain base answers with the adapters switched off); full fine-tuned weights are a model
 of their own. Conversations are rendered exactly as training rendered them (the tokenizer's
-template, ChatML when it has none), so a fine-tuned model sees what it learned from.
+template, ChatML when it has none), so a fine-tuned model sees what it learned from. A
+conversation longer than the model reads is refused, or, when the caller asks
+(`fit_context=True`), its oldest turns are left out until it fits with room for the answer.
+
+A classifier job's weights label text instead (`classify`): they are loaded as a model of
+their own (the base with its classification head and adapter), cached like the chat models.
+
+    with models.classifier("tiny-llama", weights_dir=Path("runs/7/final")) as model:
+        labels = classify(model, "what a hot day").probabilities   # {"cool": 0.02, "warm": 0.98}
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from app.contract.spec import Sampling
 
 from .data import CHATML_TEMPLATE
 from .errors import InferenceError
-from .loading import load_tokenizer, read_class_names, resolve_model
+from .loading import classifier_kwargs, load_tokenizer, read_class_names, resolve_model
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,14 @@ class ChatReply:
     finish_reason: str  # "stop": the model ended its turn or met a stop string; "length": max_tokens ran out
     prompt_tokens: int
     completion_tokens: int
+    dropped_messages: int = 0  # oldest messages left out to fit the context (fit_context=True)
+
+
+@dataclass(frozen=True)
+class ClassifierReply:
+    probabilities: dict[str, float]  # label -> probability (softmax), in the classifier's class order
+    tokens: int  # of the text, as the classifier read it
+    truncated: bool  # the text was longer than the model reads: its end was cut
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,16 @@ class ChatModel:
 
     model: Any
     tokenizer: Any
+    max_positions: int | None
+
+
+@dataclass(frozen=True)
+class ClassifierModel:
+    """A loaded text classifier and its labels, index i of its logits being `class_names[i]`."""
+
+    model: Any
+    tokenizer: Any
+    class_names: list[str]
     max_positions: int | None
 
 
@@ -101,6 +127,42 @@ class ModelCache:
         self._lock = threading.Lock()
 
     @contextmanager
+    def classifier(self, base_model: str, weights_dir: Path) -> Iterator[ClassifierModel]:
+        """The text classifier a classification job left in `weights_dir` (an adapter with its
+        head, or a whole model) on `base_model`. Raises ModelNotFoundError, InferenceError."""
+        with self._lock:
+            if not weights_dir.is_dir():
+                raise InferenceError("the fine-tuned weights are no longer in the store")
+            class_names = read_class_names(weights_dir)
+            if class_names is None:
+                raise InferenceError("this model chats: it was not trained to label text")
+            base = resolve_model(base_model, self.models_dir)
+            adapter = (weights_dir / "adapter_config.json").is_file()
+            key = "classifier:" + (_adapter_name(weights_dir) if adapter else str(weights_dir.resolve()))
+
+            def load(device, dtype):
+                from transformers import AutoModelForSequenceClassification
+
+                tokenizer = load_tokenizer(base)
+                source = base if adapter else weights_dir
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source,
+                    dtype=dtype,
+                    device_map={"": device},
+                    attn_implementation="sdpa",
+                    **classifier_kwargs(class_names, tokenizer.pad_token_id),
+                )
+                if adapter:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, weights_dir)
+                return _Loaded(model.eval(), tokenizer)
+
+            loaded = self._cached(key, weights_dir, load)
+            max_positions = getattr(loaded.model.config, "max_position_embeddings", None)
+            yield ClassifierModel(loaded.model, loaded.tokenizer, class_names, max_positions)
+
+    @contextmanager
     def use(self, base_model: str, weights_dir: Path | None = None) -> Iterator[ChatModel]:
         """The base model, with the fine-tuned weights in `weights_dir` (an adapter or a
         whole model) when given. Raises ModelNotFoundError, InferenceError."""
@@ -118,9 +180,22 @@ class ModelCache:
                 yield ChatModel(loaded.model, loaded.tokenizer, max_positions)
 
     def _model(self, source: Path, *, tokenizer_source: Path) -> _Loaded:
-        """The model in folder `source`, loaded now unless it is here already. The tokenizer is
+        """The chat model in folder `source`, loaded now unless it is here already. The tokenizer is
         always the base model's: the one training used."""
-        key = str(source.resolve())
+
+        def load(device, dtype):
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, device_map={"": device}, attn_implementation="sdpa"
+            )
+            return _Loaded(model.eval(), load_tokenizer(tokenizer_source))
+
+        return self._cached(str(source.resolve()), source, load)
+
+    def _cached(self, key: str, source: Path, load: Callable[[str, Any], _Loaded]) -> _Loaded:
+        """The model cached under `key`, else `load(device, dtype)` it, making room first
+        (least recently used out)."""
         loaded = self._loaded.get(key)
         if loaded is not None:
             self._loaded.move_to_end(key)
@@ -129,18 +204,13 @@ class ModelCache:
             self._loaded.popitem(last=False)
             gc.collect()
             _empty_cuda_cache()
-        from transformers import AutoModelForCausalLM
-
-        device, dtype = _device_and_dtype()
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, device_map={"": device}, attn_implementation="sdpa"
-            )
+            loaded = load(*_device_and_dtype())
         except (OSError, ValueError) as error:
             raise InferenceError(
                 f"the model in {source.name} cannot be loaded: {str(error).splitlines()[0]}"
             ) from error
-        loaded = self._loaded[key] = _Loaded(model.eval(), load_tokenizer(tokenizer_source))
+        self._loaded[key] = loaded
         return loaded
 
     def _activate(self, loaded: _Loaded, folder: Path) -> None:
@@ -219,21 +289,63 @@ def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
     )
 
 
+def _prompt_ids(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def fit_messages(
+    tokenizer, messages: Sequence[dict[str, str]], max_positions: int | None, answer_tokens: int
+) -> tuple[list[dict[str, str]], list[int]]:
+    """The conversation with its oldest turns left out until its prompt and `answer_tokens`
+    fit in `max_positions`, and the prompt's token ids. System messages stay; whole turns go
+    (from a user message up to the next), so what is kept still starts with the user; the
+    last user message and what follows it always stay (when even they do not fit, the
+    conversation is returned as short as it gets and the caller refuses it)."""
+    kept = list(messages)
+    ids = _prompt_ids(tokenizer, kept)
+    if max_positions is None:
+        return kept, ids
+    while len(ids) + answer_tokens > max_positions:
+        first = next((i for i, message in enumerate(kept) if message["role"] != "system"), None)
+        last_user = max((i for i, message in enumerate(kept) if message["role"] == "user"), default=None)
+        if first is None or last_user is None or first >= last_user:
+            break  # only the last user turn is left
+        end = next(i for i in range(first + 1, len(kept)) if kept[i]["role"] == "user")
+        kept = kept[:first] + kept[end:]
+        ids = _prompt_ids(tokenizer, kept)
+    return kept, ids
+
+
 def generate_chat(
     model: ChatModel,
     messages: Sequence[dict[str, str]],
     sampling: Sampling,
     on_text: Callable[[str], bool | None] | None = None,
+    *,
+    fit_context: bool = False,
 ) -> ChatReply:
     """Answer the conversation. `on_text` receives the answer piece by piece as it is
-    generated (the pieces join to the reply's text); returning False stops generation."""
+    generated (the pieces join to the reply's text); returning False stops generation.
+    With `fit_context`, the oldest turns of a conversation too long for the model are left
+    out (see `fit_messages`; the reply counts them) instead of the conversation being refused."""
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer, set_seed
 
     tokenizer = model.tokenizer
     device = next(model.model.parameters()).device
-    inputs = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt").to(device)
-    prompt_tokens = int(inputs["input_ids"].shape[1])
+    if fit_context:
+        # Room for the whole answer, but never more than half the context: a long max_tokens
+        # must not push out all of the conversation.
+        room_wanted = min(sampling.max_tokens, model.max_positions // 2) if model.max_positions else 0
+        kept, ids = fit_messages(tokenizer, messages, model.max_positions, room_wanted)
+    else:
+        kept, ids = list(messages), _prompt_ids(tokenizer, messages)
+    dropped = len(messages) - len(kept)
+    inputs = {
+        "input_ids": torch.tensor([ids], device=device),
+        "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=device),
+    }
+    prompt_tokens = len(ids)
     room = model.max_positions - prompt_tokens if model.max_positions else sampling.max_tokens
     if room < 1:
         raise InferenceError(
@@ -294,8 +406,31 @@ def generate_chat(
     ended = bool(new_ids) and new_ids[-1] in eos_ids
     finish_reason = "length" if not (reply.stopped or ended) and len(new_ids) >= max_new_tokens else "stop"
     return ChatReply(
-        text=reply.text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=len(new_ids)
+        text=reply.text,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(new_ids),
+        dropped_messages=dropped,
     )
+
+
+def classify(model: ClassifierModel, text: str) -> ClassifierReply:
+    """The probability of each label for `text` (the softmax of the classifier's logits). The
+    text is read as training read it (with the tokenizer's special tokens); a text longer than
+    the model reads is cut to fit, and the reply says so."""
+    import torch
+
+    if not text.strip():
+        raise InferenceError("there is no text to classify")
+    device = next(model.model.parameters()).device
+    ids = model.tokenizer(text, add_special_tokens=True)["input_ids"]
+    truncated = model.max_positions is not None and len(ids) > model.max_positions
+    if truncated:
+        ids = ids[: model.max_positions]
+    with torch.inference_mode():
+        logits = model.model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+    probabilities = torch.softmax(logits, dim=-1).tolist()
+    return ClassifierReply(dict(zip(model.class_names, probabilities, strict=True)), len(ids), truncated)
 
 
 def _as_list(value) -> list[int]:

@@ -70,6 +70,10 @@ class ChatCompletionIn(BaseModel):
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     logprobs: bool | None = None
+    # tunelab's own (OpenAI's client sends it with `extra_body`): leave out the oldest turns of a
+    # conversation longer than the model reads, instead of refusing it; `usage.dropped_messages`
+    # then says how many went.
+    fit_context: bool = False
 
     @field_validator("n")
     @classmethod
@@ -118,7 +122,7 @@ def worker_request(body: ChatCompletionIn) -> dict[str, Any]:
         sampling = Sampling.model_validate({key: value for key, value in given.items() if value is not None})
     except ValidationError as error:
         raise invalid(error.errors()) from None
-    return {"messages": messages, "sampling": sampling.model_dump(mode="json")}
+    return {"messages": messages, "sampling": sampling.model_dump(mode="json"), "fit_context": body.fit_context}
 
 
 def _failure(progress: Progress) -> OpenAIError:
@@ -129,7 +133,10 @@ def _failure(progress: Progress) -> OpenAIError:
 
 def _usage(progress: Progress) -> dict[str, int]:
     prompt, completion = progress.prompt_tokens or 0, progress.completion_tokens or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if progress.dropped_messages is not None:
+        usage["dropped_messages"] = progress.dropped_messages
+    return usage
 
 
 def _sse(payload: dict[str, Any]) -> str:

@@ -1,6 +1,10 @@
-/* The playground: one prompt to a job's fine-tuned model and to its base model, both answers
-   streamed side by side from /v1/chat/completions (OpenAI's server-sent chunks, then
-   "data: [DONE]"). The browser's session authenticates; the CSRF token goes in a header. */
+/* The playground. For a chat job: a conversation with its fine-tuned model and with its base
+   model side by side. Each column keeps its own history (in this page only); every turn sends
+   that whole history to /v1/chat/completions, streamed as OpenAI's server-sent chunks, with
+   `fit_context` so that a conversation longer than the model reads loses its oldest turns
+   (the answer's usage says how many; the page says so and forgets them). For a classifier job:
+   a text and the probability of each label, from /api/jobs/{id}/classify.
+   The browser's session authenticates; the CSRF token goes in a header. */
 "use strict";
 
 (() => {
@@ -9,27 +13,59 @@
   const { el } = tl;
   const data = tl.pageData();
   const select = document.getElementById("playground-job");
+  const chatPanel = document.getElementById("chat-panel");
+  const chatForm = document.getElementById("chat-form");
+  const prompt = document.getElementById("playground-prompt");
   const send = document.getElementById("playground-send");
   const stop = document.getElementById("playground-stop");
+  const turns = document.getElementById("playground-turns");
+  const classifyPanel = document.getElementById("classify-panel");
   const sides = ["fine-tuned", "base"].map((name) => ({
+    name,
     model: document.getElementById(`model-${name}`),
-    answer: document.getElementById(`answer-${name}`),
+    log: document.getElementById(`log-${name}`),
     usage: document.getElementById(`usage-${name}`),
+    history: [], // {message: {role, content}, node}: what the next turn sends, oldest first
   }));
   let running = null;
+  let turnCount = 0;
 
   select.replaceChildren(...data.jobs.map((job) => el("option", {
-    value: job.id, text: `#${job.id} ${job.name}${job.checkpoint ? ` (${job.state}: its last checkpoint)` : ""}`,
+    value: job.id,
+    text: `#${job.id} ${job.name}${job.classifier ? " (classifier)" : ""}${job.checkpoint ? ` (${job.state}: its last checkpoint)` : ""}`,
   })));
   if (data.chosen) select.value = data.chosen;
   const chosenJob = () => data.jobs.find((job) => String(job.id) === select.value);
-  function showModels() {
-    const job = chosenJob();
-    sides[0].model.textContent = job.model;
-    sides[1].model.textContent = job.base_model;
+
+  // ---- the conversation ----
+
+  function newConversation() {
+    if (running) running.abort();
+    for (const side of sides) {
+      side.history = [];
+      side.log.replaceChildren();
+      side.usage.textContent = "";
+    }
+    turnCount = 0;
+    turns.textContent = "";
   }
-  select.addEventListener("change", showModels);
-  showModels();
+
+  function bubble(side, role, content) {
+    const node = el("div", { class: `bubble ${role}` }, el("span", { class: "role", text: role }), el("span", { class: "content", text: content }));
+    side.log.append(node);
+    side.log.scrollTop = side.log.scrollHeight;
+    return node;
+  }
+
+  /** The worker left out the oldest `count` messages to fit the model's context: say so, and
+      forget them (they would be left out of every later turn too). */
+  function forgetOldest(side, count) {
+    for (const entry of side.history.splice(0, count)) entry.node.classList.add("dropped");
+    side.log.append(el("p", {
+      class: "notice",
+      text: `The conversation no longer fits in the model's context: its oldest ${count} messages were left out.`,
+    }));
+  }
 
   /** Each complete server-sent event's data, as text. */
   async function* events(response) {
@@ -50,15 +86,18 @@
     }
   }
 
-  async function ask(side, model, body, signal) {
-    side.answer.textContent = "";
-    side.answer.classList.remove("error");
+  /** One turn on one side: the user's message is in its history already. */
+  async function ask(side, model, system, sampling, signal) {
+    const messages = [...(system ? [{ role: "system", content: system }] : []), ...side.history.map((entry) => entry.message)];
+    const answer = bubble(side, "assistant", "");
+    const text = answer.querySelector(".content");
+    answer.classList.add("pending");
     side.usage.textContent = "Waiting for a worker…";
     try {
       const response = await fetch("/v1/chat/completions", {
         method: "POST", credentials: "same-origin", signal,
         headers: { "Content-Type": "application/json", "X-CSRF-Token": tl.csrf(), Accept: "text/event-stream" },
-        body: JSON.stringify({ ...body, model, stream: true, stream_options: { include_usage: true } }),
+        body: JSON.stringify({ ...sampling, model, messages, fit_context: true, stream: true, stream_options: { include_usage: true } }),
       });
       if (!response.ok) throw new Error(tl.errorText(await response.json().catch(() => null)));
       side.usage.textContent = "Answering…";
@@ -66,31 +105,121 @@
         if (payload === "[DONE]") break;
         const chunk = JSON.parse(payload);
         if (chunk.error) throw new Error(chunk.error.message);
-        for (const choice of chunk.choices) if (choice.delta.content) side.answer.textContent += choice.delta.content;
-        if (chunk.usage) side.usage.textContent = `${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens`;
+        for (const choice of chunk.choices) if (choice.delta.content) text.textContent += choice.delta.content;
+        side.log.scrollTop = side.log.scrollHeight;
+        if (chunk.usage) {
+          side.usage.textContent = `Last turn: ${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens`;
+          if (chunk.usage.dropped_messages) forgetOldest(side, chunk.usage.dropped_messages);
+        }
       }
+      side.history.push({ message: { role: "assistant", content: text.textContent }, node: answer });
     } catch (error) {
+      if (error.name === "AbortError" && text.textContent) {
+        side.usage.textContent = "Stopped.";
+        side.history.push({ message: { role: "assistant", content: text.textContent }, node: answer });
+        return;
+      }
+      // No answer to keep: this turn's question goes too, so the next turn is not two questions in a row.
+      const question = side.history.pop();
+      if (question) question.node.classList.add("dropped");
       side.usage.textContent = "";
-      if (error.name === "AbortError") return;
-      side.answer.classList.add("error");
-      side.answer.textContent = error.message;
+      if (error.name === "AbortError") answer.remove();
+      else {
+        answer.classList.add("error");
+        text.textContent = error.message;
+      }
+    } finally {
+      answer.classList.remove("pending");
     }
   }
 
-  form.addEventListener("submit", async (event) => {
+  chatForm.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (running || !prompt.value.trim()) return;
     const fields = new FormData(form);
     const job = chosenJob();
-    const messages = [];
-    if (fields.get("system").trim()) messages.push({ role: "system", content: fields.get("system") });
-    messages.push({ role: "user", content: fields.get("prompt") });
-    const body = { messages, temperature: Number(fields.get("temperature")), max_tokens: Number(fields.get("max_tokens")) };
+    const content = prompt.value;
+    const sampling = { temperature: Number(fields.get("temperature")), max_tokens: Number(fields.get("max_tokens")) };
+    const system = fields.get("system").trim() ? fields.get("system") : null;
+    for (const side of sides) side.history.push({ message: { role: "user", content }, node: bubble(side, "user", content) });
+    prompt.value = "";
+    turnCount += 1;
+    turns.textContent = `${turnCount} turn${turnCount === 1 ? "" : "s"}`;
     running = new AbortController();
     send.disabled = true;
     stop.hidden = false;
-    await Promise.all([ask(sides[0], job.model, body, running.signal), ask(sides[1], job.base_model, body, running.signal)]);
-    send.disabled = false;
-    stop.hidden = true;
+    try {
+      await Promise.all([
+        ask(sides[0], job.model, system, sampling, running.signal),
+        ask(sides[1], job.base_model, system, sampling, running.signal),
+      ]);
+    } finally {
+      running = null;
+      send.disabled = false;
+      stop.hidden = true;
+      prompt.focus();
+    }
+  });
+  prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      chatForm.requestSubmit();
+    }
   });
   stop.addEventListener("click", () => running && running.abort());
+  document.getElementById("playground-new").addEventListener("click", newConversation);
+
+  // ---- a classifier's labels ----
+
+  const classifyForm = document.getElementById("classify-form");
+  const classifyButton = document.getElementById("classify-send");
+  const result = document.getElementById("classify-result");
+
+  function showLabels(answer) {
+    const items = answer.labels.map((entry) => {
+      const percent = entry.probability * 100;
+      return el("li", { "data-label": entry.label },
+        el("span", { class: "label", text: entry.label }),
+        el("span", { class: "bar", role: "meter", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": percent.toFixed(1), "aria-label": entry.label },
+          el("span", { class: "bar-fill", style: `width: ${percent.toFixed(1)}%` })),
+        el("span", { class: "probability", text: `${percent.toFixed(1)}%` }));
+    });
+    const note = answer.truncated
+      ? `The text is longer than the model reads: only its first ${answer.tokens} tokens were labelled.`
+      : `${answer.tokens} tokens`;
+    result.replaceChildren(el("ul", { class: "labels" }, items), el("p", { class: answer.truncated ? "field-error" : "muted small", text: note }));
+  }
+
+  classifyForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const job = chosenJob();
+    classifyButton.disabled = true;
+    classifyButton.textContent = "Classifying…";
+    try {
+      const response = await tl.api("POST", `/api/jobs/${job.id}/classify`, { text: document.getElementById("classify-text").value });
+      if (response.ok) showLabels(response.data);
+      else result.replaceChildren(el("p", { class: "field-error", text: tl.errorText(response.data) }));
+    } catch (error) {
+      result.replaceChildren(el("p", { class: "field-error", text: error.message }));
+    } finally {
+      classifyButton.disabled = false;
+      classifyButton.textContent = "Classify";
+    }
+  });
+
+  // ---- the job: a chat or a classifier ----
+
+  function showJob() {
+    const job = chosenJob();
+    newConversation();
+    result.replaceChildren();
+    chatPanel.hidden = job.classifier;
+    classifyPanel.hidden = !job.classifier;
+    for (const field of form.querySelectorAll(".chat-only")) field.hidden = job.classifier;
+    sides[0].model.textContent = job.model;
+    sides[1].model.textContent = job.base_model;
+    document.getElementById("model-classifier").textContent = job.model;
+  }
+  select.addEventListener("change", showJob);
+  showJob();
 })();

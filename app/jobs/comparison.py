@@ -1,0 +1,123 @@
+"""Jobs side by side: the settings that differ between them (the spec as the worker resolved
+it, and the datasets), and their final metrics. What the compare page shows beside the curves.
+
+    comparison = compare_jobs(session, access, [12, 15])
+    comparison.differing   # [Row("learning_rate", [0.0002, 0.001]), ...]
+    len(comparison.equal)  # the settings the jobs share
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.accounts.access import TeamAccess
+from app.contract.spec import Method, TrainingSpec
+from app.core.errors import DomainError, NotFound
+from app.core.tables import Dataset, Job, JobMetric, utcnow
+from app.jobs.exports import metric_value
+
+MAX_JOBS = 12  # as many as the compare page picks
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    values: list[Any]  # one per job, in the order of `Comparison.jobs`; None: not set, or not used by its method
+    better: str | None = None  # metrics: "lower" or "higher" is better; None: neither
+
+
+@dataclass(frozen=True)
+class Comparison:
+    jobs: list[Job]
+    differing: list[Row]  # settings not the same for every job
+    equal: list[Row]  # settings every job shares
+    metrics: list[Row]
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
+    return out
+
+
+def resolved_settings(job: Job, datasets: dict[int, str]) -> dict[str, Any]:
+    """The job's settings as training used them: every spec field with its default filled in,
+    the learning rate the method picks when none was given, and the datasets by name. Settings
+    the job's method does not use (LoRA's for full fine-tuning, quantization's but for QLoRA)
+    are None."""
+    try:
+        spec = TrainingSpec.model_validate(job.spec)
+    except ValidationError:  # a spec stored by an older version: shown as it was given
+        settings = _flatten(dict(job.spec))
+    else:
+        settings = _flatten(spec.model_dump(mode="json"))
+        settings["learning_rate"] = spec.effective_learning_rate
+        for section, used in (("lora.", spec.uses_adapter), ("quantization.", spec.method == Method.qlora)):
+            if not used:
+                settings.update({name: None for name in settings if name.startswith(section)})
+    settings["dataset"] = datasets.get(job.dataset_id) if job.dataset_id else None
+    settings["validation_dataset"] = datasets.get(job.validation_dataset_id) if job.validation_dataset_id else None
+    return settings
+
+
+def _last_point(session: Session, job: Job, split: str) -> dict[str, Any]:
+    query = select(JobMetric.values).where(JobMetric.job_id == job.id, JobMetric.split == split)
+    return session.scalar(query.order_by(JobMetric.step.desc()).limit(1)) or {}
+
+
+def final_metrics(session: Session, jobs: list[Job]) -> list[Row]:
+    """Where each job ended: its losses and accuracies (per token for language models, per row
+    for classifiers), steps, tokens and time."""
+    last = [(_last_point(session, job, "train"), _last_point(session, job, "eval")) for job in jobs]
+    now = utcnow()
+    return [
+        Row("state", [job.state.value for job in jobs]),
+        Row("train_loss", [job.train_loss for job in jobs], "lower"),
+        Row("eval_loss", [job.eval_loss for job in jobs], "lower"),
+        Row(
+            "train_accuracy", [metric_value(train, ("mean_token_accuracy", "accuracy")) for train, _ in last], "higher"
+        ),
+        Row(
+            "eval_accuracy",
+            [metric_value(evals, ("eval_mean_token_accuracy", "eval_accuracy")) for _, evals in last],
+            "higher",
+        ),
+        Row("steps", [job.step for job in jobs]),
+        Row("trained_tokens", [job.trained_tokens for job in jobs]),
+        Row(
+            "duration_s",
+            [
+                round(((job.finished_at or now) - job.started_at).total_seconds(), 1) if job.started_at else None
+                for job in jobs
+            ],
+        ),
+    ]
+
+
+def compare_jobs(session: Session, access: TeamAccess, job_ids: list[int]) -> Comparison:
+    """The jobs `job_ids` (in that order, duplicates once) side by side. NotFound when one is
+    missing or another team's; DomainError for fewer than one or more than MAX_JOBS."""
+    ids = list(dict.fromkeys(job_ids))
+    if not 1 <= len(ids) <= MAX_JOBS:
+        raise DomainError(f"compare 1 to {MAX_JOBS} jobs at a time", 422)
+    found = {job.id: job for job in session.scalars(access.scope(select(Job).where(Job.id.in_(ids)), Job))}
+    if missing := [job_id for job_id in ids if job_id not in found]:
+        raise NotFound(f"job not found: {', '.join(map(str, missing))}")
+    jobs = [found[job_id] for job_id in ids]
+    dataset_ids = {i for job in jobs for i in (job.dataset_id, job.validation_dataset_id) if i is not None}
+    datasets = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(dataset_ids))).all())
+    settings = [resolved_settings(job, datasets) for job in jobs]
+    names = list(dict.fromkeys(name for each in settings for name in each))
+    rows = [Row(name, [each.get(name) for each in settings]) for name in names]
+    differing = [row for row in rows if any(value != row.values[0] for value in row.values)]
+    equal = [row for row in rows if all(value == row.values[0] for value in row.values)]
+    return Comparison(jobs, differing, equal, final_metrics(session, jobs))
