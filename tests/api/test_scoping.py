@@ -68,10 +68,17 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
     assert len(routes) >= 20
     for path, method in routes:
         url = _fill(path, acme_objects["params"])
-        body = {"email": outsider.email, "role": "member"} if path.endswith("/members") and method == "PUT" else None
+        body = None
+        if path.endswith("/members") and method == "PUT":
+            body = {"email": outsider.email, "role": "member"}
+        elif path.endswith("/classify"):
+            body = {"text": "is this theirs?"}
         response = outsider.client.request(method, url, json=body)
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}: {response.text[:200]}"
         assert SECRET not in response.text
+    # Compare names its jobs in the query string.
+    response = outsider.client.get("/api/compare", params={"jobs": acme_objects["params"]["job_id"]})
+    assert response.status_code == 404 and SECRET not in response.text
 
 
 def test_missing_objects_answer_exactly_like_another_teams(app, acme_objects, make_account):
@@ -96,7 +103,7 @@ def test_lists_leave_other_teams_objects_out(app, acme_objects, make_account):
     lists = [
         (path, method)
         for path, method in _api_routes(app)
-        if "{" not in path and method == "GET" and path not in ("/healthz", "/api/stream")
+        if "{" not in path and method == "GET" and path not in ("/healthz", "/api/stream", "/api/compare")
     ]
     assert {"/api/jobs", "/api/datasets", "/v1/files", "/v1/fine_tuning/jobs", "/v1/models"} <= {p for p, _ in lists}
     for path, _method in lists:
