@@ -6,8 +6,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 
 from app.accounts import teams, tokens, users
 from app.api.bodies import LoginIn, MeOut, TeamRoleOut, TokenCreatedOut, TokenIn, TokenOut
-from app.api.deps import CurrentUser, SessionDep, end_browser_session, start_browser_session
-from app.core.tables import ApiToken
+from app.api.deps import AccessDep, CurrentUser, SessionDep, end_browser_session, start_browser_session
 
 router = APIRouter(prefix="/api", tags=["account"])
 
@@ -41,16 +40,23 @@ def me(user: CurrentUser, session: SessionDep) -> MeOut:
 
 
 @router.get("/tokens", response_model=list[TokenOut])
-def list_tokens(user: CurrentUser, session: SessionDep) -> list[ApiToken]:
-    return tokens.tokens_of(session, user)
+def list_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
+    return [TokenOut.of(row) for row in tokens.tokens_of(session, user)]
 
 
 @router.post("/tokens", response_model=TokenCreatedOut, status_code=status.HTTP_201_CREATED)
-def create_token(body: TokenIn, user: CurrentUser, session: SessionDep) -> TokenCreatedOut:
-    row, token = tokens.create_api_token(session, user=user, name=body.name, expires_in_days=body.expires_in_days)
-    return TokenCreatedOut(**TokenOut.model_validate(row).model_dump(), token=token)
+def create_token(body: TokenIn, access: AccessDep, session: SessionDep) -> TokenCreatedOut:
+    """A new API token, shown once. With `team_id`, it is bound to that team (one of yours)."""
+    row, token = tokens.create_api_token(
+        session,
+        user=access.user,
+        name=body.name,
+        expires_in_days=body.expires_in_days,
+        team=access.team_for_token(session, body.team_id),
+    )
+    return TokenCreatedOut(**TokenOut.of(row).model_dump(), token=token)
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> ApiToken:
-    return tokens.revoke_api_token(session, user=user, token_id=token_id)
+def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> TokenOut:
+    return TokenOut.of(tokens.revoke_api_token(session, user=user, token_id=token_id))
