@@ -19,7 +19,8 @@ def _members(session, team_id: int) -> list[MemberOut]:
 @router.get("/teams", response_model=list[TeamRoleOut])
 def list_teams(access: AccessDep, session: SessionDep) -> list[TeamRoleOut]:
     return [
-        TeamRoleOut(id=t.id, name=t.name, role=access.roles[t.id]) for t in teams.teams_by_id(session, access.team_ids)
+        TeamRoleOut(id=t.id, name=t.name, role=access.memberships[t.id])
+        for t in teams.teams_by_id(session, list(access.memberships))
     ]
 
 

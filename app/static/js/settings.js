@@ -19,16 +19,24 @@
       });
       return el("tr", { class: revoked || expired ? "muted" : "" },
         el("td", { text: token.name }), el("td", {}, el("code", { text: `${token.prefix}…` })),
+        el("td", { class: "token-team", text: token.team_name || "all my teams" }),
         el("td", { text: fmt.ago(token.created_at) }), el("td", { text: token.last_used_at ? fmt.ago(token.last_used_at) : "never" }),
         el("td", { text: token.expires_at ? (expired ? "expired" : fmt.time(token.expires_at)) : "never" }), el("td", {}, revoke));
     }));
   }
+
+  // Tokens are bound to the current team unless asked otherwise (like an OpenAI project key).
+  const tokenTeam = document.getElementById("token-team");
+  tokenTeam.append(...data.teams.map((team) =>
+    el("option", { value: team.id, text: `Team ${team.name} only`, selected: team.id === data.current_team_id })),
+  el("option", { value: "", text: "All my teams" }));
 
   document.getElementById("token-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = event.target;
     const body = { name: form.elements.name.value.trim() || "default" };
     if (form.elements.expires.value) body.expires_in_days = Number(form.elements.expires.value);
+    if (form.elements.team.value) body.team_id = Number(form.elements.team.value);
     const response = await tl.api("POST", "/api/tokens", body);
     if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
     document.getElementById("new-token-value").textContent = response.data.token;
