@@ -283,9 +283,7 @@ def token_create(email: str, name: str, expires_in_days: int | None, team: str |
             bound = find_team(session, team) if team is not None else None
             if team is not None and bound is None:
                 _fail(f"no team named {team.strip()!r}")
-            _row, secret = create_api_token(
-                session, user=found, name=name, expires_in_days=expires_in_days, team=bound
-            )
+            _row, secret = create_api_token(session, user=found, name=name, expires_in_days=expires_in_days, team=bound)
     except AccountError as error:
         _fail(error.message)
     click.echo(secret)

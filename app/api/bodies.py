@@ -83,6 +83,24 @@ class MemberOut(BaseModel):
     role: Role
 
 
+class InvitationIn(_In):
+    email: str = Field(max_length=254)
+    role: Role = Role.member
+
+
+class InvitationOut(_Out):
+    id: int
+    team_id: int
+    email: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationCreatedOut(InvitationOut):
+    url: str = Field(description="The link to hand to the invitee. It is shown this once and works once.")
+
+
 class UserIn(_In):
     email: str = Field(max_length=254)
     password: str = Field(max_length=1024)
