@@ -55,8 +55,10 @@ def set_member(team_id: int, body: MemberIn, access: AccessDep, session: Session
 
 @router.delete("/teams/{team_id}/members/{user_id}", response_model=list[MemberOut])
 def remove_member(team_id: int, user_id: int, access: AccessDep, session: SessionDep) -> list[MemberOut]:
+    """Owners remove members; anyone may leave (remove themselves), except a team's last owner."""
     team = access.team(session, team_id)
-    access.require_owner(team.id)
+    if user_id != access.user.id:
+        access.require_owner(team.id)
     teams.remove_membership(session, team=team, user_id=user_id)
     return _members(session, team.id)
 
