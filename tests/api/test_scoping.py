@@ -31,6 +31,7 @@ def acme_objects(make_account, db, models_env):
     db.add(artifact)
     db.commit()
     token_id = owner.client.get("/api/tokens").json()[0]["id"]
+    invitation = owner.client.post(f"/api/teams/{owner.team_id}/invitations", json={"email": "new@acme.test"})
     model = next(m["id"] for m in owner.client.get("/v1/models").json()["data"] if m["id"].startswith("ft:"))
     return {
         "owner": owner,
@@ -43,6 +44,7 @@ def acme_objects(make_account, db, models_env):
             "artifact_id": artifact.id,
             "file_id": f"file-{dataset.id}",
             "model": model,
+            "invitation_id": invitation.json()["id"],
         },
     }
 
@@ -68,7 +70,10 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
     assert len(routes) >= 20
     for path, method in routes:
         url = _fill(path, acme_objects["params"])
-        body = {"email": outsider.email, "role": "member"} if path.endswith("/members") and method == "PUT" else None
+        wants_body = (path.endswith("/members") and method == "PUT") or (
+            path.endswith("/invitations") and method == "POST"
+        )
+        body = {"email": outsider.email, "role": "member"} if wants_body else None
         response = outsider.client.request(method, url, json=body)
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}: {response.text[:200]}"
         assert SECRET not in response.text
