@@ -171,12 +171,13 @@ def _asked_team(request: Request) -> int | None:
     return int(value) if value.isdigit() and len(value) < 19 else None
 
 
-def _access_for(request: Request, user: User, session: Session) -> TeamAccess:
-    """A browser works in its page's team (else the user's current team); a token bound to a
-    team works in that team; an unbound token in all of its user's teams."""
+def _access_for(request: Request, user: User, session: Session, *, page: bool = False) -> TeamAccess:
+    """A browser's API call works in its page's team (else the user's current team), a page in
+    the current team; a token bound to a team works in that team; an unbound token in all of
+    its user's teams."""
     if "authorization" in request.headers:
         return access_for(session, user, bound_team_id=getattr(request.state, "token_team_id", None))
-    return browser_access(session, user, asked_team_id=_asked_team(request))
+    return browser_access(session, user, asked_team_id=None if page else _asked_team(request))
 
 
 def team_access(request: Request, user: CurrentUser, session: SessionDep) -> TeamAccess:
@@ -184,7 +185,7 @@ def team_access(request: Request, user: CurrentUser, session: SessionDep) -> Tea
 
 
 def page_access(request: Request, user: PageUser, session: SessionDep) -> TeamAccess:
-    return _access_for(request, user, session)
+    return _access_for(request, user, session, page=True)
 
 
 AccessDep = Annotated[TeamAccess, Depends(team_access)]

@@ -130,7 +130,7 @@ def test_the_browser_works_in_its_current_team_and_the_choice_persists(app, db, 
 
 
 def test_switching_to_a_team_one_is_not_in_is_refused(app, two_teams, make_account):
-    ada, _gus, _objects = two_teams
+    ada, gus, _objects = two_teams
     stranger = make_account(team="initech", role="owner")
     browser, csrf = _browser(app, ada.email)
     with browser:
@@ -138,6 +138,11 @@ def test_switching_to_a_team_one_is_not_in_is_refused(app, two_teams, make_accou
         assert refused.status_code == 404
         assert browser.post("/team", data={"team_id": stranger.team_id}, follow_redirects=False).status_code == 403
         assert browser.get(f"/api/jobs?team={stranger.team_id}").json()["data"][0]["name"] == "acme-job"
+        # Pages are the current team's whatever they are asked: the header's switch is the one way.
+        assert (
+            "globex-job" not in browser.get(f"/?team={gus.team_id}", headers={"X-Tunelab-Team": str(gus.team_id)}).text
+        )
+        assert browser.get(f"/api/jobs?team={gus.team_id}").json()["data"][0]["name"] == "globex-job"
 
 
 def test_a_user_removed_from_their_current_team_falls_back_to_another(app, db, two_teams):
