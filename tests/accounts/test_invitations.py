@@ -191,3 +191,19 @@ def test_invitations_expire_after_the_configured_time(acme, db, monkeypatch):
     invitation = _invite(acme, "soon@example.com")
     stored = db.get(Invitation, invitation["id"])
     assert stored.expires_at - stored.created_at == timedelta(hours=1)
+
+
+def test_the_access_log_does_not_show_an_invitation_secret(app, caplog):
+    import logging
+
+    log = logging.getLogger("uvicorn.access")
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/invite/s3cr3t-link", "1.1", 200)
+        log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/login?next=%2Finvite%2Fs3cr3t&x=1", "1.1", 200)
+        log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/datasets", "1.1", 200)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        '127.0.0.1:5000 - "GET /invite/<secret> HTTP/1.1" 200',
+        '127.0.0.1:5000 - "GET /login?next=%2Finvite%2F<secret>&x=1 HTTP/1.1" 200',
+        '127.0.0.1:5000 - "GET /datasets HTTP/1.1" 200',
+    ]
