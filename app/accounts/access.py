@@ -127,12 +127,9 @@ class TeamAccess:
         )
 
 
-def access_for(
-    session: Session, user: User, *, working_team_id: int | None = None, bound_team_id: int | None = None
-) -> TeamAccess:
-    """The caller's access. `bound_team_id`: a token bound to that team (the only one it
-    sees). `working_team_id`: a browser working in one team (one of the user's, else their
-    current team, else their first)."""
+def access_for(session: Session, user: User, *, bound_team_id: int | None = None) -> TeamAccess:
+    """The caller's access in all of their teams, or (`bound_team_id`, a token bound to a team)
+    in that team alone."""
     rows = session.execute(
         select(Membership.team_id, Membership.role, Team.name)
         .join(Team, Team.id == Membership.team_id)
