@@ -11,9 +11,14 @@ from app.api.deps import AccessDep, CurrentUser, SessionDep, end_browser_session
 router = APIRouter(prefix="/api", tags=["account"])
 
 
-def _me(session, user) -> MeOut:
+def _me(session, user, only_team_id: int | None = None) -> MeOut:
+    """The user and their teams (only the token's team, for a token bound to one)."""
     memberships = teams.memberships_of(session, user)
-    team_roles = [TeamRoleOut(id=m.team.id, name=m.team.name, role=m.role) for m in memberships]
+    team_roles = [
+        TeamRoleOut(id=m.team.id, name=m.team.name, role=m.role)
+        for m in memberships
+        if only_team_id is None or m.team_id == only_team_id
+    ]
     return MeOut(id=user.id, email=user.email, is_admin=user.is_admin, teams=team_roles)
 
 
@@ -35,8 +40,8 @@ def sign_out(request: Request, user: CurrentUser, session: SessionDep) -> None:
 
 
 @router.get("/me", response_model=MeOut)
-def me(user: CurrentUser, session: SessionDep) -> MeOut:
-    return _me(session, user)
+def me(access: AccessDep, session: SessionDep) -> MeOut:
+    return _me(session, access.user, only_team_id=access.bound_team_id)
 
 
 @router.get("/tokens", response_model=list[TokenOut])

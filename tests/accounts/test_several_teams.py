@@ -75,6 +75,7 @@ def test_a_token_bound_to_a_team_works_there_with_no_team_id_and_sees_nothing_el
     assert elsewhere.status_code == 404
     assert {job["team_id"] for job in bound.get("/api/jobs").json()["data"]} == {gus.team_id}
     assert [team["name"] for team in bound.get("/api/teams").json()] == ["globex"]
+    assert [team["name"] for team in bound.get("/api/me").json()["teams"]] == ["globex"]
     assert bound.get(f"/api/teams/{ada.team_id}/members").status_code == 404
 
     # A bound token cannot mint a token that sees more than its team.
