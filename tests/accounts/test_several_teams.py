@@ -160,3 +160,32 @@ def test_a_user_removed_from_their_current_team_falls_back_to_another(app, db, t
     db.expire_all()
     assert db.scalar(select(Job).where(Job.name == "globex-job")).team_id == gus.team_id
     assert db.scalar(select(Dataset).where(Dataset.name == "after.jsonl")).team_id == ada.team_id
+
+
+def test_the_openai_client_works_with_a_bound_token_and_is_told_what_to_add_without(app, two_teams):
+    import openai
+    from openai import OpenAI
+
+    ada, gus, objects = two_teams
+
+    def client(token: str) -> OpenAI:
+        http = TestClient(app, base_url="http://testserver")
+        return OpenAI(base_url="http://testserver/v1", api_key=token, http_client=http, max_retries=0)
+
+    content = jsonl(chat_rows(16))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(ada.token).files.create(file=("colours.jsonl", content), purpose="fine-tune")
+    assert "`team_id`" in str(refused.value) and f"{gus.team_id} (globex)" in str(refused.value)
+
+    key = ada.client.post("/api/tokens", json={"name": "globex key", "team_id": gus.team_id}).json()["token"]
+    bound = client(key)
+    uploaded = bound.files.create(file=("colours.jsonl", content), purpose="fine-tune")
+    job = bound.fine_tuning.jobs.create(model=tiny_spec()["base_model"], training_file=uploaded.id, suffix="x")
+    assert job.status == "queued" and job.organization_id == "globex"
+    listed = {j.id for j in bound.fine_tuning.jobs.list().data}
+    assert listed == {job.id, f"ftjob-{objects['globex_job'].id}"}  # globex's jobs, none of acme's
+
+    named = client(ada.token).files.create(
+        file=("colours.jsonl", content), purpose="fine-tune", extra_body={"team_id": ada.team_id}
+    )
+    assert ada.client.get(f"/api/datasets/{named.id.removeprefix('file-')}").json()["team_id"] == ada.team_id
