@@ -95,12 +95,13 @@ def find(session: Session, secret: str) -> Invitation:
     return invitation
 
 
-def _claim(session: Session, invitation: Invitation, user: User) -> None:
-    """Use the invitation up, exactly once even when two requests race for it."""
+def _claim(session: Session, invitation: Invitation) -> None:
+    """Use the invitation up, exactly once even when two requests race for it: the loser
+    waits on the row's lock, then finds it used. Done first, before anything is created."""
     claimed = session.execute(
         _open(update(Invitation))
         .where(Invitation.id == invitation.id)
-        .values(accepted_at=utcnow(), accepted_by_id=user.id)
+        .values(accepted_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     if claimed.rowcount != 1:
@@ -114,11 +115,12 @@ def accept_as_new_user(session: Session, *, secret: str, password: str) -> User:
         raise AccountError(f"{invitation.email} has an account already: sign in to accept the invitation", 409)
     if problem := check_password_strength(password):
         raise AccountError(problem, 422)
+    _claim(session, invitation)
     user = User(email=invitation.email, password_hash=hash_password(password), current_team_id=invitation.team_id)
     session.add(user)
     session.flush()
-    _claim(session, invitation, user)
     session.add(Membership(user_id=user.id, team_id=invitation.team_id, role=invitation.role))
+    session.execute(update(Invitation).where(Invitation.id == invitation.id).values(accepted_by_id=user.id))
     session.flush()
     return user
 
@@ -133,7 +135,8 @@ def accept_as_user(session: Session, *, secret: str, user: User) -> Team:
             f"sign out, then open the link again",
             403,
         )
-    _claim(session, invitation, user)
+    _claim(session, invitation)
+    session.execute(update(Invitation).where(Invitation.id == invitation.id).values(accepted_by_id=user.id))
     membership = session.scalar(
         select(Membership).where(Membership.team_id == invitation.team_id, Membership.user_id == user.id)
     )

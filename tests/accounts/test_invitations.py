@@ -207,3 +207,33 @@ def test_the_access_log_does_not_show_an_invitation_secret(app, caplog):
         '127.0.0.1:5000 - "GET /login?next=%2Finvite%2F<secret>&x=1 HTTP/1.1" 200',
         '127.0.0.1:5000 - "GET /datasets HTTP/1.1" 200',
     ]
+
+
+def test_two_acceptances_at_once_make_one_account(acme, db):
+    import threading
+
+    from app.accounts import invitations
+    from app.core.database import session_scope
+    from app.core.errors import AccountError
+
+    secret = _path(_invite(acme, "racer@example.com")).rsplit("/", 1)[1]
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def accept() -> None:
+        start.wait()
+        try:
+            with session_scope() as session:
+                invitations.accept_as_new_user(session, secret=secret, password=PASSWORD)
+            outcomes.append("joined")
+        except AccountError as error:
+            outcomes.append(f"{error.status}")
+
+    threads = [threading.Thread(target=accept) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["410", "joined"]
+    db.expire_all()
+    assert len(db.scalars(select(User).where(User.email == "racer@example.com")).all()) == 1
