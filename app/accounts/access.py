@@ -145,9 +145,12 @@ def access_for(session: Session, user: User, *, bound_team_id: int | None = None
 
 
 def browser_access(session: Session, user: User, *, asked_team_id: int | None = None) -> TeamAccess:
-    """A browser works in one team at a time: the one its page says (when the user is still in
-    it), else the user's current team, else their first."""
+    """A browser works in one team at a time: the one its page says, else the user's current
+    team (while they are in it), else their first. A page of a team the user has left gets
+    NotFound: its uploads and launches must not land in another team unnoticed."""
     access = access_for(session, user)
+    if asked_team_id is not None and asked_team_id not in access.memberships:
+        raise NotFound("team not found: you are no longer in the team this page was opened in; reload the page")
     chosen = next(
         (team_id for team_id in (asked_team_id, user.current_team_id) if team_id in access.memberships),
         min(access.memberships) if access.memberships else None,

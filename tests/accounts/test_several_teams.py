@@ -138,7 +138,7 @@ def test_switching_to_a_team_one_is_not_in_is_refused(app, two_teams, make_accou
         refused = browser.post("/team", data={"team_id": stranger.team_id, "csrf_token": csrf}, follow_redirects=False)
         assert refused.status_code == 404
         assert browser.post("/team", data={"team_id": stranger.team_id}, follow_redirects=False).status_code == 403
-        assert browser.get(f"/api/jobs?team={stranger.team_id}").json()["data"][0]["name"] == "acme-job"
+        assert browser.get(f"/api/jobs?team={stranger.team_id}").status_code == 404
         # Pages are the current team's whatever they are asked: the header's switch is the one way.
         assert (
             "globex-job" not in browser.get(f"/?team={gus.team_id}", headers={"X-Tunelab-Team": str(gus.team_id)}).text
@@ -153,6 +153,9 @@ def test_a_user_removed_from_their_current_team_falls_back_to_another(app, db, t
         browser.post("/team", data={"team_id": gus.team_id, "csrf_token": csrf})
         assert "globex-job" in browser.get("/").text
         assert gus.client.delete(f"/api/teams/{gus.team_id}/members/{ada.user_id}").status_code == 200
+        # A tab still open on globex cannot upload there any more, nor elsewhere unnoticed.
+        stale = _upload(browser, "stale.jsonl", 16, headers={"X-CSRF-Token": csrf, "X-Tunelab-Team": str(gus.team_id)})
+        assert stale.status_code == 404 and "reload the page" in stale.json()["detail"]
         page = browser.get("/").text
         assert "acme-job" in page and "globex-job" not in page
         uploaded = _upload(browser, "after.jsonl", 15, headers={"X-CSRF-Token": csrf})
@@ -160,6 +163,7 @@ def test_a_user_removed_from_their_current_team_falls_back_to_another(app, db, t
     db.expire_all()
     assert db.scalar(select(Job).where(Job.name == "globex-job")).team_id == gus.team_id
     assert db.scalar(select(Dataset).where(Dataset.name == "after.jsonl")).team_id == ada.team_id
+    assert db.scalar(select(Dataset).where(Dataset.name == "stale.jsonl")) is None
 
 
 def test_the_openai_client_works_with_a_bound_token_and_is_told_what_to_add_without(app, two_teams):
