@@ -50,6 +50,8 @@ class TwoTeams:
         page.click("details.advanced summary")
         page.fill("input[name='spec.logging_steps']", "1")
         page.fill("input[name='queue']", self.queue)
+        expect(page.locator("#page-team")).to_have_text(page.locator("#team-switch option:checked").text_content())
+        screenshot(page, "new-job-in-team")
         page.click("#launch")
         page.wait_for_url(re.compile(r".*/jobs/\d+$"))
         return int(page.url.rsplit("/", 1)[1])
