@@ -193,3 +193,31 @@ def test_the_openai_client_works_with_a_bound_token_and_is_told_what_to_add_with
         file=("colours.jsonl", content), purpose="fine-tune", extra_body={"team_id": ada.team_id}
     )
     assert ada.client.get(f"/api/datasets/{named.id.removeprefix('file-')}").json()["team_id"] == ada.team_id
+
+
+@pytest.mark.parametrize(
+    "referer, next_path, lands_on",
+    [
+        ("http://testserver/datasets?page=2", "", "/datasets?page=2"),  # the same page, in the other team
+        ("http://testserver/jobs/7", "", "/"),  # an object of the old team: back to its list
+        ("http://testserver/datasets/7", "", "/datasets"),
+        ("http://testserver/jobs/new?clone=7", "", "/jobs/new"),
+        ("https://elsewhere.example/jobs", "", "/"),  # never off the site
+        ("", "/jobs/7", "/jobs/7"),  # the other-team page asks to go to the object
+        ("", "//elsewhere.example/x", "/"),
+        ("", "/\\elsewhere.example", "/"),
+    ],
+)
+def test_switching_goes_back_to_a_page_of_this_site_that_shows_in_the_new_team(
+    app, two_teams, referer, next_path, lands_on
+):
+    ada, gus, _objects = two_teams
+    browser, csrf = _browser(app, ada.email)
+    with browser:
+        response = browser.post(
+            "/team",
+            data={"team_id": gus.team_id, "csrf_token": csrf, "next": next_path},
+            headers={"Referer": referer} if referer else {},
+            follow_redirects=False,
+        )
+    assert response.status_code == 303 and response.headers["location"] == lands_on
