@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         4, ge=1, description="Argon2 computations at once (each takes 64 MiB): bounds the memory a login flood takes."
     )
     cookie_secure: bool = Field(False, description="Send cookies over HTTPS only (set behind TLS).")
+    invitation_max_age_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long an invitation link to join a team can be used."
+    )
+    max_pending_invitations: int = Field(100, ge=1, description="Open invitations one team may have at once.")
 
     # Workers and job recovery.
     worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker says it is alive.")

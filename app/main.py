@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -93,8 +94,25 @@ async def lifespan(_app: FastAPI):
         reaper.cancel()
 
 
+class HideInvitationSecrets(logging.Filter):
+    """The server's access log shows an invitation link's path without its secret (uvicorn's
+    records carry the path as their third argument)."""
+
+    SECRET = re.compile(r"(/|%2F)invite(/|%2F)[^&?#\s]+", re.IGNORECASE)  # also in /login?next=...
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], self.SECRET.sub(r"\1invite\2<secret>", args[2]), *args[3:])
+        return True
+
+
+_HIDE_INVITATION_SECRETS = HideInvitationSecrets()
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
+    logging.getLogger("uvicorn.access").addFilter(_HIDE_INVITATION_SECRETS)
     app = FastAPI(
         title="tunelab", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json", lifespan=lifespan
     )

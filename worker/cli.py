@@ -269,8 +269,10 @@ def token() -> None:
 @click.argument("email")
 @click.option("--name", default="cli", show_default=True, help="A name to recognise the token by.")
 @click.option("--expires-in-days", type=int, default=None, help="Expire the token after this many days.")
-def token_create(email: str, name: str, expires_in_days: int | None) -> None:
+@click.option("--team", default=None, help="Bind the token to this team (one of the user's): it works there only.")
+def token_create(email: str, name: str, expires_in_days: int | None, team: str | None) -> None:
     """Create an API token for a user and print it (alone, on stdout). It is not shown again."""
+    from app.accounts.teams import find_team
     from app.accounts.tokens import create_api_token
     from app.accounts.users import find_user
     from app.core.database import session_scope
@@ -281,7 +283,10 @@ def token_create(email: str, name: str, expires_in_days: int | None) -> None:
             found = find_user(session, email)
             if found is None:
                 _fail(f"no user with email {email.strip().lower()}")
-            _row, secret = create_api_token(session, user=found, name=name, expires_in_days=expires_in_days)
+            bound = find_team(session, team) if team is not None else None
+            if team is not None and bound is None:
+                _fail(f"no team named {team.strip()!r}")
+            _row, secret = create_api_token(session, user=found, name=name, expires_in_days=expires_in_days, team=bound)
     except AccountError as error:
         _fail(error.message)
     click.echo(secret)

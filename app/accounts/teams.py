@@ -102,3 +102,9 @@ def create_team_owned_by(session: Session, *, name: str, owner: User) -> Team:
     session.add(Membership(user_id=owner.id, team_id=team.id, role=Role.owner))
     session.flush()
     return team
+
+
+def set_current_team(session: Session, *, user: User, team: Team) -> None:
+    """The team the user works in, in the browser, from now on (kept across sign-ins)."""
+    user.current_team_id = team.id
+    session.flush()

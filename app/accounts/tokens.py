@@ -10,18 +10,23 @@ from sqlalchemy.orm import Session
 from app.accounts.credentials import hash_api_token, new_api_token, token_display_prefix
 from app.core.database import session_scope
 from app.core.errors import AccountError
-from app.core.tables import ApiToken, User, utcnow
+from app.core.tables import ApiToken, Membership, Team, User, utcnow
 
 
 def create_api_token(
-    session: Session, *, user: User, name: str = "default", expires_in_days: int | None = None
+    session: Session, *, user: User, name: str = "default", expires_in_days: int | None = None, team: Team | None = None
 ) -> tuple[ApiToken, str]:
-    """A new token row and the token itself, which is not stored and cannot be shown again."""
+    """A new token row and the token itself, which is not stored and cannot be shown again.
+    With `team` (one of the user's), the token works in that team only."""
     name = name.strip() or "default"
     if len(name) > 100:
         raise AccountError("token names are at most 100 characters", 422)
     if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
         raise AccountError("expires_in_days must be between 1 and 3650", 422)
+    if team is not None and not session.scalar(
+        select(Membership.id).where(Membership.user_id == user.id, Membership.team_id == team.id)
+    ):
+        raise AccountError(f"{user.email} is not a member of team {team.name!r}", 404)
     token = new_api_token()
     row = ApiToken(
         user_id=user.id,
@@ -29,6 +34,7 @@ def create_api_token(
         prefix=token_display_prefix(token),
         token_hash=hash_api_token(token),
         expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+        team_id=team.id if team is not None else None,
     )
     session.add(row)
     session.flush()

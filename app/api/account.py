@@ -6,15 +6,19 @@ from fastapi import APIRouter, HTTPException, Request, status
 
 from app.accounts import teams, tokens, users
 from app.api.bodies import LoginIn, MeOut, TeamRoleOut, TokenCreatedOut, TokenIn, TokenOut
-from app.api.deps import CurrentUser, SessionDep, end_browser_session, start_browser_session
-from app.core.tables import ApiToken
+from app.api.deps import AccessDep, CurrentUser, SessionDep, end_browser_session, start_browser_session
 
 router = APIRouter(prefix="/api", tags=["account"])
 
 
-def _me(session, user) -> MeOut:
+def _me(session, user, only_team_id: int | None = None) -> MeOut:
+    """The user and their teams (only the token's team, for a token bound to one)."""
     memberships = teams.memberships_of(session, user)
-    team_roles = [TeamRoleOut(id=m.team.id, name=m.team.name, role=m.role) for m in memberships]
+    team_roles = [
+        TeamRoleOut(id=m.team.id, name=m.team.name, role=m.role)
+        for m in memberships
+        if only_team_id is None or m.team_id == only_team_id
+    ]
     return MeOut(id=user.id, email=user.email, is_admin=user.is_admin, teams=team_roles)
 
 
@@ -36,21 +40,28 @@ def sign_out(request: Request, user: CurrentUser, session: SessionDep) -> None:
 
 
 @router.get("/me", response_model=MeOut)
-def me(user: CurrentUser, session: SessionDep) -> MeOut:
-    return _me(session, user)
+def me(access: AccessDep, session: SessionDep) -> MeOut:
+    return _me(session, access.user, only_team_id=access.bound_team_id)
 
 
 @router.get("/tokens", response_model=list[TokenOut])
-def list_tokens(user: CurrentUser, session: SessionDep) -> list[ApiToken]:
-    return tokens.tokens_of(session, user)
+def list_tokens(user: CurrentUser, session: SessionDep) -> list[TokenOut]:
+    return [TokenOut.of(row) for row in tokens.tokens_of(session, user)]
 
 
 @router.post("/tokens", response_model=TokenCreatedOut, status_code=status.HTTP_201_CREATED)
-def create_token(body: TokenIn, user: CurrentUser, session: SessionDep) -> TokenCreatedOut:
-    row, token = tokens.create_api_token(session, user=user, name=body.name, expires_in_days=body.expires_in_days)
-    return TokenCreatedOut(**TokenOut.model_validate(row).model_dump(), token=token)
+def create_token(body: TokenIn, access: AccessDep, session: SessionDep) -> TokenCreatedOut:
+    """A new API token, shown once. With `team_id`, it is bound to that team (one of yours)."""
+    row, token = tokens.create_api_token(
+        session,
+        user=access.user,
+        name=body.name,
+        expires_in_days=body.expires_in_days,
+        team=access.team_for_token(session, body.team_id),
+    )
+    return TokenCreatedOut(**TokenOut.of(row).model_dump(), token=token)
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> ApiToken:
-    return tokens.revoke_api_token(session, user=user, token_id=token_id)
+def revoke_token(token_id: int, user: CurrentUser, session: SessionDep) -> TokenOut:
+    return TokenOut.of(tokens.revoke_api_token(session, user=user, token_id=token_id))

@@ -42,16 +42,27 @@ class MeOut(BaseModel):
 class TokenIn(_In):
     name: str = Field("default", max_length=100)
     expires_in_days: int | None = Field(None, ge=1, le=3650)
+    team_id: int | None = Field(
+        None, description="Bind the token to this team: it works there only, with no `team_id` in requests."
+    )
 
 
 class TokenOut(_Out):
     id: int
     name: str
     prefix: str
+    team_id: int | None = Field(description="The team the token is bound to; null: all of its user's teams.")
+    team_name: str | None = None
     created_at: datetime
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row) -> TokenOut:
+        out = cls.model_validate(row)
+        out.team_name = row.team.name if row.team is not None else None
+        return out
 
 
 class TokenCreatedOut(TokenOut):
@@ -71,6 +82,24 @@ class MemberOut(BaseModel):
     user_id: int
     email: str
     role: Role
+
+
+class InvitationIn(_In):
+    email: str = Field(max_length=254)
+    role: Role = Role.member
+
+
+class InvitationOut(_Out):
+    id: int
+    team_id: int
+    email: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationCreatedOut(InvitationOut):
+    url: str = Field(description="The link to hand to the invitee. It is shown this once and works once.")
 
 
 class UserIn(_In):

@@ -20,7 +20,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
 from app.accounts import browser_sessions
-from app.accounts.access import TeamAccess, access_for
+from app.accounts.access import TeamAccess, access_for, browser_access
 from app.accounts.credentials import csrf_matches, new_csrf_token
 from app.accounts.tokens import live_token, record_use
 from app.config import get_settings
@@ -34,7 +34,10 @@ SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_ID = "sid"  # the browser session's id; its row says whether it is still live
 SESSION_CSRF = "csrf"
-SESSION_TEAM = "team"
+# The team a page works in, which its API calls carry (a header; a query parameter for streams,
+# which EventSource opens without headers): a tab keeps its team when another tab switches.
+TEAM_HEADER = "x-tunelab-team"
+TEAM_QUERY = "team"
 
 
 class NotSignedIn(Exception):
@@ -112,6 +115,7 @@ def _authenticate(request: Request, session: Session) -> User | None:
         if token is None:
             raise _unauthorized("invalid, expired or revoked API token")
         record_use(token)
+        request.state.token_team_id = token.team_id
         return token.user
     return browser_user(request, session)
 
@@ -162,10 +166,18 @@ def recheck_caller(request: Request) -> Callable[[Session], User | None]:
     return caller
 
 
-def _access_for(request: Request, user: User, session: Session) -> TeamAccess:
-    """A browser's chosen team counts; a token's caller names the team in each request."""
-    preferred = request.session.get(SESSION_TEAM) if "authorization" not in request.headers else None
-    return access_for(session, user, preferred_team_id=preferred if isinstance(preferred, int) else None)
+def _asked_team(request: Request) -> int | None:
+    value = request.headers.get(TEAM_HEADER) or request.query_params.get(TEAM_QUERY) or ""
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
+def _access_for(request: Request, user: User, session: Session, *, page: bool = False) -> TeamAccess:
+    """A browser's API call works in its page's team (else the user's current team), a page in
+    the current team; a token bound to a team works in that team; an unbound token in all of
+    its user's teams."""
+    if "authorization" in request.headers:
+        return access_for(session, user, bound_team_id=getattr(request.state, "token_team_id", None))
+    return browser_access(session, user, asked_team_id=None if page else _asked_team(request))
 
 
 def team_access(request: Request, user: CurrentUser, session: SessionDep) -> TeamAccess:
@@ -173,7 +185,7 @@ def team_access(request: Request, user: CurrentUser, session: SessionDep) -> Tea
 
 
 def page_access(request: Request, user: PageUser, session: SessionDep) -> TeamAccess:
-    return _access_for(request, user, session)
+    return _access_for(request, user, session, page=True)
 
 
 AccessDep = Annotated[TeamAccess, Depends(team_access)]

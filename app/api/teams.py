@@ -1,11 +1,21 @@
-"""Teams and their members; creating users (administrators only)."""
+"""Teams, their members and invitations (owners manage them); creating users (administrators only)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
-from app.accounts import teams, users
-from app.api.bodies import MemberIn, MemberOut, TeamIn, TeamRoleOut, UserIn, UserOut
+from app.accounts import invitations, teams, users
+from app.api.bodies import (
+    InvitationCreatedOut,
+    InvitationIn,
+    InvitationOut,
+    MemberIn,
+    MemberOut,
+    TeamIn,
+    TeamRoleOut,
+    UserIn,
+    UserOut,
+)
 from app.api.deps import AccessDep, AdminUser, SessionDep
 from app.core.tables import Role, User
 
@@ -19,7 +29,8 @@ def _members(session, team_id: int) -> list[MemberOut]:
 @router.get("/teams", response_model=list[TeamRoleOut])
 def list_teams(access: AccessDep, session: SessionDep) -> list[TeamRoleOut]:
     return [
-        TeamRoleOut(id=t.id, name=t.name, role=access.roles[t.id]) for t in teams.teams_by_id(session, access.team_ids)
+        TeamRoleOut(id=t.id, name=t.name, role=access.memberships[t.id])
+        for t in teams.teams_by_id(session, list(access.memberships))
     ]
 
 
@@ -44,10 +55,40 @@ def set_member(team_id: int, body: MemberIn, access: AccessDep, session: Session
 
 @router.delete("/teams/{team_id}/members/{user_id}", response_model=list[MemberOut])
 def remove_member(team_id: int, user_id: int, access: AccessDep, session: SessionDep) -> list[MemberOut]:
+    """Owners remove members; anyone may leave (remove themselves), except a team's last owner."""
     team = access.team(session, team_id)
-    access.require_owner(team.id)
+    if user_id != access.user.id:
+        access.require_owner(team.id)
     teams.remove_membership(session, team=team, user_id=user_id)
     return _members(session, team.id)
+
+
+@router.get("/teams/{team_id}/invitations", response_model=list[InvitationOut])
+def list_invitations(team_id: int, access: AccessDep, session: SessionDep) -> list:
+    """The team's invitations that can still be accepted (owners only)."""
+    team = access.team(session, team_id)
+    access.require_owner(team.id)
+    return invitations.open_invitations(session, team.id)
+
+
+@router.post("/teams/{team_id}/invitations", response_model=InvitationCreatedOut, status_code=status.HTTP_201_CREATED)
+def create_invitation(
+    team_id: int, body: InvitationIn, request: Request, access: AccessDep, session: SessionDep
+) -> InvitationCreatedOut:
+    """Invite an email address to join with a role: the answer's `url` is the link to hand
+    over, shown this once. It works once, until it expires or is revoked."""
+    team = access.team(session, team_id)
+    access.require_owner(team.id)
+    invitation, secret = invitations.invite(session, team=team, inviter=access.user, email=body.email, role=body.role)
+    url = str(request.url_for("invitation_page", secret=secret))
+    return InvitationCreatedOut(**InvitationOut.model_validate(invitation).model_dump(), url=url)
+
+
+@router.delete("/teams/{team_id}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_invitation(team_id: int, invitation_id: int, access: AccessDep, session: SessionDep) -> None:
+    team = access.team(session, team_id)
+    access.require_owner(team.id)
+    invitations.revoke(session, team=team, invitation_id=invitation_id)
 
 
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)

@@ -1,15 +1,15 @@
-"""The team dashboard: every job of the caller's teams, live; and the team switcher."""
+"""The team dashboard: every job of the current team, live; and the team switch."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.accounts.teams import people_in
+from app.accounts.teams import people_in, set_current_team
 from app.api.bodies import JobOut
-from app.api.deps import SESSION_TEAM, PageAccessDep, SessionDep
+from app.api.deps import PageAccessDep, SessionDep
 from app.core.worker_registry import served_queues
 from app.jobs.queries import list_jobs, loss_outlines
 from app.jobs.workers import gpu_counts, queue_warning
@@ -40,11 +40,37 @@ def dashboard(request: Request, access: PageAccessDep, session: SessionDep):
 
 
 @router.post("/team")
-def switch_team(request: Request, access: PageAccessDep, team_id: Annotated[int, Form()]):
-    """Choose the team that new datasets and jobs go to."""
-    if team_id not in access.roles:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "team not found")
-    request.session[SESSION_TEAM] = team_id
-    referer = request.headers.get("referer", "/")
-    target = referer if referer.startswith(str(request.base_url)) else "/"
-    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+def switch_team(
+    request: Request,
+    access: PageAccessDep,
+    session: SessionDep,
+    team_id: Annotated[int, Form()],
+    next: Annotated[str, Form(max_length=2000)] = "",
+):
+    """Work in another of one's teams: every page, list and form uses it from now on."""
+    set_current_team(session, user=access.user, team=access.team(session, team_id))
+    return RedirectResponse(_back_to(request, next), status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _local_path(url: str) -> str | None:
+    """A path on this site ('/...'), or None for anything that could lead elsewhere."""
+    if not url.startswith("/") or url.startswith("//") or "\\" in url:
+        return None
+    return url
+
+
+def _back_to(request: Request, next_path: str) -> str:
+    """Where to go after switching: `next` when it is a path of this site; else the page the
+    switch was on, except that an object of the old team goes back to the list it came from."""
+    if asked := _local_path(next_path):
+        return asked
+    base = str(request.base_url)
+    referer = request.headers.get("referer", "")
+    path = _local_path("/" + referer[len(base) :]) if referer.startswith(base) else None
+    if path is None:
+        return "/"
+    plain = path.split("?", 1)[0]
+    for prefix, listing in (("/jobs/", "/"), ("/datasets/", "/datasets")):
+        if plain.startswith(prefix) and plain[len(prefix) :].isdigit():
+            return listing
+    return plain if plain in ("/jobs/new", "/playground", "/compare") else path

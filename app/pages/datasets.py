@@ -11,7 +11,7 @@ from app.config import get_settings
 from app.contract.formats import FORMAT_TITLES
 from app.core.tables import Dataset
 from app.datasets.team_datasets import list_datasets
-from app.pages.rendering import page_json, render
+from app.pages.rendering import in_current_team, page_json, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -28,7 +28,9 @@ def datasets_page(request: Request, access: PageAccessDep, session: SessionDep):
 
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
 def dataset_page(dataset_id: int, request: Request, access: PageAccessDep, session: SessionDep):
-    dataset = access.get(session, Dataset, dataset_id)
+    dataset = in_current_team(request, access, session, Dataset, dataset_id)
+    if not isinstance(dataset, Dataset):
+        return dataset
     data = {
         "dataset": DatasetOut.of(dataset).model_dump(mode="json"),
         "formats": FORMAT_TITLES,

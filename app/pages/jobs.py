@@ -16,7 +16,7 @@ from app.datasets.team_datasets import list_datasets
 from app.jobs import artifacts, timeline
 from app.jobs.queries import continuations, list_jobs
 from app.jobs.workers import job_queue_warning
-from app.pages.rendering import page_json, render
+from app.pages.rendering import in_current_team, page_json, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -41,10 +41,10 @@ def new_job(
     continue_from: Annotated[int | None, Query(alias="continue")] = None,
 ):
     """The launch form; `clone` prefills it from a job, `continue` from a succeeded job that the new one continues."""
-    team_id = access.preferred_team_id if access.preferred_team_id in access.roles else None
+    team_id = access.current_team_id()
     template = access.get(session, Job, continue_from or clone) if (continue_from or clone) else None
     clone_of = None
-    if template is not None:
+    if template is not None:  # a job of the current team (another team's answers 404), so are its datasets
         clone_of = {
             "spec": template.spec,
             "dataset_id": template.dataset_id,
@@ -71,7 +71,9 @@ def new_job(
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, access: PageAccessDep, session: SessionDep):
-    job = access.get(session, Job, job_id)
+    job = in_current_team(request, access, session, Job, job_id)
+    if not isinstance(job, Job):
+        return job
     metrics = timeline.metrics(session, job)
     events = timeline.events(session, job)
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None

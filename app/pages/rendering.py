@@ -1,16 +1,19 @@
-"""What every signed-in page shares: the nav, the teams and the one chosen for new work."""
+"""What every signed-in page shares: the nav, the user's teams and the one they work in."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.accounts.teams import teams_by_id
+from app.core.errors import NotFound
 from app.pages.templating import templates
+
+RowT = TypeVar("RowT")
 
 # Inside <script>, "</script" ends the block and "<!--" switches the parser into a state
 # where a later "<script" swallows the rest of the page; JSON's \u escapes keep every such
@@ -23,6 +26,27 @@ def page_json(value: Any) -> str:
     return json.dumps(value, default=str).translate(_SCRIPT_SAFE)
 
 
+def in_current_team(request: Request, access: TeamAccess, session: Session, model: type[RowT], object_id: int):
+    """A page's object of the current team, or (when it is in another of the user's teams) the
+    page that offers to switch there; NotFound otherwise."""
+    row = access.find(session, model, object_id)
+    if row is not None:
+        return row
+    team_id = access.team_elsewhere(session, model, object_id)
+    if team_id is None:
+        raise NotFound(f"{model.__name__.lower()} not found")
+    return render(
+        request,
+        "other_team.html",
+        access=access,
+        session=session,
+        active="",
+        kind=model.__name__.lower(),
+        other_team_id=team_id,
+        other_team_name=access.names.get(team_id, "?"),
+    )
+
+
 def render(
     request: Request,
     template: str,
@@ -33,8 +57,8 @@ def render(
     status_code: int = 200,
     **context: Any,
 ):
-    teams = teams_by_id(session, access.team_ids)
-    current = access.preferred_team_id if access.preferred_team_id in access.roles else (teams[0].id if teams else None)
+    teams = teams_by_id(session, list(access.memberships))
+    current = access.current_team_id()
     writable = any(role.can_write for role in access.roles.values())
     return templates.TemplateResponse(
         request,
@@ -43,9 +67,10 @@ def render(
             "user": access.user,
             "teams": teams,
             "current_team_id": current,
+            "current_team_name": access.names.get(current) if current is not None else None,
             "active": active,
             "can_write": writable,
-            "roles": {team_id: role.value for team_id, role in access.roles.items()},
+            "roles": {team_id: role.value for team_id, role in access.memberships.items()},
             **context,
         },
         status_code=status_code,

@@ -14,9 +14,10 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/settings", response_class=HTMLResponse)
 def settings_page(request: Request, access: PageAccessDep, session: SessionDep):
-    teams = teams_by_id(session, access.team_ids)
+    teams = teams_by_id(session, list(access.memberships))
     data = {
-        "teams": [{"id": t.id, "name": t.name, "role": access.roles[t.id].value} for t in teams],
+        "teams": [{"id": t.id, "name": t.name, "role": access.memberships[t.id].value} for t in teams],
+        "current_team_id": access.current_team_id(),
         "is_admin": access.user.is_admin,
         "me": access.user.email,
     }

@@ -31,6 +31,7 @@ def acme_objects(make_account, db, models_env):
     db.add(artifact)
     db.commit()
     token_id = owner.client.get("/api/tokens").json()[0]["id"]
+    invitation = owner.client.post(f"/api/teams/{owner.team_id}/invitations", json={"email": "new@acme.test"})
     model = next(m["id"] for m in owner.client.get("/v1/models").json()["data"] if m["id"].startswith("ft:"))
     return {
         "owner": owner,
@@ -43,6 +44,7 @@ def acme_objects(make_account, db, models_env):
             "artifact_id": artifact.id,
             "file_id": f"file-{dataset.id}",
             "model": model,
+            "invitation_id": invitation.json()["id"],
         },
     }
 
@@ -69,7 +71,7 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
     for path, method in routes:
         url = _fill(path, acme_objects["params"])
         body = None
-        if path.endswith("/members") and method == "PUT":
+        if (path.endswith("/members") and method == "PUT") or (path.endswith("/invitations") and method == "POST"):
             body = {"email": outsider.email, "role": "member"}
         elif path.endswith("/classify"):
             body = {"text": "is this theirs?"}

@@ -48,6 +48,7 @@ def test_a_token_is_shown_once_and_works_until_revoked(pages, make_account, app)
     expect(page.locator("#new-token")).to_be_hidden()
     assert secret not in page.content()
     row = page.locator("#tokens tr", has_text="laptop")
+    expect(row.locator(".token-team")).to_have_text("acme")  # bound to the current team unless asked otherwise
     page.once("dialog", lambda dialog: dialog.accept())
     row.locator("button:has-text('Revoke')").click()
     expect(page.locator("#tokens tr", has_text="laptop").locator("button")).to_have_text("Revoked")

@@ -27,6 +27,7 @@ EXPECTED_TABLES = {
     "workers",
     "completions",
     "browser_sessions",
+    "invitations",
 }
 
 

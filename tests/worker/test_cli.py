@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.core.tables import ApiToken, Team, User
+from app.core.tables import ApiToken, Membership, Role, Team, User
 
 TUNELAB = shutil.which("tunelab", path=str(Path(sys.executable).parent)) or "tunelab"
 
@@ -22,7 +22,7 @@ TUNELAB = shutil.which("tunelab", path=str(Path(sys.executable).parent)) or "tun
 @pytest.fixture
 def run(db, settings_env):
     def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k.startswith(("TUNELAB_", "PATH", "HOME", "LANG"))}
+        env = {k: v for k, v in os.environ.items() if k.startswith(("TUNELAB_", "PATH", "PYTHONPATH", "HOME", "LANG"))}
         return subprocess.run(
             [TUNELAB, *args], check=False, capture_output=True, text=True, env=env, input=input, timeout=120
         )
@@ -51,6 +51,30 @@ def test_user_and_token_creation_give_a_working_token(run, app, db):
     me = TestClient(app, headers={"Authorization": f"Bearer {secret}"}).get("/api/me").json()
     assert me["email"] == "ada@example.com" and me["is_admin"] is True
     assert me["teams"][0]["name"] == "research" and me["teams"][0]["role"] == "owner"
+
+
+def test_a_token_created_with_team_works_in_that_team_only(run, app, db):
+    for email, team in (("ada@example.com", "research"), ("bob@example.com", "ops")):
+        created = run("user", "create", email, "--password", "a long password", "--team", team)
+        assert created.returncode == 0, created.stderr
+    ops = db.scalar(select(Team).where(Team.name == "ops"))
+    research = db.scalar(select(Team).where(Team.name == "research"))
+    ada = db.scalar(select(User).where(User.email == "ada@example.com"))
+    db.add(Membership(user_id=ada.id, team_id=ops.id, role=Role.member))
+    db.commit()
+
+    token = run("token", "create", "ada@example.com", "--team", "ops")
+    assert token.returncode == 0, token.stderr
+    bound = TestClient(app, headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+    assert [team["name"] for team in bound.get("/api/teams").json()] == ["ops"]
+    assert bound.get(f"/api/teams/{research.id}/members").status_code == 404
+
+    unknown = run("token", "create", "ada@example.com", "--team", "nope")
+    assert unknown.returncode == 1 and "no team named 'nope'" in unknown.stderr
+    not_in = run("token", "create", "bob@example.com", "--team", "research")
+    assert not_in.returncode == 1 and "bob@example.com is not a member of team 'research'" in not_in.stderr
+    db.expire_all()
+    assert db.scalar(select(func.count()).select_from(ApiToken)) == 1
 
 
 def test_password_is_asked_for_when_not_given(run, db):

@@ -87,7 +87,7 @@
   });
 
   const live = document.getElementById("live");
-  const stream = new EventSource("/api/stream");
+  const stream = new EventSource(tl.teamUrl("/api/stream"));
   stream.addEventListener("open", () => live.classList.add("on"));
   stream.addEventListener("error", () => live.classList.remove("on"));
   stream.addEventListener("snapshot", (event) => {

@@ -65,7 +65,7 @@
     form.append("file", file, file.name);
     const request = new XMLHttpRequest();
     request.open("POST", "/api/datasets");
-    request.setRequestHeader("X-CSRF-Token", tl.csrf());
+    for (const [name, value] of Object.entries(tl.headers())) request.setRequestHeader(name, value);
     request.responseType = "json";
     request.upload.addEventListener("progress", (event) => {
       if (!event.lengthComputable) return;

@@ -105,20 +105,20 @@
     const items = [];
     if (finalWeights || (["cancelled", "failed", "paused"].includes(job.state) && checkpoints.length)) {
       const label = finalWeights && finalWeights.kind === "model" ? "Model weights (.zip)" : "Adapter (.zip, PEFT format)";
-      items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/adapter.zip`, download: "", text: label }),
+      items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/adapter.zip`), download: "", text: label }),
         el("span", { class: "muted", text: finalWeights ? fmt.bytes(finalWeights.size_bytes) : "from the last checkpoint" })));
     }
     const merged = artifacts.find((a) => a.kind === "merged");
-    if (merged) items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/artifacts/${merged.id}/archive`, download: "", text: "Merged model (.zip)" }),
+    if (merged) items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/artifacts/${merged.id}/archive`), download: "", text: "Merged model (.zip)" }),
       el("span", { class: "muted", text: fmt.bytes(merged.size_bytes) })));
     else if (data.can_write && job.method !== "full" && ["succeeded", "cancelled", "failed"].includes(job.state) && (finalWeights || checkpoints.length))
       items.push(el("li", {}, el("button", { type: "button", class: "link", text: "Build merged model", onclick: buildMerged }),
         el("span", { class: "muted", text: "base model + adapter, built by a worker" })));
-    if (finalWeights) items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/model-card`, target: "_blank", text: "Model card" })));
-    items.push(el("li", {}, el("a", { href: `/api/jobs/${job.id}/metrics.csv`, download: "", text: "Metrics (.csv)" })));
+    if (finalWeights) items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/model-card`), target: "_blank", text: "Model card" })));
+    items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/metrics.csv`), download: "", text: "Metrics (.csv)" })));
     downloads.replaceChildren(...items);
     document.getElementById("checkpoints").replaceChildren(...(checkpoints.length ? checkpoints.map((c) =>
-      el("li", {}, el("a", { href: `/api/jobs/${job.id}/artifacts/${c.id}/archive`, download: "", text: `Step ${c.step}` }),
+      el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/artifacts/${c.id}/archive`), download: "", text: `Step ${c.step}` }),
         el("span", { class: "muted", text: fmt.bytes(c.size_bytes) }))) : [el("li", { class: "muted", text: "None yet" })]));
   }
 
@@ -173,7 +173,7 @@
     if (stream || ["succeeded", "failed", "cancelled"].includes(job.state)) return;
     const after = Math.max(data.last_seq, ...seenMetric, ...seenEvent);
     // The browser resends the last event id by itself when it reconnects.
-    stream = new EventSource(`/api/jobs/${job.id}/stream?after=${after}`);
+    stream = new EventSource(tl.teamUrl(`/api/jobs/${job.id}/stream?after=${after}`));
     stream.addEventListener("metric", (e) => { addMetric(JSON.parse(e.data)); drawCharts(); });
     stream.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
     stream.addEventListener("progress", (e) => { job = JSON.parse(e.data); renderJob(); });

@@ -96,7 +96,7 @@
     try {
       const response = await fetch("/v1/chat/completions", {
         method: "POST", credentials: "same-origin", signal,
-        headers: { "Content-Type": "application/json", "X-CSRF-Token": tl.csrf(), Accept: "text/event-stream" },
+        headers: { ...tl.headers(), "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify({ ...sampling, model, messages, fit_context: true, stream: true, stream_options: { include_usage: true } }),
       });
       if (!response.ok) throw new Error(tl.errorText(await response.json().catch(() => null)));

@@ -3,10 +3,26 @@
 
 const tl = (() => {
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+  // The team this page works in. Its API calls carry it, so that a tab keeps working in its
+  // team when another tab switches.
+  const team = () => document.querySelector('meta[name="team-id"]')?.content || "";
+
+  /** Headers every API call of the page sends: the CSRF token and the page's team. */
+  function headers() {
+    const result = { "X-CSRF-Token": csrf(), Accept: "application/json" };
+    if (team()) result["X-Tunelab-Team"] = team();
+    return result;
+  }
+
+  /** A URL of this site for a link or an EventSource (which cannot send headers), with the page's team. */
+  function teamUrl(url) {
+    if (!team()) return url;
+    return `${url}${url.includes("?") ? "&" : "?"}team=${encodeURIComponent(team())}`;
+  }
 
   /** fetch JSON with the session's CSRF token; resolves to {ok, status, data}. */
   async function api(method, url, body) {
-    const options = { method, headers: { "X-CSRF-Token": csrf(), Accept: "application/json" }, credentials: "same-origin" };
+    const options = { method, headers: headers(), credentials: "same-origin" };
     if (body !== undefined) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
@@ -145,5 +161,5 @@ const tl = (() => {
     if (event.target.matches("select[data-autosubmit]")) event.target.form.submit();
   });
 
-  return { api, errorText, pageData, el, fmt, badge, progressBar, sparkline, smooth, toast, csrf };
+  return { api, errorText, pageData, el, fmt, badge, progressBar, sparkline, smooth, toast, csrf, team, headers, teamUrl };
 })();
