@@ -23,6 +23,31 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def _require_database() -> None:
+    """Commands that read accounts need a database that exists and is migrated: say so in one
+    line, without creating an empty embedded database on the way (`get_engine` would)."""
+    from pathlib import Path
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.config import get_settings
+    from app.core import migrations
+
+    url = get_settings().sqlalchemy_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        _fail(
+            f"no tunelab database at {url.removeprefix('sqlite:///')}: run this where `tunelab serve` runs "
+            "(or set TUNELAB_DATA_DIR / TUNELAB_DATABASE_URL), or create it with `tunelab migrate`"
+        )
+    try:
+        up_to_date = migrations.is_up_to_date()
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        _fail(f"cannot open the database: {reason}")
+    if not up_to_date:
+        _fail("the database schema is not up to date: run `tunelab migrate` first")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """tunelab: fine-tune language models from a web dashboard."""
@@ -237,6 +262,7 @@ def user_create(email: str, password: str, team: str, role: str, admin: bool) ->
     from app.core.errors import AccountError
     from app.core.tables import Role
 
+    _require_database()
     try:
         with session_scope() as session:
             new_team = find_team(session, team) is None
@@ -273,6 +299,7 @@ def token_create(email: str, name: str, expires_in_days: int | None) -> None:
     from app.core.database import session_scope
     from app.core.errors import AccountError
 
+    _require_database()
     try:
         with session_scope() as session:
             found = find_user(session, email)
