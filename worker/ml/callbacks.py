@@ -118,7 +118,7 @@ class ReporterCallback(TrainerCallback):
         self._restart_window(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.reporter.progress(state.global_step, state.max_steps)
+        self.reporter.progress(state.global_step, state.max_steps, state.epoch)
         if state.global_step < state.max_steps and self.reporter.should_stop():
             self.stopped = True
             control.should_training_stop = True
