@@ -21,6 +21,7 @@ from app.jobs.artifacts import job_output_key, record_artifact
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from worker.database_reporter import DatabaseReporter
+from worker.ml.reporting import counted
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                     step=result.step,
                     total_steps=result.total_steps,
                     trained_tokens=result.trained_tokens,
-                    message=f"Job succeeded after {result.step} steps",
+                    message=f"Job succeeded after {counted(result.step, 'step')}",
                 )
             elif job.state == JobState.cancelling:
                 transition(

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` and its noun, in the plural unless there is one: "1 sequence", "3 sequences"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 class Reporter(Protocol):
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Every logging step: loss, learning_rate, grad_norm, epoch, tokens_per_second (real, non-pad tokens),

@@ -39,7 +39,7 @@ from .arguments import training_arguments
 from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
 from .errors import DatasetError, DiskFullError, OutOfMemoryError
 from .loading import DevicePlan, load_model, load_tokenizer, parameter_counts, plan_device, resolve_model
-from .reporting import Reporter
+from .reporting import Reporter, counted
 from .result import COMPLETED, STOPPED, TrainResult
 from .saving import merge_adapter, save_final
 
@@ -114,7 +114,8 @@ def prepare(
     elif spec.eval_split > 0:
         train_examples, eval_examples = data.split_for_eval(train_examples, spec.eval_split, spec.seed)
         reporter.event(
-            f"Held out {len(eval_examples)} of {len(train_examples) + len(eval_examples)} examples for evaluation"
+            f"Held out {len(eval_examples)} of {counted(len(train_examples) + len(eval_examples), 'example')} "
+            "for evaluation"
         )
 
     model = load_model(spec, plan, source, task=task, pad_token_id=tokenizer.pad_token_id, class_names=class_names)
@@ -132,7 +133,7 @@ def prepare(
     eval_dataset = _dataset(eval_examples, pack=pack, max_length=spec.max_seq_length) if eval_examples else None
     if pack:
         reporter.event(
-            f"Packed {len(train_examples)} examples into {len(train_dataset)} sequences of up to "
+            f"Packed {counted(len(train_examples), 'example')} into {counted(len(train_dataset), 'sequence')} of up to "
             f"{spec.max_seq_length} tokens"
         )
     return Prepared(
@@ -154,20 +155,21 @@ def prepare(
 def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, max_length: int) -> None:
     formats = ", ".join(f"{count} {fmt}" for fmt, count in examples.formats.items())
     reporter.event(
-        f"Read {examples.rows} rows from {name} ({formats}): {len(examples)} examples, {examples.tokens} tokens",
+        f"Read {counted(examples.rows, 'row')} from {name} ({formats}): {counted(len(examples), 'example')}, "
+        f"{counted(examples.tokens, 'token')}",
         rows=examples.rows,
         examples=len(examples),
         tokens=examples.tokens,
     )
     if examples.truncated:
         reporter.event(
-            f"Truncated {examples.truncated} rows longer than {max_length} tokens",
+            f"Truncated {counted(examples.truncated, 'row')} longer than {max_length} tokens",
             level="warning",
             truncated_rows=examples.truncated,
         )
     if examples.dropped:
         reporter.event(
-            f"Skipped {examples.dropped} rows with nothing to learn from (no assistant reply within "
+            f"Skipped {counted(examples.dropped, 'row')} with nothing to learn from (no assistant reply within "
             f"{max_length} tokens)",
             level="warning",
             skipped_rows=examples.dropped,
