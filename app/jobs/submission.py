@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.chat.catalog import find_model
+from app.chat.model_names import model_suffix
 from app.config import get_settings
 from app.contract.formats import CLASSIFICATION
 from app.contract.spec import TrainingSpec
@@ -30,11 +31,14 @@ class JobSubmission(BaseModel):
     spec: TrainingSpec
     dataset_id: int
     validation_dataset_id: int | None = None
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(
+        None, max_length=200, description="The job's name (default: the suffix, else model · method · dataset)."
+    )
     suffix: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
-        description="Goes into the fine-tuned model's name: ft:<base>:<team>:<suffix>:ftjob-<id>.",
+        description="Goes into the fine-tuned model's name: ft:<base>:<team>:<suffix>:ftjob-<id> "
+        "(default: the job's name, in those characters).",
     )
     team_id: int | None = Field(None, description="Team to run in (default: your team, if you have one).")
     queue: str = Field("default", pattern=QUEUE_PATTERN, description="Workers serving this queue take the job.")
@@ -102,11 +106,13 @@ def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) 
     team_id = access.team_for_new(submission.team_id)
     dataset = check_submission(session, submission, team_id)
     spec = submission.spec
+    # One name: the model's suffix is the job's name unless it was given apart (and the other way round).
+    name = submission.name or submission.suffix or f"{spec.base_model} · {spec.method.value} · {dataset.name}"
     job = Job(
         team_id=team_id,
         created_by_id=access.user.id,
-        name=submission.name or f"{spec.base_model} · {spec.method.value} · {dataset.name}",
-        suffix=submission.suffix,
+        name=name,
+        suffix=submission.suffix or model_suffix(name),
         base_model=spec.base_model,
         method=spec.method.value,
         spec=spec.model_dump(mode="json"),

@@ -62,6 +62,7 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     data = {
         "job": JobOut.of(job).model_dump(mode="json"),
+        "spec_used": TrainingSpec.model_validate(job.spec).values_used(),
         "metrics": [MetricOut.model_validate(m, from_attributes=True).model_dump(mode="json") for m in metrics],
         "events": [JobEventOut.model_validate(e).model_dump(mode="json") for e in events],
         "artifacts": [

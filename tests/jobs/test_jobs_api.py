@@ -241,3 +241,43 @@ def test_a_job_is_orphaned_at_once_when_its_worker_died_here_else_when_its_heart
     assert not is_orphaned(job, stale_after_s=60), "another host's process cannot be checked: wait for its heartbeat"
     job.heartbeat_at = utcnow() - timedelta(seconds=61)
     assert is_orphaned(job, stale_after_s=60)
+
+
+def test_a_job_has_one_name_that_is_also_its_models_suffix(acme, dataset, db):
+    named = _launch(acme, dataset, name="support bot v3").json()
+    assert (named["name"], named["suffix"]) == ("support bot v3", "support-bot-v3")
+
+    # Through /v1 a job is named by its suffix; the pages and /api show that same name.
+    created = acme.client.post(
+        "/v1/fine_tuning/jobs", json={"model": TINY_MODEL, "training_file": f"file-{dataset.id}", "suffix": "colours"}
+    )
+    assert created.status_code == 200, created.text
+    job_id = int(created.json()["id"].removeprefix("ftjob-"))
+    assert created.json()["suffix"] == "colours"
+    assert acme.client.get(f"/api/jobs/{job_id}").json()["name"] == "colours"
+    assert '<h1 id="job-title">colours</h1>' in acme.client.get(f"/jobs/{job_id}").text
+
+    # Unnamed: the default name, in the characters a model name allows.
+    unnamed = _launch(acme, dataset).json()
+    assert unnamed["name"] == f"{TINY_MODEL} · lora · {dataset.name}"
+    assert unnamed["suffix"] == f"{TINY_MODEL}-lora-{dataset.name}"
+    listed = acme.client.get(f"/v1/fine_tuning/jobs/ftjob-{unnamed['id']}").json()
+    assert listed["suffix"] == unnamed["suffix"]
+
+
+def test_the_spec_panel_shows_the_values_training_uses(acme, dataset, db):
+    import json
+
+    for method, rate, blocks in (
+        ("lora", 2e-4, {"lora"}),
+        ("qlora", 2e-4, {"lora", "quantization"}),
+        ("full", 2e-5, set()),
+    ):
+        spec = tiny_spec(method=method)
+        del spec["learning_rate"]  # "auto": the method's default
+        job = _launch(acme, dataset, spec=spec).json()
+        assert job["spec"]["learning_rate"] is None, "the stored request keeps 'auto'"
+        html = acme.client.get(f"/jobs/{job['id']}").text
+        used = json.loads(html.split('id="page-data">', 1)[1].split("</script>", 1)[0])["spec_used"]
+        assert used["learning_rate"] == rate and used["method"] == method
+        assert {"lora", "quantization"} & used.keys() == blocks

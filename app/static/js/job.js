@@ -158,7 +158,7 @@
 
   data.metrics.forEach(addMetric);
   data.events.forEach(addEvent);
-  document.getElementById("spec").textContent = JSON.stringify(job.spec, null, 2);
+  document.getElementById("spec").textContent = JSON.stringify(data.spec_used, null, 2);
   renderJob();
   renderDownloads(data.artifacts);
   drawCharts();
