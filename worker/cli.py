@@ -62,17 +62,39 @@ def migrate() -> None:
     click.echo(f"database at revision {migrations.current_revision()}")
 
 
-def _worker_command(queues: str, concurrency: int = 1) -> list[str]:
+# Celery warns when its worker runs as root; `_say_if_root` says so once for all the workers
+# tunelab starts, which then leave that warning out.
+_ROOT_WARNING = "You're running the worker with superuser privileges"
+
+
+def _running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _say_if_root() -> None:
+    if _running_as_root():
+        click.secho(
+            "warning: running as root: every job runs with full privileges on this machine; run tunelab "
+            "as an unprivileged user (the Docker images do)",
+            fg="yellow",
+            err=True,
+        )
+
+
+def _worker_command(queues: str, concurrency: int = 1, *, banner: bool = True) -> list[str]:
     """The Celery worker for `queues`. A worker that only answers chat keeps its process, and
     so its loaded models; any other replaces its process after every task, which returns all
-    of a training job's memory."""
+    of a training job's memory. `banner=False` leaves out Celery's start-up banner (one is enough
+    when a command starts several workers)."""
     from app.config import get_settings
 
     recycle = set(queues.split(",")) != {get_settings().inference_queue}
     return [
         sys.executable,
+        *(["-W", f"ignore:{_ROOT_WARNING}"] if _running_as_root() else []),
         "-m",
         "celery",
+        *([] if banner else ["--quiet"]),
         "-A",
         "worker.celery_app",
         "worker",
@@ -136,8 +158,9 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
     worker_processes = []
     if worker:
         if _ml_stack_installed():
+            _say_if_root()
             worker_processes = [
-                subprocess.Popen(_worker_command(queues), start_new_session=True)
+                subprocess.Popen(_worker_command(queues, banner=queues == "default"), start_new_session=True)
                 for queues in ("default", settings.inference_queue)
             ]
         else:
@@ -191,6 +214,7 @@ def worker_command(queues: str, gpus: str) -> None:
     """Run workers: one worker process per GPU, each taking one job at a time. With
     `--queues inference` they answer chat requests, keeping the models they load."""
     devices = _gpu_list(gpus)
+    _say_if_root()
     commands = []
     for device in devices or [None]:
         env = dict(os.environ)
@@ -199,7 +223,10 @@ def worker_command(queues: str, gpus: str) -> None:
         commands.append((device, env))
     if len(commands) == 1:
         os.execvpe(sys.executable, _worker_command(queues), commands[0][1])
-    processes = [subprocess.Popen(_worker_command(queues), env=env) for _device, env in commands]
+    processes = [
+        subprocess.Popen(_worker_command(queues, banner=index == 0), env=env)
+        for index, (_device, env) in enumerate(commands)
+    ]
     click.echo(f"started {len(processes)} workers on GPUs {', '.join(d for d, _ in commands)}")
 
     def stop(signum, _frame):
