@@ -38,7 +38,7 @@ class JobSubmission(BaseModel):
         None,
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
         description="Goes into the fine-tuned model's name: ft:<base>:<team>:<suffix>:ftjob-<id> "
-        "(default: the job's name, in those characters).",
+        "(default: the job's name when it has one, in those characters).",
     )
     team_id: int | None = Field(None, description="Team to run in (default: your team, if you have one).")
     queue: str = Field("default", pattern=QUEUE_PATTERN, description="Workers serving this queue take the job.")
@@ -106,13 +106,15 @@ def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) 
     team_id = access.team_for_new(submission.team_id)
     dataset = check_submission(session, submission, team_id)
     spec = submission.spec
-    # One name: the model's suffix is the job's name unless it was given apart (and the other way round).
-    name = submission.name or submission.suffix or f"{spec.base_model} · {spec.method.value} · {dataset.name}"
+    # One name: a job named by its launcher gets that name as its model's suffix, and one given
+    # only a suffix (OpenAI's way) is named by it. With neither, the suffix stays empty, as
+    # OpenAI leaves it (`ft:<base>:<team>::ftjob-<id>`), and the job's name describes it.
+    suffix = submission.suffix or (model_suffix(submission.name) if submission.name else None)
     job = Job(
         team_id=team_id,
         created_by_id=access.user.id,
-        name=name,
-        suffix=submission.suffix or model_suffix(name),
+        name=submission.name or submission.suffix or f"{spec.base_model} · {spec.method.value} · {dataset.name}",
+        suffix=suffix,
         base_model=spec.base_model,
         method=spec.method.value,
         spec=spec.model_dump(mode="json"),

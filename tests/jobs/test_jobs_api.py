@@ -257,12 +257,12 @@ def test_a_job_has_one_name_that_is_also_its_models_suffix(acme, dataset, db):
     assert acme.client.get(f"/api/jobs/{job_id}").json()["name"] == "colours"
     assert '<h1 id="job-title">colours</h1>' in acme.client.get(f"/jobs/{job_id}").text
 
-    # Unnamed: the default name, in the characters a model name allows.
+    # Given a name, /v1 shows it as the suffix.
+    assert acme.client.get(f"/v1/fine_tuning/jobs/ftjob-{named['id']}").json()["suffix"] == "support-bot-v3"
+
+    # Neither: a descriptive name, and no suffix (OpenAI's ft:<base>:<team>::ftjob-<id>).
     unnamed = _launch(acme, dataset).json()
-    assert unnamed["name"] == f"{TINY_MODEL} · lora · {dataset.name}"
-    assert unnamed["suffix"] == f"{TINY_MODEL}-lora-{dataset.name}"
-    listed = acme.client.get(f"/v1/fine_tuning/jobs/ftjob-{unnamed['id']}").json()
-    assert listed["suffix"] == unnamed["suffix"]
+    assert (unnamed["name"], unnamed["suffix"]) == (f"{TINY_MODEL} · lora · {dataset.name}", None)
 
 
 def test_the_spec_panel_shows_the_values_training_uses(acme, dataset, db):
