@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from pydantic import ValidationError
 
 from app.api.bodies import ArtifactOut, JobEventOut, JobOut, MetricOut
 from app.api.deps import PageAccessDep, SessionDep
@@ -54,6 +55,15 @@ def new_job(request: Request, access: PageAccessDep, session: SessionDep, clone:
     return render(request, "new_job.html", access=access, session=session, active="new-job", data=page_json(data))
 
 
+def _spec_used(spec: dict) -> dict:
+    """The values the job trains with; a spec stored by an older version that no longer
+    validates is shown as it was stored."""
+    try:
+        return TrainingSpec.model_validate(spec).values_used()
+    except ValidationError:
+        return spec
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, access: PageAccessDep, session: SessionDep):
     job = access.get(session, Job, job_id)
@@ -62,7 +72,7 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     data = {
         "job": JobOut.of(job).model_dump(mode="json"),
-        "spec_used": TrainingSpec.model_validate(job.spec).values_used(),
+        "spec_used": _spec_used(job.spec),
         "metrics": [MetricOut.model_validate(m, from_attributes=True).model_dump(mode="json") for m in metrics],
         "events": [JobEventOut.model_validate(e).model_dump(mode="json") for e in events],
         "artifacts": [
