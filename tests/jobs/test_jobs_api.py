@@ -13,7 +13,7 @@ from app.jobs.queries import loss_outlines
 from app.jobs.recovery import is_orphaned
 from app.jobs.states import IllegalTransition, request_cancel, transition
 from app.jobs.timeline import MetricPoint, add_event, add_metrics
-from tests.helpers import TINY_MODEL, add_dataset, chat_rows, tiny_spec
+from tests.helpers import TINY_MODEL, add_dataset, add_job, chat_rows, tiny_spec
 
 
 @pytest.fixture
@@ -281,3 +281,11 @@ def test_the_spec_panel_shows_the_values_training_uses(acme, dataset, db):
         used = json.loads(html.split('id="page-data">', 1)[1].split("</script>", 1)[0])["spec_used"]
         assert used["learning_rate"] == rate and used["method"] == method
         assert {"lora", "quantization"} & used.keys() == blocks
+
+
+def test_a_spec_stored_by_an_older_version_still_shows_on_the_job_page(acme, db):
+    job = add_job(db, acme, JobState.succeeded)
+    job.spec = {**job.spec, "a_setting_since_removed": 1}
+    db.commit()
+    page = acme.client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200 and "a_setting_since_removed" in page.text
