@@ -29,7 +29,7 @@ from app.api import (
 from app.api.errors import install_error_handlers
 from app.config import get_settings
 from app.jobs.recovery import reap_orphans, resend_lost_messages
-from app.pages import auth, dashboard, playground
+from app.pages import api_docs, auth, dashboard, playground
 from app.pages import datasets as dataset_pages
 from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
@@ -114,7 +114,12 @@ def create_app() -> FastAPI:
     settings = get_settings()
     logging.getLogger("uvicorn.access").addFilter(_HIDE_INVITATION_SECRETS)
     app = FastAPI(
-        title="tunelab", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json", lifespan=lifespan
+        title="tunelab",
+        version="0.1.0",
+        docs_url=None,  # app/pages/api_docs.py serves it, with no CDN
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
     )
 
     app.add_middleware(
@@ -135,6 +140,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(api_docs.SWAGGER_ASSETS_URL, StaticFiles(directory=api_docs.SWAGGER_ASSETS_DIR), name="swagger-ui")
     api = (
         health,
         account,
@@ -148,7 +154,7 @@ def create_app() -> FastAPI:
         openai_compat,
         workers,
     )
-    pages = (auth, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
+    pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
     routers = [module.router for module in (*api, *pages)]
     for router in routers:
         app.include_router(router)

@@ -7,16 +7,30 @@ hooks: a fresh database pool in every forked child, a heartbeat for the main pro
 from __future__ import annotations
 
 import logging
+import os
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    celeryd_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from app.core.database import dispose_engines
 from app.core.queue import get_celery
 from app.jobs.recovery import reap_orphans
+from worker import training_job
 from worker.database_reporter import shutdown_requested
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
+
+# Progress bars (transformers' "Loading weights", hub downloads, tqdm) are for terminals: in a
+# worker, Celery logs everything written to stderr as a WARNING line. Jobs report their
+# progress as events instead. Set before the pool's processes import transformers.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 celery_app = get_celery()
 celery_app.conf.imports = ("worker.tasks",)
@@ -25,6 +39,12 @@ celery_app.conf.imports = ("worker.tasks",)
 # good on an inference worker, so that its loaded models answer the next request at once.
 
 _heartbeat: Heartbeat | None = None
+
+
+@celeryd_init.connect
+def _note_process_recycling(options=None, **_kwargs) -> None:
+    # In the main process, before the pool forks: its processes inherit the flag.
+    training_job.one_job_per_process = (options or {}).get("max_tasks_per_child") == 1
 
 
 @worker_process_init.connect

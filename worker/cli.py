@@ -23,6 +23,31 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def _require_database() -> None:
+    """Commands that read accounts need a database that exists and is migrated: say so in one
+    line, without creating an empty embedded database on the way (`get_engine` would)."""
+    from pathlib import Path
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.config import get_settings
+    from app.core import migrations
+
+    url = get_settings().sqlalchemy_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        _fail(
+            f"no tunelab database at {url.removeprefix('sqlite:///')}: run this where `tunelab serve` runs "
+            "(or set TUNELAB_DATA_DIR / TUNELAB_DATABASE_URL), or create it with `tunelab migrate`"
+        )
+    try:
+        up_to_date = migrations.is_up_to_date()
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        _fail(f"cannot open the database: {reason}")
+    if not up_to_date:
+        _fail("the database schema is not up to date: run `tunelab migrate` first")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """tunelab: fine-tune language models from a web dashboard."""
@@ -37,17 +62,39 @@ def migrate() -> None:
     click.echo(f"database at revision {migrations.current_revision()}")
 
 
-def _worker_command(queues: str, concurrency: int = 1) -> list[str]:
+# Celery warns when its worker runs as root; `_say_if_root` says so once for all the workers
+# tunelab starts, which then leave that warning out.
+_ROOT_WARNING = "You're running the worker with superuser privileges"
+
+
+def _running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _say_if_root() -> None:
+    if _running_as_root():
+        click.secho(
+            "warning: running as root: every job runs with full privileges on this machine; run tunelab "
+            "as an unprivileged user (the Docker images do)",
+            fg="yellow",
+            err=True,
+        )
+
+
+def _worker_command(queues: str, concurrency: int = 1, *, banner: bool = True) -> list[str]:
     """The Celery worker for `queues`. A worker that only answers chat keeps its process, and
     so its loaded models; any other replaces its process after every task, which returns all
-    of a training job's memory."""
+    of a training job's memory. `banner=False` leaves out Celery's start-up banner (one is enough
+    when a command starts several workers)."""
     from app.config import get_settings
 
     recycle = set(queues.split(",")) != {get_settings().inference_queue}
     return [
         sys.executable,
+        *(["-W", f"ignore:{_ROOT_WARNING}"] if _running_as_root() else []),
         "-m",
         "celery",
+        *([] if banner else ["--quiet"]),
         "-A",
         "worker.celery_app",
         "worker",
@@ -111,8 +158,9 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
     worker_processes = []
     if worker:
         if _ml_stack_installed():
+            _say_if_root()
             worker_processes = [
-                subprocess.Popen(_worker_command(queues), start_new_session=True)
+                subprocess.Popen(_worker_command(queues, banner=queues == "default"), start_new_session=True)
                 for queues in ("default", settings.inference_queue)
             ]
         else:
@@ -166,6 +214,7 @@ def worker_command(queues: str, gpus: str) -> None:
     """Run workers: one worker process per GPU, each taking one job at a time. With
     `--queues inference` they answer chat requests, keeping the models they load."""
     devices = _gpu_list(gpus)
+    _say_if_root()
     commands = []
     for device in devices or [None]:
         env = dict(os.environ)
@@ -177,7 +226,10 @@ def worker_command(queues: str, gpus: str) -> None:
         commands.append((device, env))
     if len(commands) == 1:
         os.execvpe(sys.executable, _worker_command(queues), commands[0][1])
-    processes = [subprocess.Popen(_worker_command(queues), env=env) for _device, env in commands]
+    processes = [
+        subprocess.Popen(_worker_command(queues, banner=index == 0), env=env)
+        for index, (_device, env) in enumerate(commands)
+    ]
     click.echo(f"started {len(processes)} workers on GPUs {', '.join(d for d, _ in commands)}")
 
     def stop(signum, _frame):
@@ -240,6 +292,7 @@ def user_create(email: str, password: str, team: str, role: str, admin: bool) ->
     from app.core.errors import AccountError
     from app.core.tables import Role
 
+    _require_database()
     try:
         with session_scope() as session:
             new_team = find_team(session, team) is None
@@ -278,6 +331,7 @@ def token_create(email: str, name: str, expires_in_days: int | None, team: str |
     from app.core.database import session_scope
     from app.core.errors import AccountError
 
+    _require_database()
     try:
         with session_scope() as session:
             found = find_user(session, email)

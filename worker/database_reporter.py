@@ -66,6 +66,7 @@ class DatabaseReporter:
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._progress: tuple[int, int] | None = None
+        self._epoch: float | None = None
         self._recent_steps: deque[tuple[float, int]] = deque(maxlen=30)
         self._last_team_ring = 0.0
         self._rung_progress: tuple[int, int] | None = None  # the progress the team channel last heard of
@@ -80,8 +81,10 @@ class DatabaseReporter:
     def event(self, message: str, level: str = "info", **data: Any) -> None:
         self._put(_Event(message, level, data))
 
-    def progress(self, step: int, total_steps: int) -> None:
+    def progress(self, step: int, total_steps: int, epoch: float | None = None) -> None:
         self._progress = (step, total_steps)
+        if epoch is not None:
+            self._epoch = float(epoch)
         self._recent_steps.append((time.monotonic(), step))
 
     def flush(self) -> None:
@@ -99,6 +102,8 @@ class DatabaseReporter:
         values: dict[str, Any] = {}
         if self._progress is not None:  # None before the first step
             values["step"], values["total_steps"] = self._progress
+        if self._epoch is not None:  # with the step, not only at the next logging step
+            values["epoch"] = self._epoch
 
         def write_progress_and_read_state() -> JobState | None:
             with session_scope() as session:

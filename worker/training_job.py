@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import get_settings
-from app.contract.spec import TrainingSpec
+from app.contract.spec import Method, TrainingSpec
 from app.core.blobs import BlobStore, blob_store
 from app.core.database import session_scope
 from app.core.queue import enqueue_job
@@ -23,8 +24,21 @@ from app.jobs.artifacts import final_weights, job_output_key, record_artifact
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from worker.database_reporter import DatabaseReporter
+from worker.ml.reporting import counted
 
 log = logging.getLogger(__name__)
+
+# True in a worker whose pool process runs one task and is then replaced (`tunelab worker`
+# for training queues; set by worker.celery_app at start-up, inherited by the pool's forks).
+one_job_per_process = False
+
+
+def keep_bitsandbytes_unloaded() -> None:
+    """peft imports bitsandbytes whenever it is installed, and its import probes 4-bit kernels
+    (on some CPUs it looks for one on the Hugging Face Hub and logs a warning when it cannot).
+    A process that trains no QLoRA marks it absent before peft loads: peft then leaves it out.
+    For good, in this process: only for one that runs a single job."""
+    sys.modules.setdefault("bitsandbytes", None)  # type: ignore[arg-type]
 
 
 class JobInputError(Exception):
@@ -129,6 +143,8 @@ def run_job(job_id: int) -> None:
     claimed = claim(job_id, worker_identity(os.getpid()))
     if claimed is None:
         return
+    if one_job_per_process and claimed.spec.method != Method.qlora:
+        keep_bitsandbytes_unloaded()
     reporter = DatabaseReporter(job_id, store).start()
     result, error, retry = None, None, False
     try:
@@ -192,7 +208,7 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                     step=result.step,
                     total_steps=result.total_steps,
                     trained_tokens=result.trained_tokens,
-                    message=f"Job succeeded after {result.step} steps",
+                    message=f"Job succeeded after {counted(result.step, 'step')}",
                 )
             elif job.state == JobState.cancelling:
                 transition(

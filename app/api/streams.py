@@ -40,6 +40,9 @@ def _stream_item(item: JobEvent | JobMetric) -> dict[str, Any]:
     return {"id": str(item.seq), "event": "event", "data": json.dumps(payload)}
 
 
+_PROGRESS_KEYS = ("state", "step", "total_steps", "epoch", "train_loss", "eval_loss", "trained_tokens", "error")
+
+
 def _read_job_stream(job_id: int, after_seq: int) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
     with session_scope() as session:
         items = items_after(session, job_id, after_seq, limit=PAGE)
@@ -105,7 +108,8 @@ async def stream_job(
                 items, last_seq, snapshot = await run_in_threadpool(_read_job_stream, job.id, last_seq)
                 for item in items:
                     yield item
-                progress = (snapshot["state"], snapshot["step"], snapshot["total_steps"])
+                # Anything the job's facts show: a loss or epoch written after its step is news too.
+                progress = tuple(snapshot[key] for key in _PROGRESS_KEYS)
                 if progress != last_progress:
                     last_progress = progress
                     yield {"event": "progress", "data": json.dumps(snapshot)}

@@ -37,6 +37,13 @@ def team_slug(team_name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", team_name.lower()).strip("-") or "team"
 
 
+def model_suffix(job_name: str) -> str | None:
+    """A job's name as the suffix of its model's name (what OpenAI's `suffix` allows: letters,
+    digits, '.', '_', '-', at most 64), so that a job has one name: "support bot v3" →
+    `ft:<base>:<team>:support-bot-v3:ftjob-<id>`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", job_name).strip("-.")[:64].rstrip("-.") or None
+
+
 def job_public_id(job_id: int) -> str:
     return f"ftjob-{job_id}"
 

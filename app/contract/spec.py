@@ -152,6 +152,17 @@ class TrainingSpec(_Strict):
     def uses_adapter(self) -> bool:
         return self.method in (Method.lora, Method.qlora)
 
+    def values_used(self) -> dict:
+        """The spec as training runs it, for people to read: the learning rate resolved, and no
+        settings the method ignores (LoRA's on a full fine-tune, quantization but on QLoRA)."""
+        used = self.model_dump(mode="json")
+        used["learning_rate"] = self.effective_learning_rate
+        if self.method != Method.qlora:
+            del used["quantization"]
+        if not self.uses_adapter:
+            del used["lora"]
+        return used
+
 
 class Sampling(_Strict):
     """How a chat answer is sampled (OpenAI's parameters, OpenAI's ranges). temperature 0 is

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.chat.catalog import find_model
+from app.chat.model_names import model_suffix
 from app.config import get_settings
 from app.contract.formats import CLASSIFICATION
 from app.contract.spec import TrainingSpec
@@ -37,11 +38,14 @@ class JobSubmission(BaseModel):
     spec: TrainingSpec
     dataset_id: int
     validation_dataset_id: int | None = None
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(
+        None, max_length=200, description="The job's name (default: the suffix, else model · method · dataset)."
+    )
     suffix: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
-        description="Goes into the fine-tuned model's name: ft:<base>:<team>:<suffix>:ftjob-<id>.",
+        description="Goes into the fine-tuned model's name: ft:<base>:<team>:<suffix>:ftjob-<id> "
+        "(default: the job's name when it has one, in those characters).",
     )
     team_id: int | None = Field(None, description="Team to run in (default: your team, if you have one).")
     queue: str = Field("default", pattern=QUEUE_PATTERN, description="Workers serving this queue take the job.")
@@ -151,11 +155,15 @@ def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) 
     team_id = access.team_for_new(submission.team_id)
     dataset = check_submission(session, submission, team_id)
     spec = submission.spec
+    # One name: a job named by its launcher gets that name as its model's suffix, and one given
+    # only a suffix (OpenAI's way) is named by it. With neither, the suffix stays empty, as
+    # OpenAI leaves it (`ft:<base>:<team>::ftjob-<id>`), and the job's name describes it.
+    suffix = submission.suffix or (model_suffix(submission.name) if submission.name else None)
     job = Job(
         team_id=team_id,
         created_by_id=access.user.id,
-        name=submission.name or f"{spec.base_model} · {spec.method.value} · {dataset.name}",
-        suffix=submission.suffix,
+        name=submission.name or submission.suffix or f"{spec.base_model} · {spec.method.value} · {dataset.name}",
+        suffix=suffix,
         base_model=spec.base_model,
         method=spec.method.value,
         spec=spec.model_dump(mode="json"),

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -90,7 +90,9 @@ def add_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) -> in
         if point.split == "eval" and "eval_loss" in point.values:
             latest["eval_loss"] = _clean(point.values)["eval_loss"]
         if "epoch" in point.values:
-            latest["epoch"] = float(point.values["epoch"])
+            # The worker writes the epoch with every step; a point flushed after the row moved on
+            # to a later step must not set it back.
+            latest["epoch"] = case((Job.step > point.step, Job.epoch), else_=float(point.values["epoch"]))
         if point.values.get("tokens_seen") is not None:
             latest["trained_tokens"] = int(point.values["tokens_seen"])
     session.execute(update(Job).where(Job.id == job.id).values(**latest))

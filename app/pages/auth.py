@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, Form, Path, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.accounts import invitations, users
@@ -26,14 +26,18 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _require_unset(session) -> None:
+def _setup_done(session) -> RedirectResponse | None:
+    """Once the administrator exists the first-run page is gone: its address leads to signing
+    in (which sends a signed-in user on to the dashboard), never to a bare 404."""
     if users.user_count(session) > 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+        return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+    return None
 
 
 @router.get("/setup", response_class=HTMLResponse)
 def setup_page(request: Request, session: SessionDep):
-    _require_unset(session)
+    if done := _setup_done(session):
+        return done
     return templates.TemplateResponse(request, "setup.html", {"form": {}, "error": None})
 
 
@@ -45,7 +49,8 @@ def setup_submit(
     password: Annotated[str, Form(max_length=1024)],
     team: Annotated[str, Form(max_length=64)],
 ):
-    _require_unset(session)
+    if done := _setup_done(session):
+        return done
     try:
         user = users.create_first_admin(session, email=email, password=password, team_name=team)
     except AccountError as error:

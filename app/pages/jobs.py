@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import ValidationError
 
 from app.api.bodies import ArtifactOut, JobEventOut, JobOut, MetricOut
 from app.api.deps import PageAccessDep, SessionDep
@@ -69,6 +70,15 @@ def new_job(
     return render(request, "new_job.html", access=access, session=session, active="new-job", data=page_json(data))
 
 
+def _spec_used(spec: dict) -> dict:
+    """The values the job trains with; a spec stored by an older version that no longer
+    validates is shown as it was stored."""
+    try:
+        return TrainingSpec.model_validate(spec).values_used()
+    except ValidationError:
+        return spec
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, access: PageAccessDep, session: SessionDep):
     job = in_current_team(request, access, session, Job, job_id)
@@ -80,6 +90,7 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
     warning = job_queue_warning(session, job)
     data = {
         "job": JobOut.of(job, warning=warning).model_dump(mode="json"),
+        "spec_used": _spec_used(job.spec),
         "metrics": [MetricOut.model_validate(m, from_attributes=True).model_dump(mode="json") for m in metrics],
         "events": [JobEventOut.model_validate(e).model_dump(mode="json") for e in events],
         "artifacts": [

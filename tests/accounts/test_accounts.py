@@ -35,9 +35,11 @@ def test_first_run_page_creates_the_admin_and_then_is_gone(client, db):
     me = client.get("/api/me").json()
     assert me["email"] == "ada@example.com" and me["is_admin"] is True
     assert me["teams"] == [{"id": me["teams"][0]["id"], "name": "research", "role": "owner"}]
-    # From now on the page does not exist, for anyone.
-    assert client.get("/setup").status_code == 404
-    assert TestClient(client.app).get("/setup").status_code == 404
+    # From now on the page is gone, for anyone: its address leads to the dashboard or to signing in.
+    again = client.get("/setup")
+    assert again.status_code == 200 and again.url.path == "/"
+    stranger = TestClient(client.app).get("/setup")
+    assert stranger.status_code == 200 and stranger.url.path == "/login" and "Sign in" in stranger.text
     replay = client.post(
         "/setup",
         data={
@@ -47,7 +49,7 @@ def test_first_run_page_creates_the_admin_and_then_is_gone(client, db):
             "csrf_token": csrf_from(client.get("/").text),
         },
     )
-    assert replay.status_code == 404
+    assert replay.url.path == "/" and "eve@example.com" not in replay.text
     assert _count(db, User) == 1
 
 

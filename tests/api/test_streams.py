@@ -152,3 +152,23 @@ def test_team_stream_sends_a_snapshot_then_changes_of_the_teams_jobs_only(runnin
             transition(session, session.get(Job, job_id), JobState.cancelling)
         changes = stream.read(until=lambda e: e[-1]["event"] == "job")
     assert [(e["data"]["id"], e["data"]["state"]) for e in changes] == [(job_id, "cancelling")]
+
+
+def test_a_loss_written_after_its_step_reaches_the_job_page(running_job, live_server):
+    """The worker writes the step at once and the step's train and eval losses a moment later:
+    each of them is news for the page's facts, though the step did not change."""
+    account, job_id = running_job
+    url = f"{live_server}/api/jobs/{job_id}/stream"
+    progress = lambda events: [e["data"] for e in events if e["event"] == "progress"]
+    with httpx.stream("GET", url, headers=_headers(account), timeout=30) as response:
+        stream = SSE(response)
+        stream.read(until=lambda e: len(progress(e)) == 1)
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            job.step, job.total_steps = 4, 8
+            add_metrics(session, job, [MetricPoint(4, "train", {"loss": 0.5, "epoch": 1.0})])
+        stream.read(until=lambda e: any(p["train_loss"] == 0.5 for p in progress(e)))
+        with session_scope() as session:
+            add_metrics(session, session.get(Job, job_id), [MetricPoint(4, "eval", {"eval_loss": 0.7, "epoch": 1.0})])
+        later = stream.read(until=lambda e: bool(progress(e)), timeout=10)
+    assert progress(later)[-1]["step"] == 4 and progress(later)[-1]["eval_loss"] == 0.7

@@ -13,7 +13,7 @@ from app.jobs.queries import loss_outlines
 from app.jobs.recovery import is_orphaned
 from app.jobs.states import IllegalTransition, request_cancel, transition
 from app.jobs.timeline import MetricPoint, add_event, add_metrics
-from tests.helpers import TINY_MODEL, add_dataset, chat_rows, tiny_spec
+from tests.helpers import TINY_MODEL, add_dataset, add_job, chat_rows, tiny_spec
 
 
 @pytest.fixture
@@ -242,3 +242,51 @@ def test_a_job_is_orphaned_at_once_when_its_worker_died_here_else_when_its_heart
     assert not is_orphaned(job, stale_after_s=60), "another host's process cannot be checked: wait for its heartbeat"
     job.heartbeat_at = utcnow() - timedelta(seconds=61)
     assert is_orphaned(job, stale_after_s=60)
+
+
+def test_a_job_has_one_name_that_is_also_its_models_suffix(acme, dataset, db):
+    named = _launch(acme, dataset, name="support bot v3").json()
+    assert (named["name"], named["suffix"]) == ("support bot v3", "support-bot-v3")
+
+    # Through /v1 a job is named by its suffix; the pages and /api show that same name.
+    created = acme.client.post(
+        "/v1/fine_tuning/jobs", json={"model": TINY_MODEL, "training_file": f"file-{dataset.id}", "suffix": "colours"}
+    )
+    assert created.status_code == 200, created.text
+    job_id = int(created.json()["id"].removeprefix("ftjob-"))
+    assert created.json()["suffix"] == "colours"
+    assert acme.client.get(f"/api/jobs/{job_id}").json()["name"] == "colours"
+    assert '<h1 id="job-title">colours</h1>' in acme.client.get(f"/jobs/{job_id}").text
+
+    # Given a name, /v1 shows it as the suffix.
+    assert acme.client.get(f"/v1/fine_tuning/jobs/ftjob-{named['id']}").json()["suffix"] == "support-bot-v3"
+
+    # Neither: a descriptive name, and no suffix (OpenAI's ft:<base>:<team>::ftjob-<id>).
+    unnamed = _launch(acme, dataset).json()
+    assert (unnamed["name"], unnamed["suffix"]) == (f"{TINY_MODEL} · lora · {dataset.name}", None)
+
+
+def test_the_spec_panel_shows_the_values_training_uses(acme, dataset, db):
+    import json
+
+    for method, rate, blocks in (
+        ("lora", 2e-4, {"lora"}),
+        ("qlora", 2e-4, {"lora", "quantization"}),
+        ("full", 2e-5, set()),
+    ):
+        spec = tiny_spec(method=method)
+        del spec["learning_rate"]  # "auto": the method's default
+        job = _launch(acme, dataset, spec=spec).json()
+        assert job["spec"]["learning_rate"] is None, "the stored request keeps 'auto'"
+        html = acme.client.get(f"/jobs/{job['id']}").text
+        used = json.loads(html.split('id="page-data">', 1)[1].split("</script>", 1)[0])["spec_used"]
+        assert used["learning_rate"] == rate and used["method"] == method
+        assert {"lora", "quantization"} & used.keys() == blocks
+
+
+def test_a_spec_stored_by_an_older_version_still_shows_on_the_job_page(acme, db):
+    job = add_job(db, acme, JobState.succeeded)
+    job.spec = {**job.spec, "a_setting_since_removed": 1}
+    db.commit()
+    page = acme.client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200 and "a_setting_since_removed" in page.text

@@ -654,3 +654,35 @@ def test_dora_adapters_train_and_save_as_dora(make_spec, colour_file, models_dir
     assert json.loads((result.final_dir / "adapter_config.json").read_text())["use_dora"] is True
     curve = losses(reporter)
     assert mean(curve[-3:]) < 0.8 * mean(curve[:3]), curve
+
+
+def test_many_short_epochs_checkpoint_a_few_times_not_at_every_epoch(
+    make_spec, write_jsonl, colour_rows, models_dir, tmp_path
+):
+    """4 rows in a batch of 4 for 20 epochs: one step an epoch. A checkpoint (and its event) at each
+    of the 20 epoch ends would flood the job's events; every second epoch keeps it to 10."""
+    reporter = MemoryReporter()
+    spec = make_spec(max_steps=None, epochs=20, batch_size=4, logging_steps=10)
+    result = train(
+        spec,
+        train_file=write_jsonl(tmp_path / "few.jsonl", colour_rows(4)),
+        output_dir=tmp_path / "run",
+        reporter=reporter,
+        models_dir=models_dir,
+    )
+    assert result.completed and result.step == 20
+    saved = [message for _level, message, _data in reporter.events if message.startswith("Saved checkpoint")]
+    assert saved == [f"Saved checkpoint at step {step}" for step in range(2, 21, 2)]
+    assert [step for step, _path in reporter.checkpoints] == list(range(2, 21, 2))
+    # The epoch comes with every step, not only with the logged points (every 10 steps).
+    assert [epoch for epoch in reporter.epochs] == pytest.approx([float(step) for step, _total, _t in reporter.steps])
+
+
+def test_event_counts_read_as_english_in_the_singular(make_spec, write_jsonl, colour_rows, models_dir, tmp_path):
+    reporter = MemoryReporter()
+    spec = make_spec(max_steps=1, packing=True, max_seq_length=128)
+    train_file = write_jsonl(tmp_path / "two.jsonl", colour_rows(2))
+    prepare(spec, train_file=train_file, reporter=reporter, models_dir=models_dir)
+    messages = [message for _level, message, _data in reporter.events]
+    assert "Packed 2 examples into 1 sequence of up to 128 tokens" in messages, messages
+    assert any(m.startswith("Read 2 rows from two.jsonl") for m in messages), messages

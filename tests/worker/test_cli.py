@@ -157,3 +157,29 @@ def test_a_worker_given_a_gpu_index_sees_that_gpu_in_nvidia_smis_order(db, setti
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def test_token_create_without_a_database_says_so_in_one_line_and_creates_nothing(run, tmp_path, monkeypatch):
+    """Run outside the directory `tunelab serve` uses: no embedded database there yet."""
+    missing = tmp_path / "elsewhere" / "data"
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(missing))
+    monkeypatch.delenv("TUNELAB_DATABASE_URL")
+
+    result = run("token", "create", "ada@example.com")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"no tunelab database at {missing / 'tunelab.db'}" in result.stderr
+    assert not missing.exists(), "no empty database (nor its folder) may be left behind"
+
+
+def test_user_create_on_an_unmigrated_database_asks_for_migrate(run, tmp_path, monkeypatch):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    monkeypatch.setenv("TUNELAB_DATABASE_URL", f"sqlite:///{empty}")
+
+    result = run("user", "create", "ada@example.com", "--password", "a long password", "--team", "t")
+
+    assert result.returncode == 1
+    assert result.stderr == "Error: the database schema is not up to date: run `tunelab migrate` first\n"

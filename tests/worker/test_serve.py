@@ -3,6 +3,7 @@ worker and an inference worker beside the app, so chat answers at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,3 +62,68 @@ def test_serve_answers_chat_with_its_own_inference_worker(tmp_path):
         finally:
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_serve_and_a_lora_job_log_no_noise(tmp_path):
+    """What a newcomer sees in the terminal: one Celery banner, no SecurityWarning (tunelab says
+    once that it runs as root, when it does), and a LoRA job without bitsandbytes' 4-bit kernel
+    warning or progress bars logged as WARNING lines."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNELAB_", "PYTEST"))}
+    env.update(TUNELAB_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        env.pop(name, None)
+
+    def tunelab(*args: str) -> str:
+        result = subprocess.run([TUNELAB, *args], check=False, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    tunelab("models", "make-tiny", "tiny-llama")
+    tunelab("migrate")
+    tunelab("user", "create", "ada@example.com", "--password", "a long password", "--team", "research")
+    headers = {"Authorization": f"Bearer {tunelab('token', 'create', 'ada@example.com')}"}
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [TUNELAB, "serve", "--port", str(port)], env=env, start_new_session=True, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def both_workers_up():
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).json()["workers"] == 2
+            except httpx.HTTPError:
+                return False
+
+        wait_for(both_workers_up, timeout=90, interval=0.5, message="the app and its two workers")
+        rows = [
+            {"messages": [{"role": "user", "content": f"Colour {i}?"}, {"role": "assistant", "content": "Red."}]}
+            for i in range(8)
+        ]
+        content = "".join(json.dumps(row) + "\n" for row in rows)
+        dataset = httpx.post(f"{url}/api/datasets", headers=headers, files={"file": ("c.jsonl", content)}).json()
+        spec = {"base_model": "tiny-llama", "method": "lora", "max_steps": 2, "logging_steps": 1}
+        job = httpx.post(f"{url}/api/jobs", headers=headers, json={"dataset_id": dataset["id"], "spec": spec}).json()
+
+        def finished():
+            state = httpx.get(f"{url}/api/jobs/{job['id']}", headers=headers).json()["state"]
+            return state if state in ("succeeded", "failed", "cancelled") else None
+
+        assert wait_for(finished, timeout=180, interval=0.5, message="the job to finish") == "succeeded"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+
+    output = log_path.read_text()
+    assert output.count("-------------- celery@") == 1, output
+    assert "SecurityWarning" not in output and "superuser privileges" not in output, output
+    assert output.count("running as root") == (1 if os.geteuid() == 0 else 0), output
+    assert "gemm_4bit" not in output and "kernels-community" not in output, output
+    assert "it/s]" not in output and "Loading weights" not in output, output

@@ -3,6 +3,7 @@ counts real tokens and right predictions. Checkpoints are `checkpoints/step-N`."
 
 from __future__ import annotations
 
+import math
 import resource
 import shutil
 import time
@@ -16,6 +17,11 @@ from .data import IGNORE_INDEX, REAL_TOKENS_KEY, Task
 from .reporting import Reporter
 
 CHECKPOINT_PREFIX = "step-"
+
+# Checkpointing at every epoch end (the default) saves at most this many times in a run: a
+# small dataset trained for many epochs would otherwise write (and announce) a checkpoint
+# every few steps.
+MAX_EPOCH_CHECKPOINTS = 10
 
 # What the reporter hears of the trainer's logs, at a training step and at an evaluation.
 TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "accuracy")
@@ -118,7 +124,7 @@ class ReporterCallback(TrainerCallback):
         self._restart_window(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.reporter.progress(state.global_step, state.max_steps)
+        self.reporter.progress(state.global_step, state.max_steps, state.epoch)
         if state.global_step < state.max_steps and self.reporter.should_stop():
             self.stopped = True
             control.should_training_stop = True
@@ -127,6 +133,9 @@ class ReporterCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopped:  # the step that stopped was saved already; leave at once
             control.should_save = control.should_evaluate = False
+        elif control.should_save and args.save_strategy == "epoch" and state.global_step < state.max_steps:
+            every = math.ceil(state.num_train_epochs / MAX_EPOCH_CHECKPOINTS)
+            control.should_save = round(state.epoch) % every == 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

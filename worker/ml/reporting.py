@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` and its noun, in the plural unless there is one: "1 sequence", "3 sequences"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 class Reporter(Protocol):
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Every logging step: loss, learning_rate, grad_norm, epoch, tokens_per_second (real, non-pad tokens),
@@ -23,8 +28,8 @@ class Reporter(Protocol):
     def event(self, message: str, level: str = "info", **data: Any) -> None:
         """A human-readable milestone ("Loaded model ...", "Saved checkpoint at step 40"); level is info|warning."""
 
-    def progress(self, step: int, total_steps: int) -> None:
-        """After every optimizer step; must be cheap."""
+    def progress(self, step: int, total_steps: int, epoch: float | None = None) -> None:
+        """After every optimizer step, with the (fractional) epoch reached; must be cheap."""
 
     def flush(self) -> None:
         """Block until everything reported so far is durable. Called just before a checkpoint
@@ -48,6 +53,7 @@ class MemoryReporter:
     checkpoints: list[tuple[int, Path]] = field(default_factory=list)
     # (step, total_steps, time.perf_counter()) of every progress call.
     steps: list[tuple[int, int, float]] = field(default_factory=list)
+    epochs: list[float | None] = field(default_factory=list)  # the epoch of every progress call
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.append((step, dict(metrics)))
@@ -55,8 +61,9 @@ class MemoryReporter:
     def event(self, message: str, level: str = "info", **data: Any) -> None:
         self.events.append((level, message, data))
 
-    def progress(self, step: int, total_steps: int) -> None:
+    def progress(self, step: int, total_steps: int, epoch: float | None = None) -> None:
         self.steps.append((step, total_steps, time.perf_counter()))
+        self.epochs.append(epoch)
 
     def flush(self) -> None:
         pass  # every call is kept the moment it is made

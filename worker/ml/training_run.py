@@ -47,7 +47,7 @@ from .loading import (
     read_class_names,
     resolve_model,
 )
-from .reporting import Reporter
+from .reporting import Reporter, counted
 from .result import COMPLETED, STOPPED, TrainResult
 from .saving import merge_adapter, save_final
 
@@ -127,7 +127,8 @@ def prepare(
     elif spec.eval_split > 0:
         train_examples, eval_examples = data.split_for_eval(train_examples, spec.eval_split, spec.seed)
         reporter.event(
-            f"Held out {len(eval_examples)} of {len(train_examples) + len(eval_examples)} examples for evaluation"
+            f"Held out {len(eval_examples)} of {counted(len(train_examples) + len(eval_examples), 'example')} "
+            "for evaluation"
         )
 
     model = load_model(spec, plan, source, task=task, pad_token_id=tokenizer.pad_token_id, class_names=class_names)
@@ -148,8 +149,8 @@ def prepare(
     batched_tokens = sum(len(ids) for ids in train_dataset["input_ids"])
     if pack:
         reporter.event(
-            f"Packed {len(train_examples)} examples ({train_examples.tokens} tokens) into {len(train_dataset)} "
-            f"sequences of up to {spec.max_seq_length} tokens ({batched_tokens} tokens); text rows are laid end "
+            f"Packed {counted(len(train_examples), 'example')} ({train_examples.tokens} tokens) into "
+            f"{counted(len(train_dataset), 'sequence')} of up to {spec.max_seq_length} tokens ({batched_tokens} tokens); text rows are laid end "
             "to end and cut into chunks, not truncated",
             tokens_before=train_examples.tokens,
             tokens_after=batched_tokens,
@@ -157,7 +158,7 @@ def prepare(
         )
     elif len(train_dataset) > len(train_examples):
         reporter.event(
-            f"Cut the text rows longer than {spec.max_seq_length} tokens into pieces: {len(train_examples)} examples "
+            f"Cut the text rows longer than {spec.max_seq_length} tokens into pieces: {counted(len(train_examples), 'example')} "
             f"became {len(train_dataset)} ({batched_tokens} tokens)",
             tokens_before=train_examples.tokens,
             tokens_after=batched_tokens,
@@ -200,14 +201,15 @@ def _start_from(model, weights: Path, name: str, reporter: Reporter, class_names
 def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, max_length: int) -> None:
     formats = ", ".join(f"{count} {fmt}" for fmt, count in examples.formats.items())
     reporter.event(
-        f"Read {examples.rows} rows from {name} ({formats}): {len(examples)} examples, {examples.tokens} tokens",
+        f"Read {counted(examples.rows, 'row')} from {name} ({formats}): {counted(len(examples), 'example')}, "
+        f"{counted(examples.tokens, 'token')}",
         rows=examples.rows,
         examples=len(examples),
         tokens=examples.tokens,
     )
     if examples.truncated:
         reporter.event(
-            f"Truncated {examples.truncated} rows longer than {max_length} tokens "
+            f"Truncated {counted(examples.truncated, 'row')} longer than {max_length} tokens "
             f"({examples.truncated_tokens} of {examples.tokens + examples.truncated_tokens} tokens cut off)",
             level="warning",
             truncated_rows=examples.truncated,
@@ -215,7 +217,7 @@ def _report_tokenized(reporter: Reporter, name: str, examples: data.Examples, ma
         )
     if examples.dropped:
         reporter.event(
-            f"Skipped {examples.dropped} rows with nothing to learn from (no assistant reply within "
+            f"Skipped {counted(examples.dropped, 'row')} with nothing to learn from (no assistant reply within "
             f"{max_length} tokens)",
             level="warning",
             skipped_rows=examples.dropped,

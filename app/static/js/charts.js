@@ -18,6 +18,27 @@ const charts = (() => {
   }
 
   /**
+   * A number as an axis tick or a legend shows it: enough digits to tell neighbouring ticks `step`
+   * apart, in scientific notation when small or large (a learning rate reads 2e-4, not 0).
+   */
+  function formatValue(value, step = null) {
+    if (value === null || value === undefined || !isFinite(value)) return "–";
+    if (value === 0) return "0";
+    const size = Math.abs(value);
+    const precise = step && isFinite(step) && step > 0 ? step : size / 100;
+    if (size < 1e-3 || size >= 1e6) {
+      const digits = Math.max(0, Math.min(6, Math.floor(Math.log10(size)) - Math.floor(Math.log10(precise) + 1e-9)));
+      return value.toExponential(digits).replace(/\.?0+e/, "e").replace("e+", "e");
+    }
+    const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(precise) + 1e-9)));
+    return Number(value.toFixed(decimals)).toLocaleString(undefined, { maximumFractionDigits: decimals });
+  }
+
+  const drawn = new WeakMap();
+  /** The chart drawn in a container (for the page's tests and the console). */
+  const of = (container) => drawn.get(container);
+
+  /**
    * A chart in `container` that can be redrawn with new series:
    *   const chart = charts.line(node, {xLabel: "step"});  chart.draw([{label, points, color, dash, faint}], {log})
    */
@@ -31,12 +52,17 @@ const charts = (() => {
         cursor: { drag: { x: true, y: false } },
         scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
         // Steps are whole numbers: ticks at 1, 2, 5, 10, 20, 50, ... never 2.5.
-        axes: [{ label: xLabel, size: 40, incrs: STEP_INCREMENTS }, { size: 60 }],
+        axes: [
+          { label: xLabel, size: 40, incrs: STEP_INCREMENTS },
+          { size: 60, space: 20, values: (_u, splits, _axis, _space, step) => splits.map((v) => formatValue(v, log ? null : step)) },
+        ],
         legend: { live: true },
         series: [{ label: xLabel }, ...seriesList.map((s, i) => ({
           label: s.label,
-          stroke: s.faint ? hexAlpha(s.color || palette[i % palette.length], 0.25) : s.color || palette[i % palette.length],
-          width: s.faint ? 1 : s.width || 2,
+          // A faint series (the raw loss under its smoothed line) stays plainly visible.
+          stroke: s.faint ? hexAlpha(s.color || palette[i % palette.length], 0.5) : s.color || palette[i % palette.length],
+          width: s.faint ? 1.5 : s.width || 2,
+          value: (_u, v) => formatValue(v),
           dash: s.dash,
           spanGaps: true,
           points: { show: !!s.showPoints, size: 5 },
@@ -59,7 +85,9 @@ const charts = (() => {
     }
 
     new ResizeObserver(() => plot && plot.setSize({ width: container.clientWidth, height: plot.height })).observe(container);
-    return { draw, get plot() { return plot; } };
+    const chart = { draw, get plot() { return plot; } };
+    drawn.set(container, chart);
+    return chart;
   }
 
   function hexAlpha(hex, alpha) {
@@ -67,5 +95,5 @@ const charts = (() => {
     return `rgba(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
   }
 
-  return { line, palette, align };
+  return { line, of, palette, align, formatValue };
 })();

@@ -19,14 +19,16 @@
   const chars = stats.chars_per_row || {};
   const messages = stats.messages_per_row;
   const duplicates = stats.duplicates || { rows: 0 };
-  document.getElementById("stat-cards").replaceChildren(
+  // Text and classification rows have no messages: no card for them (replaceChildren would print a null as "null").
+  document.getElementById("stat-cards").replaceChildren(...[
     card("rows", fmt.number(dataset.row_count)),
     card("estimated tokens", fmt.compact(stats.estimated_tokens), "≈ characters / 4", stats.token_estimate),
     card("characters per row", `${fmt.number(chars.median)} median`, `min ${fmt.number(chars.min)} · p95 ${fmt.number(chars.p95)} · max ${fmt.number(chars.max)}`),
     messages ? card("messages per row", `${fmt.number(messages.median)} median`, `min ${fmt.number(messages.min)} · p95 ${fmt.number(messages.p95)} · max ${fmt.number(messages.max)}`) : null,
     card("duplicate rows", fmt.number(duplicates.rows), duplicates.rows && duplicates.first_lines ? `e.g. lines ${duplicates.first_lines.slice(0, 5).join(", ")}` : "none found"),
-  );
+  ].filter(Boolean));
 
+  // The length histogram, with its axes: rows (0, half, most) up the side, characters along the bottom.
   const histogram = stats.length_histogram || [];
   const most = Math.max(1, ...histogram.map((b) => b.rows));
   document.getElementById("histogram").replaceChildren(...histogram.map((bucket) => {
@@ -34,10 +36,16 @@
     bar.style.height = `${Math.max(1, (bucket.rows / most) * 100)}%`;
     return bar;
   }));
+  document.getElementById("histogram-y").replaceChildren(...(histogram.length
+    ? [most, most / 2, 0].map((rows) => el("span", { text: fmt.number(rows) })) : []));
   if (histogram.length) {
-    document.getElementById("histogram-labels").replaceChildren(
-      el("span", { text: fmt.compact(histogram[0].from) }), el("span", { text: fmt.compact(histogram.at(-1).to) }));
+    // A tick under every few bars, at the bucket's lower edge, and the last bucket's upper edge.
+    const every = Math.max(1, Math.ceil(histogram.length / 6));
+    const ticks = histogram.map((bucket, i) => el("span", { text: i % every === 0 ? fmt.compact(bucket.from) : "" }));
+    ticks.push(el("span", { class: "last", text: fmt.compact(histogram.at(-1).to) }));
+    document.getElementById("histogram-labels").replaceChildren(...ticks);
   }
+  document.getElementById("histogram-figure").hidden = !histogram.length;
 
   const composition = [];
   for (const [role, count] of Object.entries(stats.roles || {})) composition.push([`${role} messages`, fmt.number(count)]);
@@ -103,7 +111,7 @@
     if (!confirm(`Delete ${dataset.name}? Jobs that used it keep their results.`)) return;
     const response = await tl.api("DELETE", `/api/datasets/${dataset.id}`);
     if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
-    location.href = "/datasets";
+    location.href = `/datasets?deleted=${encodeURIComponent(dataset.name)}`;
   });
 
   loadPage();

@@ -105,4 +105,10 @@
   }
 
   renderList();
+  // Back from deleting a dataset on its page: say that it is gone.
+  const deleted = new URLSearchParams(location.search).get("deleted");
+  if (deleted !== null) {
+    tl.toast(`Deleted ${deleted}.`);
+    history.replaceState(null, "", location.pathname);
+  }
 })();

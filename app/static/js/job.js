@@ -12,8 +12,8 @@
   const seenEvent = new Set();
 
   const lossChart = charts.line(document.getElementById("loss-chart"), { height: 300 });
-  const lrChart = charts.line(document.getElementById("lr-chart"), { height: 170 });
-  const tpsChart = charts.line(document.getElementById("tps-chart"), { height: 170 });
+  const lrChart = charts.line(document.getElementById("lr-chart"), { height: 190 });
+  const tpsChart = charts.line(document.getElementById("tps-chart"), { height: 190 });
   const logScale = document.getElementById("log-scale");
   const smoothing = document.getElementById("smoothing");
 
@@ -58,11 +58,14 @@
   function addEvent(event) {
     if (seenEvent.has(event.seq)) return;
     seenEvent.add(event.seq);
+    // Newest first, in sequence order: what happens now is on top, and the first events stay
+    // where they are at the end of the list instead of being scrolled away.
     const list = document.getElementById("events");
-    list.append(el("li", { class: `level-${event.level}` },
+    const item = el("li", { class: `level-${event.level}`, "data-seq": event.seq },
       el("time", { datetime: event.created_at, text: new Date(event.created_at).toLocaleTimeString() }),
-      el("span", { text: event.message })));
-    list.scrollTop = list.scrollHeight;
+      el("span", { text: event.message }));
+    const older = [...list.children].find((li) => Number(li.dataset.seq) < event.seq);
+    list.insertBefore(item, older || null);
     if (/^Saved checkpoint|^Saved the|^Job (succeeded|cancelled|paused)/.test(event.message)) refreshArtifacts();
   }
 
@@ -182,7 +185,7 @@
 
   data.metrics.forEach(addMetric);
   data.events.forEach(addEvent);
-  document.getElementById("spec").textContent = JSON.stringify(job.spec, null, 2);
+  document.getElementById("spec").textContent = JSON.stringify(data.spec_used, null, 2);
   renderJob();
   renderDownloads(data.artifacts);
   drawCharts();

@@ -44,6 +44,11 @@
     form.reset();
     loadTokens();
   });
+  // The new token stays on screen, whatever else is done on the page, until its owner says they have it.
+  document.getElementById("token-done").addEventListener("click", () => {
+    document.getElementById("new-token").hidden = true;
+    document.getElementById("new-token-value").textContent = "";
+  });
   document.getElementById("copy-token").addEventListener("click", async () => {
     await navigator.clipboard.writeText(document.getElementById("new-token-value").textContent);
     tl.toast("Token copied");
@@ -155,11 +160,16 @@
       userForm.reset();
       renderAll();
     });
+    // In place, not by reloading: a reload would take away a new token that is still shown once.
     document.getElementById("team-form").addEventListener("submit", async (event) => {
       event.preventDefault();
       const response = await tl.api("POST", "/api/teams", { name: event.target.elements.name.value });
       if (!response.ok) return tl.toast(tl.errorText(response.data), "error");
-      location.reload();
+      data.teams.push(response.data);
+      teamSelect.append(el("option", { value: response.data.name, text: response.data.name }));
+      event.target.reset();
+      tl.toast(`Created team ${response.data.name}`);
+      renderAll();
     });
   }
 

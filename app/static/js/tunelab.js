@@ -28,10 +28,12 @@ const tl = (() => {
       options.body = JSON.stringify(body);
     }
     const response = await fetch(url, options);
+    // A 204 has no body even where its headers say JSON (FastAPI keeps the route's content type).
     let data = null;
     const type = response.headers.get("content-type") || "";
-    if (type.includes("application/json")) data = await response.json();
-    else if (response.status !== 204) data = await response.text();
+    const text = response.status === 204 ? "" : await response.text();
+    if (text && type.includes("application/json")) data = JSON.parse(text);
+    else if (text) data = text;
     return { ok: response.ok, status: response.status, data };
   }
 
