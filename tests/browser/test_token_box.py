@@ -23,7 +23,7 @@ def test_the_new_token_stays_shown_through_other_actions_until_done(pages, make_
     page.click("#team-form button")
     expect(page.locator("#teams h2", has_text="Team research")).to_be_visible()
     acme = page.locator("#teams section", has_text="Team acme")
-    acme.locator("input[name=email]").fill(newcomer.email)
+    acme.get_by_placeholder("Email of an existing user").fill(newcomer.email)
     acme.locator("button:has-text('Add member')").click()
     expect(acme.locator("td", has_text=newcomer.email)).to_be_visible()
     page.once("dialog", lambda dialog: dialog.accept())

@@ -684,5 +684,5 @@ def test_event_counts_read_as_english_in_the_singular(make_spec, write_jsonl, co
     train_file = write_jsonl(tmp_path / "two.jsonl", colour_rows(2))
     prepare(spec, train_file=train_file, reporter=reporter, models_dir=models_dir)
     messages = [message for _level, message, _data in reporter.events]
-    assert "Packed 2 examples into 1 sequence of up to 128 tokens" in messages, messages
+    assert any(m.startswith("Packed 2 examples into 1 sequence of up to 128 tokens: ") for m in messages), messages
     assert any(m.startswith("Read 2 rows from two.jsonl") for m in messages), messages

@@ -149,17 +149,17 @@ def prepare(
     batched_tokens = sum(len(ids) for ids in train_dataset["input_ids"])
     if pack:
         reporter.event(
-            f"Packed {counted(len(train_examples), 'example')} ({train_examples.tokens} tokens) into "
-            f"{counted(len(train_dataset), 'sequence')} of up to {spec.max_seq_length} tokens ({batched_tokens} tokens); text rows are laid end "
-            "to end and cut into chunks, not truncated",
+            f"Packed {counted(len(train_examples), 'example')} into {counted(len(train_dataset), 'sequence')} of up "
+            f"to {spec.max_seq_length} tokens: {train_examples.tokens} tokens in, {batched_tokens} trained "
+            "(text rows are laid end to end and cut into chunks, never truncated)",
             tokens_before=train_examples.tokens,
             tokens_after=batched_tokens,
             sequences=len(train_dataset),
         )
     elif len(train_dataset) > len(train_examples):
         reporter.event(
-            f"Cut the text rows longer than {spec.max_seq_length} tokens into pieces: {counted(len(train_examples), 'example')} "
-            f"became {len(train_dataset)} ({batched_tokens} tokens)",
+            f"Cut the text rows longer than {spec.max_seq_length} tokens into pieces: "
+            f"{counted(len(train_examples), 'example')} became {len(train_dataset)} ({batched_tokens} tokens)",
             tokens_before=train_examples.tokens,
             tokens_after=batched_tokens,
             sequences=len(train_dataset),
