@@ -24,6 +24,7 @@ from app.api import (
     openai_compat,
     streams,
     teams,
+    webhooks,
     workers,
 )
 from app.api.errors import install_error_handlers
@@ -153,6 +154,7 @@ def create_app() -> FastAPI:
         downloads,
         openai_compat,
         workers,
+        webhooks,
     )
     pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
     routers = [module.router for module in (*api, *pages)]
