@@ -22,6 +22,7 @@ class Received:
 class Receiver:
     statuses: list[int] = field(default_factory=lambda: [200])
     hang_s: float = 0.0
+    location: str | None = None  # sent as the Location header (for redirects)
     received: list[Received] = field(default_factory=list)
     url: str = ""
 
@@ -37,6 +38,8 @@ class Receiver:
                 status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
                 self.send_response(status)
                 self.send_header("content-length", "0")
+                if receiver.location:
+                    self.send_header("location", receiver.location)
                 self.end_headers()
 
             def log_message(self, *_args) -> None:
