@@ -36,6 +36,7 @@ from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
 from app.pages import workers as worker_pages
 from app.pages.templating import STATIC_DIR
+from app.webhooks.events import resend_overdue as resend_overdue_deliveries
 
 log = logging.getLogger("tunelab")
 
@@ -76,12 +77,13 @@ class SecurityHeaders:
 async def _reap_orphans_forever(interval_s: float) -> None:
     """Jobs whose worker vanished (no heartbeat) are requeued or failed, even while no
     worker is starting up to notice them; queued jobs whose message the broker lost are
-    sent again."""
+    sent again, and so are webhook deliveries long overdue."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await run_in_threadpool(reap_orphans)
             await run_in_threadpool(resend_lost_messages)
+            await run_in_threadpool(resend_overdue_deliveries)
         except Exception:
             log.exception("looking for orphaned jobs failed")
 

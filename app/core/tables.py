@@ -412,5 +412,7 @@ class WebhookDelivery(Base):
     payload: Mapped[dict[str, Any]]
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed
     attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # When the next try is due (while pending): one long overdue lost its message, and is sent again.
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[datetime | None]

@@ -19,10 +19,9 @@ import logging
 import random
 import secrets
 import time
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from app.config import get_settings
 from app.core.database import session_scope
@@ -68,7 +67,7 @@ def deliver(delivery_id: int) -> float | None:
             return None
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None or not endpoint.enabled:
-            delivery.state, delivery.finished_at = FAILED, utcnow()
+            delivery.state, delivery.finished_at, delivery.due_at = FAILED, utcnow(), None
             delivery.attempts = [*delivery.attempts, _log_entry(None, 0.0, "the endpoint was disabled")]
             return None
         url, secret, event_id, body = endpoint.url, endpoint.secret, delivery.event_id, body_of(delivery.payload)
@@ -84,12 +83,14 @@ def deliver(delivery_id: int) -> float | None:
         delivery.attempts = [*delivery.attempts, _log_entry(status_code, duration_s, error)]
         tries = len(delivery.attempts)
         if error is None:
-            delivery.state, delivery.finished_at = DELIVERED, utcnow()
+            delivery.state, delivery.finished_at, delivery.due_at = DELIVERED, utcnow(), None
             return None
         if final or tries >= settings.webhooks_max_attempts:
-            delivery.state, delivery.finished_at = FAILED, utcnow()
+            delivery.state, delivery.finished_at, delivery.due_at = FAILED, utcnow(), None
             return None
-        return backoff_s(tries)
+        wait_s = backoff_s(tries)
+        delivery.due_at = utcnow() + timedelta(seconds=wait_s)
+        return wait_s
 
 
 def _log_entry(status_code: int | None, duration_s: float, error: str | None) -> dict[str, Any]:
@@ -103,6 +104,8 @@ def _log_entry(status_code: int | None, duration_s: float, error: str | None) ->
 
 def _post(url: str, secret: str, event_id: str, body: bytes) -> tuple[int | None, float, str | None, bool]:
     """(status code, seconds, error or None, whether retrying is pointless) of one signed POST."""
+    import httpx  # here: only a webhook worker needs it, and the web app starts faster without it
+
     started = time.monotonic()
     try:
         target = resolve(url)  # again at every try: DNS may have changed since the endpoint was saved

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.database import session_scope
 from app.core.queue import enqueue_webhook_delivery
 from app.core.tables import Job, JobState, WebhookDelivery, WebhookEndpoint, utcnow
 
@@ -40,6 +42,9 @@ STATE_EVENTS = {
     JobState.running: "fine_tuning.job.running",
 }
 _PENDING = "tunelab_webhook_deliveries"
+# A pending delivery this long past its due time lost its message (the broker was down when it
+# was sent, or restarted with a retry in it): it is sent again.
+OVERDUE = timedelta(minutes=5)
 
 
 def new_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +59,11 @@ def new_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def record(session: Session, endpoints: list[WebhookEndpoint], event: dict[str, Any]) -> list[WebhookDelivery]:
     """A pending delivery of `event` to each endpoint, sent to the webhook workers after commit."""
+    now = utcnow()
     deliveries = [
-        WebhookDelivery(endpoint_id=endpoint.id, event_id=event["id"], event_type=event["type"], payload=event)
+        WebhookDelivery(
+            endpoint_id=endpoint.id, event_id=event["id"], event_type=event["type"], payload=event, due_at=now
+        )
         for endpoint in endpoints
     ]
     if deliveries:
@@ -104,3 +112,26 @@ def send(delivery_ids: list[int]) -> None:
             enqueue_webhook_delivery(delivery_id)
         except Exception as error:  # noqa: BLE001 - any broker failure
             log.error("could not enqueue webhook delivery %s (%s: %s)", delivery_id, type(error).__name__, error)
+
+
+def resend_overdue(limit: int = 500) -> list[int]:
+    """Send again the deliveries long past due (their message was lost). A twin of a message that
+    was only late finds the delivery done, or sends the same `webhook-id` again, which receivers
+    dedupe. Returns the ids sent."""
+    now = utcnow()
+    with session_scope() as session:
+        overdue = list(
+            session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.state == "pending", WebhookDelivery.due_at < now - OVERDUE)
+                .order_by(WebhookDelivery.id)
+                .limit(limit)
+            )
+        )
+        for delivery in overdue:
+            delivery.due_at = now
+        ids = [delivery.id for delivery in overdue]
+    if ids:
+        log.warning("sending %d webhook deliveries again: their messages were lost", len(ids))
+        send(ids)
+    return ids

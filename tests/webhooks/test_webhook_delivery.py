@@ -5,18 +5,21 @@ a real worker after a failure, cut off when the receiver hangs, never sent to a 
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 import standardwebhooks
 from sqlalchemy import select
 
+from app.config import get_settings
 from app.core.blobs import blob_store
-from app.core.tables import ArtifactKind, JobState, WebhookDelivery
+from app.core.queue import queue_length
+from app.core.tables import ArtifactKind, JobState, WebhookDelivery, utcnow
 from app.jobs.artifacts import job_output_key, record_artifact
 from app.jobs.states import request_cancel, transition
 from app.jobs.timeline import MetricPoint, add_metrics
 from app.webhooks.delivery import deliver
+from app.webhooks.events import resend_overdue
 from tests.helpers import add_dataset, add_job, chat_rows, forget_cached_settings, wait_for
 from tests.webhooks.receiver import create_webhook
 
@@ -210,3 +213,29 @@ def test_the_worker_retries_after_a_500_until_the_receiver_takes_it(
     assert events[0]["id"] == events[1]["id"] == delivered["event_id"]  # one id across retries: receivers dedupe
     first, second = (datetime.fromisoformat(a["at"]) for a in delivered["attempts"])
     assert (second - first).total_seconds() >= 0.5  # the retry waited out the backoff
+
+
+def test_a_broker_that_cannot_be_reached_fails_no_job_and_the_delivery_is_sent_later(
+    db, owner, allow_private, receiver, monkeypatch
+):
+    create_webhook(owner, receiver.url)
+    monkeypatch.setenv("TUNELAB_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    forget_cached_settings()
+    job = add_job(db, owner, JobState.queued)
+    started = time.monotonic()
+    transition(db, job, JobState.running)
+    db.commit()  # the job's change is kept; the delivery waits in the outbox
+    assert time.monotonic() - started < 10
+    db.expire_all()
+    assert db.get(type(job), job.id).state == JobState.running
+    (delivery_id,) = _pending(db)
+
+    monkeypatch.delenv("TUNELAB_BROKER_URL")  # the broker is back (the embedded one here)
+    forget_cached_settings()
+    queue = get_settings().webhooks_queue
+    assert resend_overdue() == [] and not queue_length(queue)  # not overdue yet
+    db.get(WebhookDelivery, delivery_id).due_at = utcnow() - timedelta(minutes=6)
+    db.commit()
+    assert resend_overdue() == [delivery_id]
+    assert queue_length(queue) == 1
+    assert resend_overdue() == []  # sent once, not at every sweep
