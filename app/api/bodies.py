@@ -5,6 +5,7 @@ training spec lives in `app.contract.spec` (shared with the worker); a job submi
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -319,9 +320,12 @@ class WorkersOut(BaseModel):
         )
 
 
+EventType = Annotated[str, Field(max_length=64)]
+
+
 class WebhookIn(_In):
     url: str = Field(max_length=2000, description="An http(s) URL; it receives POSTs signed the Standard Webhooks way.")
-    event_types: list[str] = Field(
+    event_types: list[EventType] = Field(
         max_length=20, description="Events to send: fine_tuning.job.succeeded, .failed, .cancelled, .running, ..."
     )
     description: str = Field("", max_length=200)
@@ -329,7 +333,7 @@ class WebhookIn(_In):
 
 class WebhookUpdateIn(_In):
     url: str | None = Field(None, max_length=2000)
-    event_types: list[str] | None = Field(None, max_length=20)
+    event_types: list[EventType] | None = Field(None, max_length=20)
     description: str | None = Field(None, max_length=200)
     enabled: bool | None = None
 

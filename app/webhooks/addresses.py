@@ -67,7 +67,7 @@ def resolve(url: str) -> Target:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as error:
+    except (OSError, UnicodeError, ValueError) as error:  # ValueError: a NUL in the name
         raise RefusedAddress(f"the host {host!r} cannot be resolved ({error})", transient=True) from None
     addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
     if not addresses:

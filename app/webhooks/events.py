@@ -15,8 +15,8 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import delete, select
 from sqlalchemy import event as sa_event
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.database import session_scope
@@ -45,6 +45,7 @@ _PENDING = "tunelab_webhook_deliveries"
 # A pending delivery this long past its due time lost its message (the broker was down when it
 # was sent, or restarted with a retry in it): it is sent again.
 OVERDUE = timedelta(minutes=5)
+KEEP_FINISHED = timedelta(days=30)  # how long the delivery log keeps a finished delivery
 
 
 def new_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -135,3 +136,15 @@ def resend_overdue(limit: int = 500) -> list[int]:
         log.warning("sending %d webhook deliveries again: their messages were lost", len(ids))
         send(ids)
     return ids
+
+
+def forget_old_deliveries() -> int:
+    """Finished deliveries older than `KEEP_FINISHED` leave the log (it would grow for ever).
+    Returns how many."""
+    with session_scope() as session:
+        result = session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.state != "pending", WebhookDelivery.finished_at < utcnow() - KEEP_FINISHED
+            )
+        )
+        return result.rowcount or 0

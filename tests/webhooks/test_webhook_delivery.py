@@ -19,7 +19,7 @@ from app.jobs.artifacts import job_output_key, record_artifact
 from app.jobs.states import request_cancel, transition
 from app.jobs.timeline import MetricPoint, add_metrics
 from app.webhooks.delivery import deliver
-from app.webhooks.events import resend_overdue
+from app.webhooks.events import forget_old_deliveries, resend_overdue
 from tests.helpers import add_dataset, add_job, chat_rows, forget_cached_settings, wait_for
 from tests.webhooks.receiver import create_webhook
 
@@ -239,3 +239,18 @@ def test_a_broker_that_cannot_be_reached_fails_no_job_and_the_delivery_is_sent_l
     assert resend_overdue() == [delivery_id]
     assert queue_length(queue) == 1
     assert resend_overdue() == []  # sent once, not at every sweep
+
+
+def test_the_delivery_log_forgets_finished_deliveries_after_a_month(db, owner, allow_private, receiver):
+    webhook = create_webhook(owner, receiver.url)
+    job = add_job(db, owner, JobState.queued)
+    transition(db, job, JobState.running)
+    transition(db, job, JobState.failed, error="boom")
+    db.commit()
+    old, recent = _pending(db)
+    _deliver_pending(db)
+    db.get(WebhookDelivery, old).finished_at = utcnow() - timedelta(days=31)
+    db.commit()
+    assert forget_old_deliveries() == 1
+    log = owner.client.get(f"/api/teams/{owner.team_id}/webhooks/{webhook['id']}/deliveries").json()
+    assert [d["id"] for d in log] == [recent]

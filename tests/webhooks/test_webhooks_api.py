@@ -51,6 +51,8 @@ def test_members_and_viewers_cannot_see_or_change_webhooks(owner, make_account, 
         ("http://[::ffff:127.0.0.1]/hook", "loopback"),
         ("http://0.0.0.0/hook", "private or reserved"),
         ("http://no-such-host.invalid/hook", "cannot be resolved"),
+        ("http://exa\u0000mple.com/hook", "cannot be resolved"),
+        ("http://" + "a" * 70 + ".com/hook", "cannot be resolved"),
     ],
 )
 def test_a_webhook_url_must_be_http_and_public(owner, url, reason):
