@@ -45,6 +45,7 @@ _PENDING = "tunelab_webhook_deliveries"
 # A pending delivery this long past its due time lost its message (the broker was down when it
 # was sent, or restarted with a retry in it): it is sent again.
 OVERDUE = timedelta(minutes=5)
+_MAX_ERROR_CHARS = 2000  # a failed job's error, as its event carries it
 KEEP_FINISHED = timedelta(days=30)  # how long the delivery log keeps a finished delivery
 
 
@@ -89,7 +90,7 @@ def record_job_event(session: Session, *, team_id: int, job_id: int, event_type:
 def record_state_change(session: Session, job: Job, to: JobState) -> None:
     """The event of a job's new state, for the states that have one."""
     if (event_type := STATE_EVENTS.get(to)) is not None:
-        extra = {"error": job.error} if to == JobState.failed and job.error else {}
+        extra = {"error": job.error[:_MAX_ERROR_CHARS]} if to == JobState.failed and job.error else {}
         record_job_event(session, team_id=job.team_id, job_id=job.id, event_type=event_type, **extra)
 
 
