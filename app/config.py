@@ -93,6 +93,23 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A chat answer with no progress this long (model loading included) fails."
     )
 
+    # Webhooks (delivered by the workers of `webhooks_queue`, never by a training job).
+    webhooks_queue: str = Field(
+        "webhooks", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Queue the webhook deliveries go through."
+    )
+    webhooks_allow_private: bool = Field(
+        False,
+        description="Let webhooks go to loopback, private, link-local and this server's own addresses (off: refused).",
+    )
+    webhooks_timeout_s: float = Field(10.0, gt=0, le=60, description="A webhook receiver must answer within this.")
+    webhooks_max_attempts: int = Field(
+        10, ge=1, le=30, description="Tries of one webhook delivery before it is marked failed."
+    )
+    webhooks_backoff_s: float = Field(
+        10.0, ge=0, description="Wait before a delivery's first retry; it doubles at each retry (up to an hour)."
+    )
+    webhooks_per_team: int = Field(20, ge=1, description="Webhook endpoints one team may have.")
+
     @field_validator("data_dir", "models_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -24,6 +24,7 @@ from app.api import (
     openai_compat,
     streams,
     teams,
+    webhooks,
     workers,
 )
 from app.api.errors import install_error_handlers
@@ -35,6 +36,8 @@ from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
 from app.pages import workers as worker_pages
 from app.pages.templating import STATIC_DIR
+from app.webhooks.events import forget_old_deliveries
+from app.webhooks.events import resend_overdue as resend_overdue_deliveries
 
 log = logging.getLogger("tunelab")
 
@@ -75,12 +78,14 @@ class SecurityHeaders:
 async def _reap_orphans_forever(interval_s: float) -> None:
     """Jobs whose worker vanished (no heartbeat) are requeued or failed, even while no
     worker is starting up to notice them; queued jobs whose message the broker lost are
-    sent again."""
+    sent again, and so are webhook deliveries long overdue; old ones leave the delivery log."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await run_in_threadpool(reap_orphans)
             await run_in_threadpool(resend_lost_messages)
+            await run_in_threadpool(resend_overdue_deliveries)
+            await run_in_threadpool(forget_old_deliveries)
         except Exception:
             log.exception("looking for orphaned jobs failed")
 
@@ -153,6 +158,7 @@ def create_app() -> FastAPI:
         downloads,
         openai_compat,
         workers,
+        webhooks,
     )
     pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
     routers = [module.router for module in (*api, *pages)]

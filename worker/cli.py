@@ -81,14 +81,18 @@ def _say_if_root() -> None:
         )
 
 
-def _worker_command(queues: str, concurrency: int = 1, *, banner: bool = True) -> list[str]:
+def _worker_command(queues: str, concurrency: int | None = None, *, banner: bool = True) -> list[str]:
     """The Celery worker for `queues`. A worker that only answers chat keeps its process, and
     so its loaded models; any other replaces its process after every task, which returns all
     of a training job's memory. `banner=False` leaves out Celery's start-up banner (one is enough
     when a command starts several workers)."""
     from app.config import get_settings
 
-    recycle = set(queues.split(",")) != {get_settings().inference_queue}
+    settings = get_settings()
+    # Chat and webhook workers keep their processes; a training worker's is replaced after every job.
+    recycle = not set(queues.split(",")) <= {settings.inference_queue, settings.webhooks_queue}
+    if concurrency is None:  # webhook deliveries mostly wait on other servers: a few at a time
+        concurrency = 4 if queues == settings.webhooks_queue else 1
     return [
         sys.executable,
         *(["-W", f"ignore:{_ROOT_WARNING}"] if _running_as_root() else []),
@@ -123,7 +127,7 @@ def _ml_stack_installed() -> bool:
     "--worker/--no-worker",
     default=True,
     show_default=True,
-    help="Also start a training worker and an inference worker (for chat).",
+    help="Also start a training worker, an inference worker (for chat) and a webhook worker.",
 )
 @click.option(
     "--migrate/--no-migrate",
@@ -163,6 +167,10 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
                 subprocess.Popen(_worker_command(queues, banner=queues == "default"), start_new_session=True)
                 for queues in ("default", settings.inference_queue)
             ]
+            # Webhook deliveries wait on other servers: a worker of their own, a few at a time.
+            worker_processes.append(
+                subprocess.Popen(_worker_command(settings.webhooks_queue, banner=False), start_new_session=True)
+            )
         else:
             click.secho(
                 "the ML stack (torch, transformers, peft) is not installed: starting without a worker; "
@@ -202,7 +210,8 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
     "--queues",
     default="default",
     show_default=True,
-    help="Comma-separated queues to take jobs from; 'inference' (alone) answers chat instead.",
+    help="Comma-separated queues to take jobs from; 'inference' (alone) answers chat instead, "
+    "'webhooks' (alone, with --gpus none) delivers webhooks.",
 )
 @click.option(
     "--gpus",
@@ -212,7 +221,8 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
 )
 def worker_command(queues: str, gpus: str) -> None:
     """Run workers: one worker process per GPU, each taking one job at a time. With
-    `--queues inference` they answer chat requests, keeping the models they load."""
+    `--queues inference` they answer chat requests, keeping the models they load; with
+    `--queues webhooks --gpus none` one process delivers webhooks, four at a time."""
     devices = _gpu_list(gpus)
     _say_if_root()
     commands = []

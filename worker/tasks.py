@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.core.queue import MERGE_ADAPTER_TASK, RUN_COMPLETION_TASK, RUN_JOB_TASK
+from app.core.queue import DELIVER_WEBHOOK_TASK, MERGE_ADAPTER_TASK, RUN_COMPLETION_TASK, RUN_JOB_TASK
+from app.webhooks import delivery
 from worker import chat_job, merge_job, training_job
 from worker.celery_app import celery_app
 
@@ -20,3 +21,11 @@ def merge_adapter(job_id: int) -> None:
 @celery_app.task(name=RUN_COMPLETION_TASK, ignore_result=True)
 def run_completion(completion_id: int) -> None:
     chat_job.run_completion(completion_id)
+
+
+@celery_app.task(name=DELIVER_WEBHOOK_TASK, bind=True, max_retries=None, ignore_result=True)
+def deliver_webhook(self, delivery_id: int) -> None:
+    # One try per run; Celery's retry (a countdown message) waits out the backoff, and the
+    # delivery itself bounds the tries (TUNELAB_WEBHOOKS_MAX_ATTEMPTS).
+    if (retry_in := delivery.deliver(delivery_id)) is not None:
+        raise self.retry(countdown=retry_in)

@@ -79,10 +79,10 @@ class TeamAccess:
         if not role.can_write:
             raise Forbidden("viewers cannot change anything in this team")
 
-    def require_owner(self, team_id: int) -> None:
-        """Owners (and administrators) manage a team's members."""
+    def require_owner(self, team_id: int, what: str = "its members") -> None:
+        """Owners (and administrators) manage a team's members (and `what` else is theirs to manage)."""
         if self.memberships.get(team_id) != Role.owner and not self.user.is_admin:
-            raise Forbidden("only the team's owners can manage its members")
+            raise Forbidden(f"only the team's owners can manage {what}")
 
     def team_for_token(self, session: Session, requested: int | None) -> Team | None:
         """The team a new API token is bound to: the one asked for (one of the caller's). A

@@ -5,6 +5,7 @@ training spec lives in `app.contract.spec` (shared with the worker); a job submi
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -317,3 +318,53 @@ class WorkersOut(BaseModel):
             gpus=GpuCountsOut(total=gpus.total, busy=gpus.busy, free=gpus.free),
             stale_after_s=overview.stale_after_s,
         )
+
+
+EventType = Annotated[str, Field(max_length=64)]
+
+
+class WebhookIn(_In):
+    url: str = Field(max_length=2000, description="An http(s) URL; it receives POSTs signed the Standard Webhooks way.")
+    event_types: list[EventType] = Field(
+        max_length=20, description="Events to send: fine_tuning.job.succeeded, .failed, .cancelled, .running, ..."
+    )
+    description: str = Field("", max_length=200)
+
+
+class WebhookUpdateIn(_In):
+    url: str | None = Field(None, max_length=2000)
+    event_types: list[EventType] | None = Field(None, max_length=20)
+    description: str | None = Field(None, max_length=200)
+    enabled: bool | None = None
+
+
+class WebhookOut(_Out):
+    id: int
+    team_id: int
+    url: str
+    description: str
+    event_types: list[str]
+    enabled: bool
+    created_at: datetime
+
+
+class WebhookSecretOut(WebhookOut):
+    secret: str = Field(description="The signing secret (whsec_...). It is shown this once.")
+
+
+class WebhookAttemptOut(BaseModel):
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+class WebhookDeliveryOut(_Out):
+    id: int
+    event_id: str
+    event_type: str
+    state: str = Field(description="pending (being delivered or waiting for a retry), delivered or failed")
+    attempts: list[WebhookAttemptOut]
+    payload: dict
+    created_at: datetime
+    finished_at: datetime | None

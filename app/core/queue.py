@@ -30,6 +30,7 @@ EMBEDDED_SCHEME = "embedded"  # the embedded broker's URL scheme: app.embedded_b
 RUN_JOB_TASK = "tunelab.run_job"
 MERGE_ADAPTER_TASK = "tunelab.merge_adapter"
 RUN_COMPLETION_TASK = "tunelab.run_completion"
+DELIVER_WEBHOOK_TASK = "tunelab.deliver_webhook"
 DEFAULT_QUEUE = "default"
 
 
@@ -98,6 +99,11 @@ def enqueue_completion(completion_id: int) -> None:
         queue=settings.inference_queue,
         expires=settings.inference_pickup_timeout_s,
     )
+
+
+def enqueue_webhook_delivery(delivery_id: int) -> None:
+    """Hand a webhook delivery to the webhook workers (never a training worker, which may be busy for hours)."""
+    get_celery().send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=get_settings().webhooks_queue)
 
 
 def commit_then_enqueue(

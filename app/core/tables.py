@@ -379,3 +379,40 @@ class Completion(Base):
     finished_at: Mapped[datetime | None]
     # Moves whenever the worker writes: the app fails an answer that stops moving.
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """Where a team's job events are POSTed, signed the Standard Webhooks way with `secret`
+    (`whsec_<base64>`). The secret must stay readable to sign; it is shown once, at creation
+    (and rotation), and never logged or answered again."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str] = mapped_column(String(200), default="")
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    secret: Mapped[str] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint (the outbox): written in the transaction that made the event,
+    then delivered by a worker. `attempts` logs each try (when, status code, duration, error)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))  # the `webhook-id` header: the same on every retry
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # When the next try is due (while pending): one long overdue lost its message, and is sent again.
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]

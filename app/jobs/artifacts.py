@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.blobs import BlobStore, directory_size
 from app.core.errors import NotFound
 from app.core.tables import Artifact, ArtifactKind, Job, JobState
+from app.webhooks.events import record_job_event
 
 FINAL_KINDS = (ArtifactKind.adapter, ArtifactKind.model)  # an adapter (lora, qlora), or all the weights (full)
 
@@ -50,6 +51,10 @@ def record_artifact(
             session.add(artifact)
     except IntegrityError:  # a second writer recorded it at the same moment
         return session.scalar(query)
+    if kind == ArtifactKind.checkpoint and (job := session.get(Job, job_id)) is not None:
+        record_job_event(
+            session, team_id=job.team_id, job_id=job_id, event_type="fine_tuning.job.checkpoint", step=step
+        )
     return artifact
 
 

@@ -23,6 +23,7 @@ from app.core.live import ring_after_commit, team_channel
 from app.core.state_machine import IllegalTransition, StateMachine
 from app.core.tables import Job, JobState, utcnow
 from app.jobs.timeline import add_event
+from app.webhooks.events import record_state_change
 
 __all__ = [
     "JOB_STATES",
@@ -100,6 +101,7 @@ def transition(
         extra["step"] = job.step
     level = "error" if to == _FAILED else "info"
     add_event(session, job, message or _STATE_MESSAGES[to], level=level, state=to.value, **extra)
+    record_state_change(session, job, to)  # webhooks: delivered after commit, by another worker
     ring_after_commit(session, team_channel(job.team_id))
     return job
 

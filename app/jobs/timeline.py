@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.core.live import job_channel, ring_after_commit
 from app.core.tables import Job, JobEvent, JobMetric, utcnow
+from app.webhooks.events import record_job_event
 
 
 def _allocate_seq(session: Session, job_id: int, count: int) -> int:
@@ -96,6 +97,16 @@ def add_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) -> in
         if point.values.get("tokens_seen") is not None:
             latest["trained_tokens"] = int(point.values["tokens_seen"])
     session.execute(update(Job).where(Job.id == job.id).values(**latest))
+    for point in fresh:
+        if point.split == "eval":
+            record_job_event(
+                session,
+                team_id=job.team_id,
+                job_id=job.id,
+                event_type="fine_tuning.job.eval",
+                step=point.step,
+                metrics=_clean(point.values),
+            )
     ring_after_commit(session, job_channel(job.id))
     return len(fresh)
 

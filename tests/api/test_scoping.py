@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from app.core.tables import Artifact, Job, JobState
+from app.core.tables import Artifact, Job, JobState, WebhookDelivery, WebhookEndpoint
 from app.jobs.states import transition
 from tests.helpers import add_dataset, chat_rows, tiny_spec
 
@@ -17,7 +17,7 @@ SECRET = "acme-secret-colours"
 
 @pytest.fixture
 def acme_objects(make_account, db, models_env):
-    """A team with a dataset, a finished job, a checkpoint and an API token."""
+    """A team with a dataset, a finished job, a checkpoint, an API token and a webhook with a delivery."""
     owner = make_account(team="acme", role="owner")
     dataset = add_dataset(db, owner, chat_rows(), name=f"{SECRET}.jsonl")
     job_id = owner.client.post(
@@ -29,6 +29,17 @@ def acme_objects(make_account, db, models_env):
     transition(db, job, JobState.succeeded)
     artifact = Artifact(job_id=job.id, kind="checkpoint", step=6, blob_key=f"jobs/{job.id}/checkpoints/step-6")
     db.add(artifact)
+    webhook = WebhookEndpoint(
+        team_id=owner.team_id,
+        url=f"https://hooks.acme.test/{SECRET}",
+        description=SECRET,
+        event_types=["fine_tuning.job.succeeded"],
+        secret="whsec_" + "A" * 44,
+    )
+    db.add(webhook)
+    db.flush()
+    event = {"id": "evt_1", "object": "event", "type": "fine_tuning.job.succeeded", "data": {"id": SECRET}}
+    db.add(WebhookDelivery(endpoint_id=webhook.id, event_id="evt_1", event_type=event["type"], payload=event))
     db.commit()
     token_id = owner.client.get("/api/tokens").json()[0]["id"]
     invitation = owner.client.post(f"/api/teams/{owner.team_id}/invitations", json={"email": "new@acme.test"})
@@ -45,6 +56,7 @@ def acme_objects(make_account, db, models_env):
             "file_id": f"file-{dataset.id}",
             "model": model,
             "invitation_id": invitation.json()["id"],
+            "webhook_id": webhook.id,
         },
     }
 
@@ -75,6 +87,10 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
             body = {"email": outsider.email, "role": "member"}
         elif path.endswith("/classify"):
             body = {"text": "is this theirs?"}
+        elif path.endswith("/webhooks") and method == "POST":
+            body = {"url": "https://hooks.globex.test/", "event_types": ["fine_tuning.job.failed"]}
+        elif "/webhooks/" in path and method == "PATCH":
+            body = {"enabled": False}
         response = outsider.client.request(method, url, json=body)
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}: {response.text[:200]}"
         assert SECRET not in response.text

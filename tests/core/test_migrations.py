@@ -28,6 +28,8 @@ EXPECTED_TABLES = {
     "completions",
     "browser_sessions",
     "invitations",
+    "webhook_endpoints",
+    "webhook_deliveries",
 }
 
 

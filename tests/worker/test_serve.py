@@ -1,5 +1,6 @@
 """`tunelab serve`, the newcomer's first command: SQLite and the embedded broker, a training
-worker and an inference worker beside the app, so chat answers at once."""
+worker, an inference worker and a webhook worker beside the app, so chat answers at once and
+webhooks go out while a job trains."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import httpx
 from openai import OpenAI
 
 from tests.helpers import free_port, wait_for
+from tests.webhooks.receiver import Receiver
 
 TUNELAB = str(Path(sys.executable).parent / "tunelab")
 
 
-def test_serve_answers_chat_with_its_own_inference_worker(tmp_path):
+def test_serve_answers_chat_and_sends_webhooks_with_workers_of_their_own(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNELAB_", "PYTEST"))}
-    env.update(TUNELAB_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    env.update(TUNELAB_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1", TUNELAB_WEBHOOKS_ALLOW_PRIVATE="true")
 
     def tunelab(*args: str) -> str:
         result = subprocess.run([TUNELAB, *args], check=False, env=env, capture_output=True, text=True, timeout=120)
@@ -29,8 +31,11 @@ def test_serve_answers_chat_with_its_own_inference_worker(tmp_path):
 
     tunelab("models", "make-tiny", "tiny-llama")
     tunelab("migrate")
-    tunelab("user", "create", "ada@example.com", "--password", "a long password", "--team", "research")
+    tunelab(
+        "user", "create", "ada@example.com", "--password", "a long password", "--team", "research", "--role", "owner"
+    )
     token = tunelab("token", "create", "ada@example.com")
+    receiver = Receiver().start()
 
     port = free_port()
     server = subprocess.Popen(
@@ -45,17 +50,27 @@ def test_serve_answers_chat_with_its_own_inference_worker(tmp_path):
 
         def both_workers_up():
             try:
-                return httpx.get(f"{url}/healthz", timeout=2).json()["workers"] == 2
+                return httpx.get(f"{url}/healthz", timeout=2).json()["workers"] == 3
             except httpx.HTTPError:
                 return False
 
-        wait_for(both_workers_up, timeout=90, interval=0.5, message="the app and its two workers")
+        wait_for(both_workers_up, timeout=90, interval=0.5, message="the app and its three workers")
         client = OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0, timeout=120)
         reply = client.chat.completions.create(
             model="tiny-llama", messages=[{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0
         )
         assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+
+        api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
+        team_id = api.get("/api/teams").json()[0]["id"]
+        webhook = api.post(
+            f"/api/teams/{team_id}/webhooks", json={"url": receiver.url, "event_types": ["fine_tuning.job.failed"]}
+        ).json()
+        assert api.post(f"/api/teams/{team_id}/webhooks/{webhook['id']}/test").status_code == 202
+        wait_for(lambda: receiver.received, timeout=30, message="the test event at the receiver")
+        assert [e["type"] for e in receiver.verified(webhook["secret"])] == ["webhook.test"]
     finally:
+        receiver.stop()
         server.send_signal(signal.SIGTERM)
         try:
             assert server.wait(timeout=60) == 0, "serve stops its workers and exits cleanly"
@@ -94,11 +109,11 @@ def test_serve_and_a_lora_job_log_no_noise(tmp_path):
 
         def both_workers_up():
             try:
-                return httpx.get(f"{url}/healthz", timeout=2).json()["workers"] == 2
+                return httpx.get(f"{url}/healthz", timeout=2).json()["workers"] == 3
             except httpx.HTTPError:
                 return False
 
-        wait_for(both_workers_up, timeout=90, interval=0.5, message="the app and its two workers")
+        wait_for(both_workers_up, timeout=90, interval=0.5, message="the app and its three workers")
         rows = [
             {"messages": [{"role": "user", "content": f"Colour {i}?"}, {"role": "assistant", "content": "Red."}]}
             for i in range(8)
