@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,7 +163,8 @@ def _plan_tensors(model_dir: Path, config: dict, qtype) -> list[_Tensor]:
     with_shapes = []
     for file in _safetensors_files(model_dir):
         with safe_open(file, framework="pt") as handle:
-            with_shapes += [(name, tuple(handle.get_slice(name).get_shape()), file) for name in handle.keys()]
+            stored = handle.keys()
+            with_shapes += [(name, tuple(handle.get_slice(name).get_shape()), file) for name in stored]
     for name, shape, file in with_shapes:
         if name.endswith("rotary_emb.inv_freq"):
             continue
@@ -273,7 +274,9 @@ def _pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
             pattern = (step.get("pattern") or {}).get("Regex")
             if pattern in _SPLIT_NAMES:
                 return _SPLIT_NAMES[pattern]
-            raise ExportError("the tokenizer splits text with a pattern llama.cpp does not name; it cannot be converted")
+            raise ExportError(
+                "the tokenizer splits text with a pattern llama.cpp does not name; it cannot be converted"
+            )
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
             return "gpt2"
     raise ExportError("the tokenizer's pre-tokenizer is not one llama.cpp knows; it cannot be converted")
@@ -373,7 +376,10 @@ def write_modelfile(
     template, stops, form = ollama_template(chat_template)
     lines = [f"# Ollama Modelfile for {source or gguf_name}, written by tunelab.", f"FROM ./{gguf_name}", ""]
     if template is not None:
-        lines += [f"# The chat template, converted from the model's {form} Jinja template.", f'TEMPLATE """{template}"""']
+        lines += [
+            f"# The chat template, converted from the model's {form} Jinja template.",
+            f'TEMPLATE """{template}"""',
+        ]
     else:
         lines.append("# The chat template could not be converted to Ollama's Go template; the original:")
         lines += [f"#   {line}" for line in (chat_template or "(none)").splitlines()]
