@@ -387,3 +387,54 @@ def write_modelfile(
     lines += [f'PARAMETER stop "{stop}"' for stop in stops if stop and '"' not in stop]
     (Path(folder) / "Modelfile").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return form
+
+
+# ---------------------------------------------------------------------------------------------
+# The export folder a job hands out
+
+GGUF_FILE = "model.gguf"
+
+
+def export_folder(
+    model_dir: Path,
+    output_dir: Path,
+    *,
+    quantization: GgufQuantization | str,
+    name: str,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict:
+    """`output_dir/` with `model.gguf`, an Ollama `Modelfile` and the model card, written aside
+    and moved into place whole. Returns what to record about it: the quantisation, the file's
+    size and which chat-template form the Modelfile carries."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from .saving import replace_dir
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    quantization = GgufQuantization(quantization)
+    check_exportable(read_config(model_dir))
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
+    try:
+        path = export_gguf(
+            model_dir, staging / GGUF_FILE, quantization=quantization, name=name, on_progress=on_progress
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        form = write_modelfile(
+            staging,
+            gguf_name=GGUF_FILE,
+            chat_template=tokenizer.chat_template,
+            eos_token=tokenizer.eos_token,
+            source=name,
+        )
+        if (model_dir / "README.md").is_file():
+            shutil.copyfile(model_dir / "README.md", staging / "README.md")
+        meta = {"quantization": quantization.value, "gguf_bytes": path.stat().st_size, "chat_template": form}
+        replace_dir(staging, output_dir)
+        return meta
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
