@@ -152,3 +152,26 @@ def test_modelfile_keeps_an_unknown_template_as_a_comment_with_the_stop_token(tm
     assert "TEMPLATE" not in text
     assert f"#   {template}" in text
     assert 'PARAMETER stop "</s>"' in text
+
+
+def test_a_hub_push_is_refused_when_the_machine_is_offline(tmp_path):
+    # tests/ml/conftest.py sets HF_HUB_OFFLINE for the whole session, as an offline machine has it.
+    from worker.ml.hub import HubError, push_folder
+
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(HubError, match=r"offline \(HF_HUB_OFFLINE is set\): nothing was pushed"):
+        push_folder(tmp_path, "acme/colours-gguf", token="hf_secret")
+
+
+def test_a_hub_push_to_an_unreachable_hub_is_refused_without_the_token(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from tests.helpers import free_port
+    from worker.ml.hub import HubError, push_folder
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    token = "hf_secret_never_shown"
+    with pytest.raises(HubError, match="could not be reached") as refused:
+        push_folder(tmp_path, "acme/colours-gguf", token=token, endpoint=f"http://127.0.0.1:{free_port()}")
+    assert "ConnectError" in str(refused.value) and token not in str(refused.value)

@@ -26,9 +26,7 @@ def push_folder(
 ) -> str:
     """Create `repo_id` (a private model repository) if needed and upload `folder` into it;
     returns the repository's address."""
-    import httpx
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if constants.HF_HUB_OFFLINE:
         raise HubError("the machine is offline (HF_HUB_OFFLINE is set): nothing was pushed")
@@ -36,8 +34,9 @@ def push_folder(
     try:
         repo = api.create_repo(repo_id, repo_type="model", private=True, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message)
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx.HTTPError, OSError, ValueError) as error:
-        # Network, auth, quota, a name the Hub rejects: all end the same way, with the Hub's reason.
+    except Exception as error:
+        # Network (whichever HTTP library the hub client uses), auth, quota, a name the Hub
+        # rejects: all end the same way, with the reason and without the token.
         reason = _scrubbed(f"{type(error).__name__}: {error}", token).splitlines()[0][:300]
-        raise HubError(f"the Hugging Face Hub refused the push or could not be reached ({reason})") from None
+        raise HubError(f"the Hugging Face Hub refused the push or could not be reached ({reason})") from error
     return str(repo)
