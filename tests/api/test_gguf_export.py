@@ -17,6 +17,7 @@ from tests.helpers import (
     TINY_MODEL,
     Account,
     SharedServices,
+    add_dataset,
     add_job,
     chat_rows,
     forget_cached_settings,
@@ -152,11 +153,16 @@ def acme(make_account, models_env):
     return make_account(team="acme", role="member")
 
 
-def test_an_unfinished_job_or_an_unknown_quantisation_is_refused(acme, db):
-    running = add_job(db, acme, JobState.running)
+@pytest.fixture
+def dataset(db, acme):
+    return add_dataset(db, acme, chat_rows(6))
+
+
+def test_an_unfinished_job_or_an_unknown_quantisation_is_refused(acme, db, dataset):
+    running = add_job(db, acme, JobState.running, dataset=dataset)
     response = acme.client.post(f"/api/jobs/{running.id}/exports/gguf", json={"quantization": "q8_0"})
     assert response.status_code == 409 and "export it once it has finished" in response.text
-    done = add_job(db, acme, JobState.succeeded)
+    done = add_job(db, acme, JobState.succeeded, dataset=dataset)
     response = acme.client.post(f"/api/jobs/{done.id}/exports/gguf", json={"quantization": "q3_k"})
     assert response.status_code == 422
     response = acme.client.post(f"/api/jobs/{done.id}/exports/gguf", json={"quantization": "q8_0"})
@@ -173,7 +179,9 @@ def _with_adapter(db, job):
     return job
 
 
-def test_a_base_model_that_is_not_llama_is_refused_with_the_reason(acme, db, models_env, tmp_path, monkeypatch):
+def test_a_base_model_that_is_not_llama_is_refused_with_the_reason(
+    acme, db, dataset, models_env, tmp_path, monkeypatch
+):
     import shutil
 
     from worker.ml.tiny import make_tiny_model
@@ -183,7 +191,7 @@ def test_a_base_model_that_is_not_llama_is_refused_with_the_reason(acme, db, mod
     make_tiny_model(models / "tiny-qwen", arch="qwen2")
     monkeypatch.setenv("TUNELAB_MODELS_DIR", str(models))
     forget_cached_settings()
-    job = _with_adapter(db, add_job(db, acme, JobState.succeeded))
+    job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=dataset))
     job.base_model = "tiny-qwen"
     db.commit()
     response = acme.client.post(f"/api/jobs/{job.id}/exports/gguf", json={"quantization": "f16"})
@@ -191,8 +199,8 @@ def test_a_base_model_that_is_not_llama_is_refused_with_the_reason(acme, db, mod
     assert "GGUF export converts the Llama family (LlamaForCausalLM); this model is Qwen2ForCausalLM" in response.text
 
 
-def test_a_push_needs_a_token_and_a_well_formed_repository(acme, db, monkeypatch):
-    job = _with_adapter(db, add_job(db, acme, JobState.succeeded))
+def test_a_push_needs_a_token_and_a_well_formed_repository(acme, db, dataset, monkeypatch):
+    job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=dataset))
     url = f"/api/jobs/{job.id}/exports/gguf"
     monkeypatch.delenv("TUNELAB_HF_TOKEN", raising=False)
     forget_cached_settings()
@@ -206,8 +214,8 @@ def test_a_push_needs_a_token_and_a_well_formed_repository(acme, db, monkeypatch
     assert TOKEN not in response.text
 
 
-def test_another_teams_job_is_not_found(acme, make_account, db):
-    job = _with_adapter(db, add_job(db, acme, JobState.succeeded))
+def test_another_teams_job_is_not_found(acme, make_account, db, dataset):
+    job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=dataset))
     other = make_account(team="globex")
     response = other.client.post(f"/api/jobs/{job.id}/exports/gguf", json={"quantization": "q8_0"})
     assert response.status_code == 404
