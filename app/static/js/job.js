@@ -124,7 +124,7 @@
       items.push(el("li", { class: "gguf-export" },
         el("select", { id: "gguf-quantization", "aria-label": "GGUF quantisation" }, ...GGUF_TYPES.map(([value, label]) => el("option", { value, text: label }))),
         el("button", { type: "button", class: "link", text: "Export GGUF", onclick: exportGguf }),
-        el("span", { class: "muted", text: "for llama.cpp and Ollama (Llama models), built by a worker" })));
+        el("span", { class: "muted", text: "llama.cpp / Ollama, built by a worker" })));
     if (finalWeights) items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/model-card`), target: "_blank", text: "Model card" })));
     items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/metrics.csv`), download: "", text: "Metrics (.csv)" })));
     downloads.replaceChildren(...items);
