@@ -175,3 +175,81 @@ def test_a_hub_push_to_an_unreachable_hub_is_refused_without_the_token(tmp_path,
     with pytest.raises(HubError, match="could not be reached") as refused:
         push_folder(tmp_path, "acme/colours-gguf", token=token, endpoint=f"http://127.0.0.1:{free_port()}")
     assert "ConnectError" in str(refused.value) and token not in str(refused.value)
+
+
+def _sentencepiece_llama(folder: Path) -> Path:
+    """A tiny Llama with a Llama-2 style tokenizer: sentencepiece BPE with byte fallback."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.models.llama.tokenization_llama import LlamaTokenizer
+
+    pieces = ["▁", *"abcdefghijklmnopqrstuvwxyz", "▁t", "▁th", "▁the", "▁w", "or", "▁wor", "ld", "▁world"]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256)), *pieces]
+    merges = [("▁", "t"), ("▁t", "h"), ("▁th", "e"), ("▁", "w"), ("o", "r"), ("▁w", "or"), ("l", "d"), ("▁wor", "ld")]
+    tokenizer = LlamaTokenizer(vocab={token: index for index, token in enumerate(tokens)}, merges=merges)
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_sentencepiece_llama_round_trips_with_its_byte_fallback(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = _sentencepiece_llama(tmp_path / "llama2-style")
+    text = "the world is théâtre"  # é and â are not in the vocabulary: they go as bytes
+    original = AutoTokenizer.from_pretrained(model_dir)
+    path = export_gguf(model_dir, tmp_path / "out" / "model.gguf", quantization="f16")
+    loaded = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    ids = original(text, add_special_tokens=False).input_ids
+    assert loaded(text, add_special_tokens=False).input_ids == ids
+    assert any(3 <= i < 259 for i in ids), "the accents went through byte tokens"
+    assert loaded.decode(ids) == text
+    with torch.no_grad():
+        batch = torch.tensor([ids])
+        expected = AutoModelForCausalLM.from_pretrained(model_dir)(batch).logits
+        logits = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)(batch).logits
+    assert (logits - expected).abs().max().item() < 0.02
+
+
+def test_llama3_rope_scaling_is_written_as_llama_cpp_reads_it(merged, tmp_path):
+    import json
+    import shutil
+
+    import numpy as np
+    from gguf import GGUFReader
+
+    model_dir = shutil.copytree(merged, tmp_path / "llama3")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["rope_parameters"] = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    reader = GGUFReader(export_gguf(model_dir, tmp_path / "model.gguf", quantization="f16"))
+    factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+    assert factors.shape == (8,)  # one per pair of the 16 dimensions of a head
+    assert factors[0] == 1.0 and factors[-1] == 32.0, "high frequencies kept, the lowest scaled by the factor"
+    assert np.all(np.diff(factors) >= 0)
+    theta = reader.fields["llama.rope.freq_base"]
+    assert float(theta.parts[theta.data[0]][0]) == 500000.0
+
+    config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="rope scaling 'yarn' is not converted"):
+        export_gguf(model_dir, tmp_path / "yarn.gguf")
