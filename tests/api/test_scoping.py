@@ -75,6 +75,8 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
             body = {"email": outsider.email, "role": "member"}
         elif path.endswith("/classify"):
             body = {"text": "is this theirs?"}
+        elif path.endswith("/exports/gguf"):
+            body = {"quantization": "q8_0"}
         response = outsider.client.request(method, url, json=body)
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}: {response.text[:200]}"
         assert SECRET not in response.text
