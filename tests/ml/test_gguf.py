@@ -253,3 +253,16 @@ def test_llama3_rope_scaling_is_written_as_llama_cpp_reads_it(merged, tmp_path):
     (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ExportError, match="rope scaling 'yarn' is not converted"):
         export_gguf(model_dir, tmp_path / "yarn.gguf")
+
+
+def test_modelfile_converts_a_llama3_template(tmp_path):
+    template = (
+        "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+        "{{ message['content'] }}<|eot_id|>{% endfor %}"
+    )
+    assert (
+        write_modelfile(tmp_path, gguf_name="model.gguf", chat_template=template, eos_token="<|eot_id|>") == "Llama 3"
+    )
+    text = (tmp_path / "Modelfile").read_text()
+    assert "<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>" in text
+    assert 'PARAMETER stop "<|eot_id|>"' in text
