@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.chat.catalog import find_model
+from app.chat.model_names import is_classifier
 from app.config import get_settings
 from app.contract.export import GgufQuantization, gguf_refusal
 from app.contract.spec import Method
@@ -113,6 +114,8 @@ def request_gguf(
         raise Conflict(f"the job is {job.state.value}: export it once it has finished")
     if final_weights(session, job) is None:
         raise Conflict("the job left no weights to export")
+    if is_classifier(session, job):
+        raise Conflict("the job trains a text classifier: GGUF export converts language models, not classifier heads")
     base = find_model(job.base_model)
     if base is not None and (refusal := gguf_refusal(base.architecture)) is not None:
         raise InvalidField(("quantization",), refusal)

@@ -199,6 +199,13 @@ def test_a_base_model_that_is_not_llama_is_refused_with_the_reason(
     assert "GGUF export converts the Llama family (LlamaForCausalLM); this model is Qwen2ForCausalLM" in response.text
 
 
+def test_a_classifier_job_is_refused(acme, db):
+    rows = [{"text": f"text number {i}", "label": "yes" if i % 2 else "no"} for i in range(8)]
+    job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=add_dataset(db, acme, rows)))
+    response = acme.client.post(f"/api/jobs/{job.id}/exports/gguf", json={"quantization": "q8_0"})
+    assert response.status_code == 409 and "trains a text classifier" in response.text
+
+
 def test_a_push_needs_a_token_and_a_well_formed_repository(acme, db, dataset, monkeypatch):
     job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=dataset))
     url = f"/api/jobs/{job.id}/exports/gguf"
