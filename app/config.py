@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     )
     max_pending_invitations: int = Field(100, ge=1, description="Open invitations one team may have at once.")
 
+    # Taking models out: pushes of an export to the Hugging Face Hub.
+    hf_token: SecretStr | None = Field(
+        None, description="Hugging Face token with write access: lets a GGUF export be pushed to a Hub repository."
+    )
+    hf_endpoint: str | None = Field(
+        None, description="Hugging Face Hub address for pushes (default: huggingface.co, or HF_ENDPOINT)."
+    )
+
     # Workers and job recovery.
     worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker says it is alive.")
     worker_stale_after_s: float = Field(60.0, gt=0, description="A job whose worker is silent this long is retried.")

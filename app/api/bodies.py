@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.contract.export import GgufQuantization
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, Role
 from app.jobs.queries import eta_seconds, progress
 from app.jobs.workers import WorkersOverview, WorkerView
@@ -118,6 +119,18 @@ class UserOut(_Out):
 
 
 # ---- jobs ----------------------------------------------------------------------------------
+
+
+class GgufExportIn(_In):
+    quantization: GgufQuantization = Field(
+        description="f16 (no loss), bf16, q8_0 (near-lossless, half the size), q5_0, q4_0 (smallest)."
+    )
+    hub_repo: str | None = Field(
+        None,
+        max_length=200,
+        description="Also push the file and its Modelfile to this Hugging Face repository (owner/name); "
+        "needs TUNELAB_HF_TOKEN and a machine that is online.",
+    )
 
 
 class ArtifactOut(_Out):

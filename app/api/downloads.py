@@ -1,19 +1,20 @@
-"""Downloads: adapters, checkpoints and merged models as streamed ZIP archives, the model
-card, the metrics as CSV, and the request that has a worker build the merged model."""
+"""Downloads: adapters, checkpoints, merged models and GGUF exports as streamed ZIP archives,
+the model card, the metrics as CSV, and the requests that have a worker build the merged
+model or a GGUF file."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from app.api.bodies import ArtifactOut
+from app.api.bodies import ArtifactOut, GgufExportIn
 from app.api.deps import AccessDep, SessionDep
 from app.core.blobs import blob_store
 from app.core.errors import Conflict, NotFound
 from app.core.tables import Artifact, Job
 from app.jobs.archives import stream_zip
 from app.jobs.artifacts import archive_name, artifact_of, final_weights
-from app.jobs.exports import metrics_csv, request_merge
+from app.jobs.exports import metrics_csv, request_gguf, request_merge
 
 router = APIRouter(prefix="/api", tags=["downloads"])
 
@@ -80,4 +81,26 @@ def build_merged_model(job_id: int, access: AccessDep, session: SessionDep) -> J
     merged = request_merge(session, access, job_id)
     if merged is not None:
         return JSONResponse({"status": "ready", "artifact": ArtifactOut.model_validate(merged).model_dump(mode="json")})
+    return JSONResponse({"status": "queued", "artifact": None}, status_code=status.HTTP_202_ACCEPTED)
+
+
+@router.post(
+    "/jobs/{job_id}/exports/gguf",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"description": "This GGUF export exists already (and no push was asked)"},
+        409: {"description": "The job has no weights (yet), or a push was asked and no Hub token is configured"},
+        422: {"description": "A base model GGUF export does not convert, or a malformed repository id"},
+    },
+)
+def export_gguf(job_id: int, body: GgufExportIn, access: AccessDep, session: SessionDep) -> JSONResponse:
+    """Write the job's model (base + adapter, merged first when needed) as one GGUF file at the
+    quantisation asked, with an Ollama `Modelfile` beside it, on a worker of the job's queue.
+    Its progress shows in the job's events (`data.gguf`); when done it is the job's
+    `gguf-<quantization>` artifact, downloaded with the archive endpoint. Llama-family models only."""
+    exported = request_gguf(session, access, job_id, body.quantization, body.hub_repo)
+    if exported is not None:
+        return JSONResponse(
+            {"status": "ready", "artifact": ArtifactOut.model_validate(exported).model_dump(mode="json")}
+        )
     return JSONResponse({"status": "queued", "artifact": None}, status_code=status.HTTP_202_ACCEPTED)

@@ -29,6 +29,7 @@ EMBEDDED_SCHEME = "embedded"  # the embedded broker's URL scheme: app.embedded_b
 
 RUN_JOB_TASK = "tunelab.run_job"
 MERGE_ADAPTER_TASK = "tunelab.merge_adapter"
+EXPORT_GGUF_TASK = "tunelab.export_gguf"
 RUN_COMPLETION_TASK = "tunelab.run_completion"
 DELIVER_WEBHOOK_TASK = "tunelab.deliver_webhook"
 DEFAULT_QUEUE = "default"
@@ -87,6 +88,12 @@ def enqueue_merge(job_id: int, queue: str) -> None:
     """Build a finished job's merged model on a worker of the job's own queue (it needs the
     memory of the base model, as training did)."""
     get_celery().send_task(MERGE_ADAPTER_TASK, args=[job_id], queue=queue)
+
+
+def enqueue_gguf_export(job_id: int, queue: str, quantization: str, hub_repo: str | None) -> None:
+    """Convert a finished job's merged model to GGUF (merging first when needed) on a worker of
+    the job's own queue, and push it to `hub_repo` when one is named."""
+    get_celery().send_task(EXPORT_GGUF_TASK, args=[job_id, quantization, hub_repo], queue=queue)
 
 
 def enqueue_completion(completion_id: int) -> None:

@@ -105,6 +105,12 @@ class ArtifactKind(str, enum.Enum):
     adapter = "adapter"  # the trained LoRA / QLoRA adapter, in PEFT format
     model = "model"  # all the weights, from full fine-tuning
     merged = "merged"  # the base model with the adapter merged in, built on request
+    # A GGUF file of the merged model with its Ollama Modelfile, built on request: one per quantisation.
+    gguf_f16 = "gguf-f16"
+    gguf_bf16 = "gguf-bf16"
+    gguf_q8_0 = "gguf-q8_0"
+    gguf_q5_0 = "gguf-q5_0"
+    gguf_q4_0 = "gguf-q4_0"
 
 
 def _enum(cls: type[enum.Enum], name: str, length: int = 16) -> Enum:

@@ -1,18 +1,24 @@
 """What a job hands out beyond its own files: the metrics as CSV (the columns of OpenAI's
-result files), and the merged model, built on request by a worker."""
+result files), and, built on request by a worker, the merged model and GGUF files of it."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
+from app.chat.catalog import find_model
+from app.chat.model_names import is_classifier
+from app.config import get_settings
+from app.contract.export import GgufQuantization, gguf_refusal
 from app.contract.spec import Method
-from app.core.errors import Conflict
-from app.core.queue import commit_then_enqueue, enqueue_merge
-from app.core.tables import Artifact, Job
+from app.core.errors import Conflict, InvalidField
+from app.core.queue import commit_then_enqueue, enqueue_gguf_export, enqueue_merge
+from app.core.tables import Artifact, ArtifactKind, Job
 from app.jobs.artifacts import final_weights, merged_model
 from app.jobs.timeline import add_event, metrics
 
@@ -74,6 +80,60 @@ def request_merge(session: Session, access: TeamAccess, job_id: int) -> Artifact
         lambda: enqueue_merge(job.id, job.queue),
         on_failure=lambda: add_event(
             session, job, "The merge could not be queued: the broker is unreachable", level="error", merge="failed"
+        ),
+        message="the job queue is unreachable; try again later",
+    )
+    return None
+
+
+# A Hugging Face repository id: owner/name, as the Hub accepts them.
+HUB_REPO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
+
+
+def gguf_kind(quantization: GgufQuantization) -> ArtifactKind:
+    return ArtifactKind(f"gguf-{quantization.value}")
+
+
+def gguf_export(session: Session, job: Job, quantization: GgufQuantization) -> Artifact | None:
+    kind = gguf_kind(quantization)
+    return session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == kind))
+
+
+def request_gguf(
+    session: Session, access: TeamAccess, job_id: int, quantization: GgufQuantization, hub_repo: str | None = None
+) -> Artifact | None:
+    """Have a worker of the job's queue write the job's model as one GGUF file at `quantization`
+    with an Ollama Modelfile (merging the adapter first when the merged model is not built yet),
+    and push it to the Hub repository `hub_repo` when one is named. Returns the export when it
+    exists already and no push is asked, else None once the work is queued.
+
+    Conflict when the job has no weights (yet) or a push is asked with no Hub token configured;
+    InvalidField for a base model GGUF export does not convert or a malformed repository id."""
+    job = access.get(session, Job, job_id, write=True)
+    if not job.state.is_terminal:
+        raise Conflict(f"the job is {job.state.value}: export it once it has finished")
+    if final_weights(session, job) is None:
+        raise Conflict("the job left no weights to export")
+    if is_classifier(session, job):
+        raise Conflict("the job trains a text classifier: GGUF export converts language models, not classifier heads")
+    base = find_model(job.base_model)
+    if base is not None and (refusal := gguf_refusal(base.architecture)) is not None:
+        raise InvalidField(("quantization",), refusal)
+    if hub_repo is not None:
+        if not HUB_REPO_PATTERN.match(hub_repo) or ".." in hub_repo:
+            raise InvalidField(("hub_repo",), "a Hub repository is named owner/name (letters, digits, - _ .)")
+        if get_settings().hf_token is None:
+            raise Conflict("pushing to the Hugging Face Hub needs a token: set TUNELAB_HF_TOKEN on the workers")
+    if hub_repo is None and (existing := gguf_export(session, job, quantization)) is not None:
+        return existing
+    label = quantization.value.upper()
+    target = f", then a push to {hub_repo}" if hub_repo else ""
+    add_event(session, job, f"GGUF {label} export requested by {access.user.email}{target}", gguf="queued")
+    commit_then_enqueue(
+        session,
+        lambda: enqueue_gguf_export(job.id, job.queue, quantization.value, hub_repo),
+        on_failure=lambda: add_event(
+            session, job, "The GGUF export could not be queued: the broker is unreachable", level="error", gguf="failed"
         ),
         message="the job queue is unreachable; try again later",
     )

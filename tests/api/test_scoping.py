@@ -91,6 +91,8 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
             body = {"url": "https://hooks.globex.test/", "event_types": ["fine_tuning.job.failed"]}
         elif "/webhooks/" in path and method == "PATCH":
             body = {"enabled": False}
+        elif path.endswith("/exports/gguf"):
+            body = {"quantization": "q8_0"}
         response = outsider.client.request(method, url, json=body)
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}: {response.text[:200]}"
         assert SECRET not in response.text

@@ -117,6 +117,14 @@
     else if (data.can_write && job.method !== "full" && ["succeeded", "cancelled", "failed"].includes(job.state) && (finalWeights || checkpoints.length))
       items.push(el("li", {}, el("button", { type: "button", class: "link", text: "Build merged model", onclick: buildMerged }),
         el("span", { class: "muted", text: "base model + adapter, built by a worker" })));
+    for (const gguf of artifacts.filter((a) => a.kind.startsWith("gguf-")))
+      items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/artifacts/${gguf.id}/archive`), download: "", text: `GGUF ${gguf.kind.slice(5).toUpperCase()} + Ollama Modelfile (.zip)` }),
+        el("span", { class: "muted", text: fmt.bytes(gguf.size_bytes) })));
+    if (data.can_write && ["succeeded", "cancelled", "failed"].includes(job.state) && (finalWeights || checkpoints.length))
+      items.push(el("li", { class: "gguf-export" },
+        el("select", { id: "gguf-quantization", "aria-label": "GGUF quantisation" }, ...GGUF_TYPES.map(([value, label]) => el("option", { value, text: label }))),
+        el("button", { type: "button", class: "link", text: "Export GGUF", onclick: exportGguf }),
+        el("span", { class: "muted", text: "llama.cpp / Ollama, built by a worker" })));
     if (finalWeights) items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/model-card`), target: "_blank", text: "Model card" })));
     items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/metrics.csv`), download: "", text: "Metrics (.csv)" })));
     downloads.replaceChildren(...items);
@@ -142,6 +150,32 @@
       if (!events.ok) return;
       events.data.forEach(addEvent);
       if (events.data.some((e) => ["done", "failed"].includes(e.data.merge))) {
+        clearInterval(poll);
+        refreshArtifacts();
+      }
+    }, 1500);
+  }
+
+  const GGUF_TYPES = [["q8_0", "Q8_0 (8-bit)"], ["q4_0", "Q4_0 (4-bit, smallest)"], ["q5_0", "Q5_0 (5-bit)"], ["f16", "F16 (no loss)"], ["bf16", "BF16"]];
+
+  /* The export runs on a worker (merging first when needed): follow its events by polling, as for the merge. */
+  async function exportGguf(event) {
+    const button = event.target;
+    const quantization = document.getElementById("gguf-quantization").value;
+    button.disabled = true;
+    button.textContent = "Exporting…";
+    const response = await tl.api("POST", `/api/jobs/${job.id}/exports/gguf`, { quantization });
+    if (!response.ok) {
+      button.disabled = false;
+      button.textContent = "Export GGUF";
+      return tl.toast(tl.errorText(response.data), "error");
+    }
+    if (response.status === 200) return refreshArtifacts();
+    const poll = setInterval(async () => {
+      const events = await tl.api("GET", `/api/jobs/${job.id}/events?after=${Math.max(0, ...seenEvent)}`);
+      if (!events.ok) return;
+      events.data.forEach(addEvent);
+      if (events.data.some((e) => ["done", "failed"].includes(e.data.gguf))) {
         clearInterval(poll);
         refreshArtifacts();
       }
