@@ -23,6 +23,7 @@ from app.api import (
     jobs,
     openai_compat,
     streams,
+    sweeps,
     teams,
     workers,
 )
@@ -35,6 +36,7 @@ from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
 from app.pages import workers as worker_pages
 from app.pages.templating import STATIC_DIR
+from app.sweeps.scheduling import advance_running_sweeps
 
 log = logging.getLogger("tunelab")
 
@@ -75,12 +77,13 @@ class SecurityHeaders:
 async def _reap_orphans_forever(interval_s: float) -> None:
     """Jobs whose worker vanished (no heartbeat) are requeued or failed, even while no
     worker is starting up to notice them; queued jobs whose message the broker lost are
-    sent again."""
+    sent again; sweeps launch the trials that a place freed without a worker allows."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             await run_in_threadpool(reap_orphans)
             await run_in_threadpool(resend_lost_messages)
+            await run_in_threadpool(advance_running_sweeps)
         except Exception:
             log.exception("looking for orphaned jobs failed")
 
@@ -149,6 +152,7 @@ def create_app() -> FastAPI:
         jobs,
         classifications,
         comparisons,
+        sweeps,
         streams,
         downloads,
         openai_compat,
