@@ -34,6 +34,7 @@ from app.pages import api_docs, auth, dashboard, playground
 from app.pages import datasets as dataset_pages
 from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
+from app.pages import sweeps as sweep_pages
 from app.pages import workers as worker_pages
 from app.pages.templating import STATIC_DIR
 from app.sweeps.scheduling import advance_running_sweeps
@@ -158,7 +159,7 @@ def create_app() -> FastAPI:
         openai_compat,
         workers,
     )
-    pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
+    pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages, sweep_pages)
     routers = [module.router for module in (*api, *pages)]
     for router in routers:
         app.include_router(router)

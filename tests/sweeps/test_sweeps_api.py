@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from app.core.database import session_scope
 from app.core.tables import Job, JobState, Sweep
 from app.jobs.states import transition
 from app.sweeps.scheduling import advance_running_sweeps
