@@ -48,7 +48,9 @@ def new_sweep(request: Request, access: PageAccessDep, session: SessionDep, clon
     return render(request, "new_sweep.html", access=access, session=session, active="sweeps", data=page_json(data))
 
 
-def _scale(values: list[float], size: float, log: bool) -> tuple[callable, list[tuple[float, str]]]:
+def _scale(
+    values: list[float], size: float, log: bool, *, exact_ticks: bool = True
+) -> tuple[callable, list[tuple[float, str]]]:
     """A function from a value to a pixel offset in [0, size], and a few ticks (offset, label)."""
     fn = math.log10 if log else (lambda v: v)
     low, high = fn(min(values)), fn(max(values))
@@ -60,10 +62,15 @@ def _scale(values: list[float], size: float, log: bool) -> tuple[callable, list[
     def place(value: float) -> float:
         return (fn(value) - low) / (high - low) * size
 
-    ticks = (
-        sorted(set(values)) if len(set(values)) <= 6 else [min(values), (min(values) + max(values)) / 2, max(values)]
-    )
-    return place, [(place(t), f"{t:.3g}") for t in ticks]
+    if exact_ticks and len(set(values)) <= 6:  # a grid's values, each where its trials are
+        ticks = sorted(set(values))
+    else:  # five evenly spaced, labelled with enough digits to tell them apart
+        lo, hi = min(values), max(values)
+        ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
+    digits = 3
+    while digits < 8 and len({f"{t:.{digits}g}" for t in ticks}) < len(ticks):
+        digits += 1
+    return place, [(place(t), f"{t:.{digits}g}") for t in ticks]
 
 
 def scatter(view: SweepView, parameter: str) -> dict | None:
@@ -85,7 +92,7 @@ def scatter(view: SweepView, parameter: str) -> dict | None:
         step = width / len(categories)
         xs = [(categories.index(str(v)) + 0.5) * step for v in raw]
         x_ticks = [((i + 0.5) * step, name) for i, name in enumerate(categories)]
-    place_y, y_ticks = _scale([row.value for row in rows], height, False)
+    place_y, y_ticks = _scale([row.value for row in rows], height, False, exact_ticks=False)
     points = [
         {
             "x": round(PAD_LEFT + x, 1),
