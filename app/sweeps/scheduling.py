@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -67,7 +67,14 @@ def _launch_next(session: Session, sweep: Sweep) -> Job | None:
     submission = base.model_copy(
         update={"spec": spec, "team_id": sweep.team_id, "name": f"{sweep.name} · trial {trial} · {shown}"[:200]}
     )
-    return submit_job(session, access, submission, sweep_trial=(sweep.id, trial))
+    try:
+        return submit_job(session, access, submission, sweep_trial=(sweep.id, trial))
+    except Unavailable:
+        # The broker is down: forget the trial's failed job rather than spend the trial on the
+        # outage; it is launched again by a later step, once the broker answers.
+        session.execute(delete(Job).where(Job.sweep_id == sweep.id, Job.sweep_trial == trial))
+        session.commit()
+        raise
 
 
 def advance_sweep(session: Session, sweep_id: int) -> list[int]:
@@ -84,7 +91,8 @@ def advance_sweep(session: Session, sweep_id: int) -> list[int]:
         except IntegrityError:  # another process launched this trial first: count again
             session.rollback()
             continue
-        except Unavailable:  # the broker is down: that trial failed saying so; try again later
+        except Unavailable:  # the broker is down: try again at a later step
+            log.warning("sweep %s: the job queue is unreachable; its next trial waits", sweep_id)
             return launched
         except DomainError as error:  # its dataset was deleted, its model removed, ...
             session.rollback()

@@ -174,3 +174,24 @@ def test_sweeps_are_listed_only_in_their_team(acme, db, make_account):
     assert globex.client.get("/api/sweeps").json() == []
     other = globex.client.post("/api/sweeps", json=_body(dataset.id))
     assert other.status_code == 422 and "dataset not found in this team" in other.text
+
+
+def test_an_unreachable_broker_spends_no_trial_and_the_sweep_starts_once_it_answers(acme, db, monkeypatch):
+    import os
+
+    from tests.helpers import forget_cached_settings
+
+    dataset = add_dataset(db, acme, chat_rows())
+    broker = os.environ.get("TUNELAB_BROKER_URL")
+    monkeypatch.setenv("TUNELAB_BROKER_URL", "redis://127.0.0.1:1/0")
+    forget_cached_settings()
+    response = acme.client.post("/api/sweeps", json=_body(dataset.id))
+    assert response.status_code == 201 and response.json()["counts"] == {"pending": 4}
+    assert _trials(db, response.json()["id"]) == []
+    if broker is None:
+        monkeypatch.delenv("TUNELAB_BROKER_URL")
+    else:
+        monkeypatch.setenv("TUNELAB_BROKER_URL", broker)
+    forget_cached_settings()
+    advance_running_sweeps()
+    assert [job.state for job in _trials(db, response.json()["id"])] == [JobState.queued, JobState.queued]
