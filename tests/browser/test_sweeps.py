@@ -32,6 +32,7 @@ def test_a_grid_sweep_launched_from_the_form_ends_ranked_with_its_best_trial(pag
     values.nth(0).fill("1e-4, 2e-2")
     values.nth(1).fill("4, 0")
     expect(page.locator("#trial-count")).to_have_text("4 trials")
+    screenshot(page, "sweep-new")
     page.click("#launch")
     expect(page.locator('[data-error-for="space.parameters"]')).to_contain_text("lora.r=0) is not a valid job")
 

@@ -99,6 +99,10 @@ def test_a_diverging_trial_is_stopped_by_the_sweep_and_shown_pruned(app, acme, d
     browser_sign_in(browser, acme.email)
     page = browser.get(f"/sweeps/{job.sweep_id}")
     assert page.status_code == 200 and "pruned @ 2" in page.text and "★ Best trial" in page.text
+    trial_page = browser.get(f"/jobs/{job.id}")
+    assert (
+        f'Trial #2 of <a href="/sweeps/{job.sweep_id}">sweep #{job.sweep_id}</a>: pruned at step 2' in trial_page.text
+    )
 
 
 def test_without_pruning_a_diverging_trial_runs_on(acme, db):
