@@ -189,7 +189,7 @@ class DatabaseReporter:
                         self._record_checkpoint(session, item)
                 add_metrics(session, job, points)
                 if points and job.sweep_id is not None:
-                    judge_trial(session, job)  # a sweep's trial may be pruned on its new points
+                    judge_trial(session, job, {p.split for p in points})  # a sweep's trial may be pruned
                 self._write_progress(session, job)
         except BaseException:
             with self._lock:  # put the batch back, in order, for the next try

@@ -55,8 +55,12 @@ def median_verdict(trial: Points, finished: list[Points], *, direction: str) -> 
     return Verdict(step, value, median) if worse else None
 
 
+def _split(metric: str) -> str:
+    return "eval" if metric == "eval_loss" else "train"
+
+
 def _points(session: Session, job_ids: list[int], metric: str) -> dict[int, Points]:
-    split, key = ("eval", "eval_loss") if metric == "eval_loss" else ("train", "loss")
+    split, key = _split(metric), ("eval_loss" if metric == "eval_loss" else "loss")
     rows = session.execute(
         select(JobMetric.job_id, JobMetric.step, JobMetric.values)
         .where(JobMetric.job_id.in_(job_ids), JobMetric.split == split)
@@ -70,14 +74,15 @@ def _points(session: Session, job_ids: list[int], metric: str) -> dict[int, Poin
     return out
 
 
-def judge_trial(session: Session, job: Job) -> Verdict | None:
-    """Prune `job` (a running trial of a sweep with pruning on) when the median rule says so:
-    it is cancelled as a user's cancel does, with an event saying why, and its `pruned_at_step`
-    set. Returns the verdict when it was pruned."""
+def judge_trial(session: Session, job: Job, splits: set[str]) -> Verdict | None:
+    """Prune `job` (a running trial of a sweep with pruning on) when the median rule says so,
+    after points of `splits` ("train", "eval") were written: it is cancelled as a user's cancel
+    does, with an event saying why, and its `pruned_at_step` set. Returns the verdict when it was
+    pruned."""
     if job.sweep_id is None or job.state != JobState.running:
         return None
     sweep = session.get(Sweep, job.sweep_id)
-    if sweep is None or not sweep.prune or sweep.state != SweepState.running:
+    if sweep is None or not sweep.prune or sweep.state != SweepState.running or _split(sweep.metric) not in splits:
         return None
     finished_ids = list(
         session.scalars(

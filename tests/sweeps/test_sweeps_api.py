@@ -47,6 +47,8 @@ def test_a_grid_starts_as_many_trials_as_allowed_each_with_its_values(acme, db):
     ]
     assert all(job.state == JobState.queued and job.queue == "nobody" for job in jobs)
     assert "trial 1" in jobs[1].name and "lora.r=8" in jobs[1].name
+    shown = acme.client.get(f"/api/jobs/{jobs[1].id}").json()
+    assert (shown["sweep_id"], shown["sweep_trial"]) == (sweep["id"], 1)
 
 
 def test_the_next_trial_starts_when_one_ends_and_the_sweep_finishes_with_its_best(acme, db):
