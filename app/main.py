@@ -23,6 +23,7 @@ from app.api import (
     jobs,
     openai_compat,
     streams,
+    sweeps,
     teams,
     webhooks,
     workers,
@@ -34,8 +35,10 @@ from app.pages import api_docs, auth, dashboard, playground
 from app.pages import datasets as dataset_pages
 from app.pages import jobs as job_pages
 from app.pages import settings as settings_pages
+from app.pages import sweeps as sweep_pages
 from app.pages import workers as worker_pages
 from app.pages.templating import STATIC_DIR
+from app.sweeps.scheduling import advance_running_sweeps
 from app.webhooks.events import forget_old_deliveries
 from app.webhooks.events import resend_overdue as resend_overdue_deliveries
 
@@ -78,7 +81,8 @@ class SecurityHeaders:
 async def _reap_orphans_forever(interval_s: float) -> None:
     """Jobs whose worker vanished (no heartbeat) are requeued or failed, even while no
     worker is starting up to notice them; queued jobs whose message the broker lost are
-    sent again, and so are webhook deliveries long overdue; old ones leave the delivery log."""
+    sent again, and so are webhook deliveries long overdue (old ones leave the delivery log);
+    sweeps launch the trials that a place freed without a worker allows."""
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -86,6 +90,7 @@ async def _reap_orphans_forever(interval_s: float) -> None:
             await run_in_threadpool(resend_lost_messages)
             await run_in_threadpool(resend_overdue_deliveries)
             await run_in_threadpool(forget_old_deliveries)
+            await run_in_threadpool(advance_running_sweeps)
         except Exception:
             log.exception("looking for orphaned jobs failed")
 
@@ -154,13 +159,14 @@ def create_app() -> FastAPI:
         jobs,
         classifications,
         comparisons,
+        sweeps,
         streams,
         downloads,
         openai_compat,
         workers,
         webhooks,
     )
-    pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages)
+    pages = (auth, api_docs, playground, dashboard, job_pages, dataset_pages, settings_pages, worker_pages, sweep_pages)
     routers = [module.router for module in (*api, *pages)]
     for router in routers:
         app.include_router(router)

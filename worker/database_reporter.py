@@ -31,6 +31,7 @@ from app.core.live import ring_after_commit, team_channel
 from app.core.tables import ArtifactKind, Job, JobState, utcnow
 from app.jobs.artifacts import forget_rotated_checkpoints, record_artifact
 from app.jobs.timeline import MetricPoint, add_event, add_metrics
+from app.sweeps.pruning import judge_trial
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -187,6 +188,8 @@ class DatabaseReporter:
                     elif isinstance(item, _Checkpoint):
                         self._record_checkpoint(session, item)
                 add_metrics(session, job, points)
+                if points and job.sweep_id is not None:
+                    judge_trial(session, job, {p.split for p in points})  # a sweep's trial may be pruned
                 self._write_progress(session, job)
         except BaseException:
             with self._lock:  # put the batch back, in order, for the next try

@@ -23,6 +23,7 @@ from app.core.worker_registry import set_current_job
 from app.jobs.artifacts import final_weights, job_output_key, record_artifact
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
+from app.sweeps.scheduling import after_trial
 from worker.database_reporter import DatabaseReporter
 from worker.ml.reporting import counted
 
@@ -55,6 +56,7 @@ class Claimed:
     attempt: int
     parent_job_id: int | None = None
     parent_weights_key: str | None = None  # the blob of the adapter (or weights) a continued job starts from
+    sweep_id: int | None = None  # the sweep this job is a trial of
 
 
 def claim(job_id: int, owner: str) -> Claimed | None:
@@ -107,6 +109,7 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             attempt=attempt,
             parent_job_id=job.parent_job_id,
             parent_weights_key=parent_weights.blob_key if parent_weights else None,
+            sweep_id=job.sweep_id,
         )
 
 
@@ -173,12 +176,23 @@ def run_job(job_id: int) -> None:
         reporter.close()
     try:
         _finish(job_id, claimed, store, result, error, retry=retry)
+        if claimed.sweep_id is not None:
+            _advance_sweep(job_id)
     finally:
         try:
             with session_scope() as session:
                 _show_on_worker_row(session, None)
         except Exception:  # the database is gone: the row goes stale, and the page says so
             log.exception("could not clear the job from this worker's row")
+
+
+def _advance_sweep(job_id: int) -> None:
+    """The job was a sweep's trial: its place is free for the next one. The web app's periodic
+    step does the same, so a failure here only delays the next trial."""
+    try:
+        after_trial(job_id)
+    except Exception:
+        log.exception("job %s: could not launch its sweep's next trial", job_id)
 
 
 def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str | None, *, retry: bool) -> None:

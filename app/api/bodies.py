@@ -155,6 +155,8 @@ class JobOut(BaseModel):
     validation_dataset_id: int | None
     queue: str
     parent_job_id: int | None = Field(description="The succeeded job this one continues from")
+    sweep_id: int | None = Field(None, description="The sweep this job is a trial of")
+    sweep_trial: int | None = Field(None, description="Its trial number in that sweep")
     spec: dict
     metadata: dict
     error: str | None
@@ -190,6 +192,8 @@ class JobOut(BaseModel):
             validation_dataset_id=job.validation_dataset_id,
             queue=job.queue,
             parent_job_id=job.parent_job_id,
+            sweep_id=job.sweep_id,
+            sweep_trial=job.sweep_trial,
             spec=job.spec,
             metadata=job.user_metadata,
             error=job.error,

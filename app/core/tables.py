@@ -242,6 +242,8 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # One job per trial of a sweep: two app processes launching the same trial, one loses.
+    __table_args__ = (UniqueConstraint("sweep_id", "sweep_trial"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
@@ -258,6 +260,11 @@ class Job(Base):
     # The succeeded job whose adapter (or weights) this one starts from and keeps training.
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # A trial of a hyperparameter sweep (`app.sweeps`): its sweep, its number there, and the step
+    # at which the sweep's pruner stopped it (None: not pruned).
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    sweep_trial: Mapped[int | None] = mapped_column(Integer)
+    pruned_at_step: Mapped[int | None] = mapped_column(Integer)
 
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started (or resumed) it
@@ -284,6 +291,40 @@ class Job(Base):
     created_by: Mapped[User | None] = relationship()
     dataset: Mapped[Dataset | None] = relationship(foreign_keys=[dataset_id])
     validation_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[validation_dataset_id])
+
+
+class SweepState(str, enum.Enum):
+    running = "running"  # trials are being launched or are running
+    finished = "finished"  # every trial has ended
+    cancelled = "cancelled"  # stopped by a user: no trial is launched any more
+
+
+class Sweep(Base):
+    """A hyperparameter search: a base job submission, the values to try, and how trials are
+    judged. Its trials are ordinary jobs (`Job.sweep_id`), launched by `app.sweeps.scheduling`
+    at most `max_concurrent` at a time, in the order of `trials` (each one's parameter values)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String(200))
+    state: Mapped[SweepState] = mapped_column(_enum(SweepState, "sweep_state"), default=SweepState.running)
+    # The job submission every trial starts from (spec, datasets, queue), as JobSubmission's JSON.
+    submission: Mapped[dict[str, Any]]
+    strategy: Mapped[str] = mapped_column(String(16))  # "grid" or "random"
+    space: Mapped[dict[str, Any]]  # parameter path -> values (grid) or a distribution (random)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    trials: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # each trial's parameter values, in order
+    metric: Mapped[str] = mapped_column(String(32))  # "eval_loss" or "train_loss"
+    direction: Mapped[str] = mapped_column(String(8))  # "minimize" or "maximize"
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    prune: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    created_by: Mapped[User | None] = relationship()
 
 
 class JobEvent(Base):

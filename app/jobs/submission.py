@@ -148,10 +148,12 @@ def check_parent(session: Session, team_id: int, parent_job_id: int, spec: Train
     return parent
 
 
-def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) -> Job:
+def submit_job(
+    session: Session, access: TeamAccess, submission: JobSubmission, *, sweep_trial: tuple[int, int] | None = None
+) -> Job:
     """Check a submission, store the job queued and hand it to the workers. Raises InvalidField
     (beside the field at fault), Forbidden, or Unavailable when the broker is down (the job
-    then ends failed, saying so)."""
+    then ends failed, saying so). `sweep_trial` (sweep id, trial number) makes it a sweep's trial."""
     team_id = access.team_for_new(submission.team_id)
     dataset = check_submission(session, submission, team_id)
     spec = submission.spec
@@ -172,6 +174,8 @@ def submit_job(session: Session, access: TeamAccess, submission: JobSubmission) 
         queue=submission.queue,
         user_metadata=submission.metadata,
         parent_job_id=submission.parent_job_id,
+        sweep_id=sweep_trial[0] if sweep_trial else None,
+        sweep_trial=sweep_trial[1] if sweep_trial else None,
     )
     session.add(job)
     session.flush()

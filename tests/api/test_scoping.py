@@ -44,6 +44,15 @@ def acme_objects(make_account, db, models_env):
     token_id = owner.client.get("/api/tokens").json()[0]["id"]
     invitation = owner.client.post(f"/api/teams/{owner.team_id}/invitations", json={"email": "new@acme.test"})
     model = next(m["id"] for m in owner.client.get("/v1/models").json()["data"] if m["id"].startswith("ft:"))
+    sweep = owner.client.post(
+        "/api/sweeps",
+        json={
+            "name": SECRET,
+            "base": {"spec": tiny_spec(), "dataset_id": dataset.id, "queue": "nobody"},
+            "space": {"parameters": {"learning_rate": [1e-3, 1e-2]}},
+        },
+    )
+    assert sweep.status_code == 201, sweep.text
     return {
         "owner": owner,
         "params": {
@@ -57,6 +66,7 @@ def acme_objects(make_account, db, models_env):
             "model": model,
             "invitation_id": invitation.json()["id"],
             "webhook_id": webhook.id,
+            "sweep_id": sweep.json()["id"],
         },
     }
 
@@ -112,6 +122,7 @@ def test_missing_objects_answer_exactly_like_another_teams(app, acme_objects, ma
         "/api/datasets/{dataset_id}",
         "/v1/files/{file_id}",
         "/v1/fine_tuning/jobs/{job_id}",
+        "/api/sweeps/{sweep_id}",
     ):
         theirs = outsider.client.get(_fill(path, acme_objects["params"]))
         absent = outsider.client.get(_fill(path, missing))
@@ -132,7 +143,16 @@ def test_lists_leave_other_teams_objects_out(app, acme_objects, make_account):
         assert SECRET not in response.text and "ftjob-" not in response.text, f"GET {path} shows another team's work"
 
 
-@pytest.mark.parametrize("page", ["/jobs/{job_id}", "/datasets/{dataset_id}", "/jobs/new?clone={job_id}"])
+@pytest.mark.parametrize(
+    "page",
+    [
+        "/jobs/{job_id}",
+        "/datasets/{dataset_id}",
+        "/jobs/new?clone={job_id}",
+        "/sweeps/{sweep_id}",
+        "/sweeps/new?clone={job_id}",
+    ],
+)
 def test_pages_with_another_teams_id_answer_404(app, acme_objects, make_account, page):
     from fastapi.testclient import TestClient
 

@@ -23,6 +23,7 @@ EXPECTED_TABLES = {
     "jobs",
     "job_events",
     "job_metrics",
+    "sweeps",
     "artifacts",
     "workers",
     "completions",

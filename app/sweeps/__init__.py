@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: a grid or random search whose trials are ordinary jobs."""
