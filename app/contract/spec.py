@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 class Method(str, Enum):
@@ -144,19 +144,28 @@ class MlflowSettings(_Strict):
         return value
 
 
-class WandbIntegration(_Strict):
-    type: Literal["wandb"]
-    wandb: WandbSettings
+class Integration(_Strict):
+    """OpenAI's integration object, `{"type": "wandb", "wandb": {...}}`, and MLflow in the same
+    shape. TensorBoard needs none: its event files are always among the job's artifacts."""
 
+    type: Literal["wandb", "mlflow"] = Field(..., description="Which tracker: wandb or mlflow.")
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
 
-class MlflowIntegration(_Strict):
-    type: Literal["mlflow"]
-    mlflow: MlflowSettings
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Integration:
+        for kind in ("wandb", "mlflow"):
+            given = getattr(self, kind) is not None
+            if kind == self.type and not given:
+                raise ValueError(f'a {kind} integration needs its settings: {{"type": "{kind}", "{kind}": {{...}}}}')
+            if kind != self.type and given:
+                raise ValueError(f"a {self.type} integration takes no {kind} settings")
+        return self
 
-
-# OpenAI's `integrations` items ({"type": "wandb", "wandb": {...}}), plus MLflow in the same shape.
-# TensorBoard needs none: its event files are always written among the job's artifacts.
-Integration = Annotated[WandbIntegration | MlflowIntegration, Field(discriminator="type")]
+    @model_serializer(mode="wrap")
+    def _only_its_settings(self, handler) -> dict:
+        data = handler(self)
+        return {"type": data["type"], self.type: data[self.type]}
 
 
 class TrainingSpec(_Strict):

@@ -105,6 +105,7 @@ class ArtifactKind(str, enum.Enum):
     adapter = "adapter"  # the trained LoRA / QLoRA adapter, in PEFT format
     model = "model"  # all the weights, from full fine-tuning
     merged = "merged"  # the base model with the adapter merged in, built on request
+    tracking = "tracking"  # experiment-tracking files: TensorBoard event files, an offline W&B run
 
 
 def _enum(cls: type[enum.Enum], name: str, length: int = 16) -> Enum:

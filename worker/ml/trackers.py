@@ -50,9 +50,19 @@ def tracking_dir(output_dir: Path) -> Path:
     return Path(output_dir) / TRACKING_DIR
 
 
+_GUARDED: dict[type, type] = {}
+
+
 class GuardedTracker(TrainerCallback):
     """One tracker callback whose failures are its own: the first exception it raises becomes a
     warning event, and it is silent from then on."""
+
+    def __new__(cls, inner: TrainerCallback, name: str, reporter: Reporter):
+        # A class of its own per tracker: the Trainer warns about two callbacks of one class.
+        own = _GUARDED.get(type(inner))
+        if own is None:
+            own = _GUARDED[type(inner)] = type(f"Guarded{type(inner).__name__}", (cls,), {})
+        return super().__new__(own)
 
     def __init__(self, inner: TrainerCallback, name: str, reporter: Reporter):
         self.inner = inner
