@@ -51,6 +51,8 @@ def tracked_run(mlflow_server, models_dir, tmp_path_factory):
     train_file.write_text("".join(json.dumps(row) + "\n" for row in _colour_rows()))
     spec = TrainingSpec(
         **TINY_RUN,
+        eval_split=0.1,
+        eval_steps=4,  # at step 4, and at step 6 once training has ended
         integrations=[
             {"type": "mlflow", "mlflow": {"tracking_uri": mlflow_server.url, "experiment_name": "colours"}},
             {"type": "wandb", "wandb": {"project": "colours", "tags": ["tiny", "test"]}},
@@ -77,6 +79,9 @@ class TestOneTrackedRun:
             tensorboard_scalars(tracking_dir(tracked_run.output), "train/learning_rate"),
             tracked_run.reporter.series("learning_rate"),
         )
+        assert close_to(
+            tensorboard_scalars(tracking_dir(tracked_run.output), "eval/loss"), tracked_run.reporter.series("eval_loss")
+        )
 
     def test_the_mlflow_server_holds_the_jobs_metrics(self, tracked_run, mlflow_server):
         (run,) = mlflow_server.runs("colours")
@@ -87,6 +92,9 @@ class TestOneTrackedRun:
             mlflow_server.metric_history(run.info.run_id, "grad_norm"), tracked_run.reporter.series("grad_norm")
         )
         assert run.data.params["learning_rate"] == "0.005"
+        eval_loss = tracked_run.reporter.series("eval_loss")
+        assert [step for step, _ in eval_loss] == [4, 6]
+        assert close_to(mlflow_server.metric_history(run.info.run_id, "eval_loss"), eval_loss)
         assert f"MLflow logs to {mlflow_server.url}, experiment colours" in tracked_run.reporter.messages()
 
     def test_without_an_api_key_wandb_writes_an_offline_run_into_the_tracking_files(self, tracked_run):
@@ -145,3 +153,28 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_stays_quiet():
             {"tracker": "MLflow"},
         )
     ]
+
+
+def test_wandb_with_a_key_but_its_server_unreachable_logs_offline_and_the_key_stays_secret(
+    make_spec, colour_file, models_dir, tmp_path
+):
+    key = "k" * 40
+    server = f"http://127.0.0.1:{free_port()}"
+    spec = make_spec(max_steps=1, integrations=[{"type": "wandb", "wandb": {"project": "colours"}}])
+    reporter = MemoryReporter()
+    settings = TrackerSettings(wandb_api_key=key, wandb_base_url=server, reach_timeout_s=2)
+    result = train(
+        spec,
+        train_file=colour_file,
+        output_dir=tmp_path / "run",
+        reporter=reporter,
+        models_dir=models_dir,
+        trackers=settings,
+    )
+    assert result.completed
+    (message,) = [text for text in reporter.messages() if text.startswith("W&B")]
+    assert f"because {server} is unreachable" in message
+    assert len(list((tmp_path / "run" / "tracking" / "wandb").glob("offline-run-*"))) == 1
+    assert key not in repr(settings) and key not in repr(reporter.events)
+    written = [path for path in (tmp_path / "run" / "tracking").rglob("*") if path.is_file()]
+    assert written and not [path for path in written if key.encode() in path.read_bytes()]
