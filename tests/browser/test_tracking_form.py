@@ -46,3 +46,38 @@ def test_tracking_fields_become_the_jobs_integrations(pages, make_account, db):
     expect(page.locator("input[name='tracking.mlflow.experiment_name']")).to_have_value("colours")
     page.locator("#tracking-section").screenshot(path="docs/new-job-tracking.png")
     screenshot(page, "new-job-tracking-clone")
+
+
+def test_the_job_page_offers_the_tracking_logs_for_download(pages, make_account, db, tmp_path):
+    import zipfile
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from app.core.blobs import blob_store
+    from app.core.tables import JobState
+    from app.jobs.artifacts import job_output_key, record_tracking_files
+    from tests.helpers import add_job, tensorboard_scalars
+
+    member = make_account(team="acme", role="member")
+    job = add_job(db, member, JobState.succeeded, name="tracked")
+    store = blob_store()
+    folder = store.path(job_output_key(job.id)) / "tracking"
+    writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
+    for step, loss in ((1, 2.5), (2, 2.0), (3, 1.5)):
+        writer.add_scalar("train/loss", loss, step)
+    writer.close()
+    record_tracking_files(db, store, job_id=job.id, step=3, path=folder)
+    db.commit()
+
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/{job.id}")
+    link = page.locator("#downloads a:has-text('Tracking logs')")
+    expect(link).to_be_visible()
+    with page.expect_download() as download_info:
+        link.click()
+    archive = tmp_path / "tracking.zip"
+    download_info.value.save_as(archive)
+    with zipfile.ZipFile(archive) as zipped:
+        assert all(name.startswith(f"tunelab-job-{job.id}-tracking/") for name in zipped.namelist())
+        zipped.extractall(tmp_path / "tracking")
+    assert tensorboard_scalars(tmp_path / "tracking", "train/loss") == [(1, 2.5), (2, 2.0), (3, 1.5)]

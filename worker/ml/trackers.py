@@ -177,10 +177,16 @@ def _wandb(wanted: WandbSettings, settings: TrackerSettings, directory: Path, re
     why_offline = "no W&B API key is configured on this worker" if not settings.wandb_api_key else None
     if why_offline is None and (unreachable := _reachable(settings.wandb_base_url, settings.reach_timeout_s)):
         why_offline = f"{settings.wandb_base_url} is unreachable ({unreachable})"
+    # Offline, the run's files are the run: they go with the job's tracking files. Online, W&B
+    # holds the run, and its local files (logs written while a key was set) stay off the downloads.
+    if not why_offline:
+        directory = directory.parent / ".wandb-online"
     directory.mkdir(parents=True, exist_ok=True)
     env = {
         "WANDB_PROJECT": wanted.project,
         "WANDB_DIR": str(directory),
+        "WANDB_DISABLE_CODE": "true",  # the worker's code and git state are not the job's to publish
+        "WANDB_DISABLE_GIT": "true",
         "WANDB_MODE": "offline" if why_offline else "online",
         "WANDB_BASE_URL": settings.wandb_base_url,
         "WANDB_SILENT": "true",
