@@ -178,3 +178,17 @@ def test_wandb_with_a_key_but_its_server_unreachable_logs_offline_and_the_key_st
     assert key not in repr(settings) and key not in repr(reporter.events)
     written = [path for path in (tmp_path / "run" / "tracking").rglob("*") if path.is_file()]
     assert written and not [path for path in written if key.encode() in path.read_bytes()]
+
+
+def test_a_password_in_the_workers_default_mlflow_uri_never_reaches_the_events(tmp_path):
+    from worker.ml.trackers import experiment_trackers
+
+    port = free_port()
+    spec = TrainingSpec(base_model="tiny-llama", integrations=[{"type": "mlflow", "mlflow": {"experiment_name": "x"}}])
+    settings = TrackerSettings(mlflow_tracking_uri=f"http://me:hunter2@127.0.0.1:{port}", reach_timeout_s=1)
+    reporter = MemoryReporter()
+    with experiment_trackers(spec, settings, tmp_path, reporter) as trackers:
+        assert [tracker.name for tracker in trackers.callbacks] == ["TensorBoard"]
+    (message,) = reporter.messages()
+    assert message.startswith(f"MLflow at http://127.0.0.1:{port} cannot be reached")
+    assert "hunter2" not in repr(reporter.events)

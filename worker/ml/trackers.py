@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from transformers import TrainerCallback
 
@@ -214,6 +215,22 @@ def _wandb(wanted: WandbSettings, settings: TrackerSettings, directory: Path, re
         reporter.event(f"W&B logs to {where}", tracker="W&B", mode="online")
 
 
+def _without_credentials(uri: str) -> str:
+    """`uri` as events may show it: a user and password in it (a worker's default URI may hold
+    them) are left out, as the job's whole team reads its events."""
+    try:
+        parts = urlsplit(uri)
+        if parts.username is None and parts.password is None:
+            return uri
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "the configured MLflow server"
+
+
 def _mlflow(wanted: MlflowSettings, settings: TrackerSettings, reporter: Reporter, trackers: Trackers) -> None:
     uri = wanted.tracking_uri or settings.mlflow_tracking_uri
     if uri is None:
@@ -246,8 +263,9 @@ def _mlflow(wanted: MlflowSettings, settings: TrackerSettings, reporter: Reporte
 
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as error:  # noqa: BLE001 - whatever MLflow raises, it is not there for this run
+            shown = _without_credentials(uri)
             reporter.event(
-                f"MLflow at {uri} cannot be reached ({type(error).__name__}: {_short(error)}); "
+                f"MLflow at {shown} cannot be reached ({type(error).__name__}: {_short(error).replace(uri, shown)}); "
                 "training goes on without it",
                 level="warning",
                 tracker="MLflow",
@@ -259,7 +277,7 @@ def _mlflow(wanted: MlflowSettings, settings: TrackerSettings, reporter: Reporte
     trackers.environment.update(env)
     trackers.callbacks.append(GuardedTracker(MLflowCallback(), "MLflow", reporter))
     experiment = f", experiment {wanted.experiment_name}" if wanted.experiment_name else ""
-    reporter.event(f"MLflow logs to {uri}{experiment}", tracker="MLflow")
+    reporter.event(f"MLflow logs to {_without_credentials(uri)}{experiment}", tracker="MLflow")
 
 
 @contextmanager
