@@ -4,6 +4,7 @@ tracker that fails costing only itself."""
 from __future__ import annotations
 
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -192,3 +193,18 @@ def test_a_password_in_the_workers_default_mlflow_uri_never_reaches_the_events(t
     (message,) = reporter.messages()
     assert message.startswith(f"MLflow at http://127.0.0.1:{port} cannot be reached")
     assert "hunter2" not in repr(reporter.events)
+
+
+@pytest.mark.parametrize(
+    "package, integration", [("wandb", {"project": "p"}), ("mlflow", {"tracking_uri": "http://x"})]
+)
+def test_a_tracker_whose_package_is_missing_is_a_warning(package, integration, monkeypatch, tmp_path):
+    from worker.ml.trackers import experiment_trackers
+
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed: importing it fails
+    spec = TrainingSpec(base_model="tiny-llama", integrations=[{"type": package, package: integration}])
+    reporter = MemoryReporter()
+    with experiment_trackers(spec, TrackerSettings(), tmp_path, reporter) as trackers:
+        assert [tracker.name for tracker in trackers.callbacks] == ["TensorBoard"]
+    ((level, message, _),) = reporter.events
+    assert level == "warning" and "is not installed on this worker" in message and "training goes on" in message
