@@ -208,3 +208,27 @@ def test_a_tracker_whose_package_is_missing_is_a_warning(package, integration, m
         assert [tracker.name for tracker in trackers.callbacks] == ["TensorBoard"]
     ((level, message, _),) = reporter.events
     assert level == "warning" and "is not installed on this worker" in message and "training goes on" in message
+
+
+def test_a_run_resumed_from_its_checkpoint_logs_on_into_the_same_mlflow_run(
+    mlflow_server, make_spec, colour_file, models_dir, tmp_path
+):
+    integrations = [{"type": "mlflow", "mlflow": {"tracking_uri": mlflow_server.url, "experiment_name": "resumed"}}]
+    spec = make_spec(max_steps=4, integrations=integrations)
+    paused = MemoryReporter(stop_at_step=2)
+    first = train(spec, train_file=colour_file, output_dir=tmp_path / "run", reporter=paused, models_dir=models_dir)
+    assert not first.completed and first.step == 2
+    (run,) = mlflow_server.runs("resumed")
+    assert run.info.status == "FINISHED"
+
+    resumed = MemoryReporter()
+    second = train(spec, train_file=colour_file, output_dir=tmp_path / "run", reporter=resumed, models_dir=models_dir)
+    assert second.completed and second.step == 4
+    assert (
+        f"MLflow logs to {mlflow_server.url}, experiment resumed (run {run.info.run_id}, resumed)" in resumed.messages()
+    )
+    (again,) = mlflow_server.runs("resumed")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    losses = dict(paused.series("loss")) | dict(resumed.series("loss"))
+    assert close_to(mlflow_server.metric_history(run.info.run_id, "loss"), sorted(losses.items()))
+    assert not [message for level, message, _ in resumed.events if level == "warning"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from transformers import TrainerCallback
+from transformers.integrations import MLflowCallback
 
 from app.contract.spec import MlflowSettings, TrainingSpec, WandbSettings
 
@@ -96,6 +98,24 @@ def _guarded(event: str):
 
 for _event in _EVENTS:
     setattr(GuardedTracker, _event, _guarded(_event))
+
+
+MLFLOW_RUN_FILE = "mlflow-run-id"  # in the tracking folder: the run a resumed attempt goes on with
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ResumableMLflowCallback(MLflowCallback):
+    """transformers' MLflowCallback, remembering its run in the tracking folder so that the job
+    resumed from a checkpoint (a pause, a crash) logs on into the same run (MLFLOW_RUN_ID)."""
+
+    def __init__(self, run_file: Path):
+        super().__init__()
+        self.run_file = run_file
+
+    def setup(self, args, state, model):
+        super().setup(args, state, model)
+        if state.is_world_process_zero and self._ml_flow.active_run() is not None:
+            self.run_file.write_text(self._ml_flow.active_run().info.run_id)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
@@ -231,7 +251,15 @@ def _without_credentials(uri: str) -> str:
         return "the configured MLflow server"
 
 
-def _mlflow(wanted: MlflowSettings, settings: TrackerSettings, reporter: Reporter, trackers: Trackers) -> None:
+def _mlflow(
+    wanted: MlflowSettings,
+    settings: TrackerSettings,
+    directory: Path,
+    reporter: Reporter,
+    trackers: Trackers,
+    *,
+    resuming: bool,
+) -> None:
     uri = wanted.tracking_uri or settings.mlflow_tracking_uri
     if uri is None:
         reporter.event(
@@ -257,6 +285,10 @@ def _mlflow(wanted: MlflowSettings, settings: TrackerSettings, reporter: Reporte
     }
     if wanted.experiment_name:
         env["MLFLOW_EXPERIMENT_NAME"] = wanted.experiment_name
+    run_file = directory / MLFLOW_RUN_FILE
+    earlier_run = run_file.read_text().strip() if resuming and run_file.is_file() else ""
+    if _RUN_ID.fullmatch(earlier_run):
+        env["MLFLOW_RUN_ID"] = earlier_run
     with _environment({**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}):
         try:
             from mlflow import MlflowClient
@@ -271,20 +303,21 @@ def _mlflow(wanted: MlflowSettings, settings: TrackerSettings, reporter: Reporte
                 tracker="MLflow",
             )
             return
-    from transformers.integrations import MLflowCallback
-
+    directory.mkdir(parents=True, exist_ok=True)
     trackers.mlflow_uri = uri
     trackers.environment.update(env)
-    trackers.callbacks.append(GuardedTracker(MLflowCallback(), "MLflow", reporter))
+    trackers.callbacks.append(GuardedTracker(ResumableMLflowCallback(run_file), "MLflow", reporter))
     experiment = f", experiment {wanted.experiment_name}" if wanted.experiment_name else ""
-    reporter.event(f"MLflow logs to {_without_credentials(uri)}{experiment}", tracker="MLflow")
+    goes_on = f" (run {earlier_run}, resumed)" if "MLFLOW_RUN_ID" in env else ""
+    reporter.event(f"MLflow logs to {_without_credentials(uri)}{experiment}{goes_on}", tracker="MLflow")
 
 
 @contextmanager
 def experiment_trackers(
-    spec: TrainingSpec, settings: TrackerSettings, output_dir: Path, reporter: Reporter
+    spec: TrainingSpec, settings: TrackerSettings, output_dir: Path, reporter: Reporter, *, resuming: bool = False
 ) -> Iterator[Trackers]:
-    """The tracker callbacks of this run, with their environment set while the block runs.
+    """The tracker callbacks of this run, with their environment set while the block runs;
+    `resuming` (from a checkpoint) goes on with the MLflow run of the earlier attempt.
     On leaving, an open W&B or MLflow run is closed (FAILED when the block raised)."""
     trackers = Trackers(run_name=settings.run_name)
     root = tracking_dir(output_dir)
@@ -292,7 +325,7 @@ def experiment_trackers(
     if (wanted_wandb := spec.integration("wandb")) is not None:
         _wandb(wanted_wandb, settings, root, reporter, trackers)
     if (wanted_mlflow := spec.integration("mlflow")) is not None:
-        _mlflow(wanted_mlflow, settings, reporter, trackers)
+        _mlflow(wanted_mlflow, settings, root, reporter, trackers, resuming=resuming)
     failed = True
     with _environment(trackers.environment):
         if trackers.mlflow_uri is not None:

@@ -309,7 +309,9 @@ def train(
         start_from=start_from,
         start_from_name=start_from_name,
     )
-    with experiment_trackers(spec, trackers or TrackerSettings(), output_dir, reporter) as tracking:
+    with experiment_trackers(
+        spec, trackers or TrackerSettings(), output_dir, reporter, resuming=latest is not None
+    ) as tracking:
         trainer, callback = build_trainer(
             prepared, checkpoint_dir, reporter, trackers=tracking.callbacks, run_name=tracking.run_name
         )
