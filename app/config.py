@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     allow_hub_downloads: bool = Field(
         False, description="Let workers download base models from the Hugging Face hub (needs internet)."
     )
+    wandb_api_key: SecretStr | None = Field(
+        None,
+        description="Weights & Biases API key of the workers; without it (or W&B unreachable) runs are offline files.",
+    )
+    wandb_base_url: str = Field("https://api.wandb.ai", description="The W&B server (a self-hosted one's URL).")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server a job's mlflow integration uses when it names none (http(s) URL)."
+    )
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest dataset file accepted.")
     max_row_chars: int = Field(1_000_000, ge=100, description="Longest dataset row (characters) accepted.")
     upload_idle_timeout_s: float = Field(60.0, gt=0, description="An upload that sends nothing this long is cut off.")

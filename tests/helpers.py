@@ -374,6 +374,83 @@ class SharedServices:
         return url
 
 
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend in `directory`, started by the
+    test and stopped when the `with` block ends. `url` is its tracking URI."""
+
+    def __init__(self, directory: Path, timeout: float = 120) -> None:
+        self.directory = directory
+        self.timeout = timeout
+
+    def __enter__(self) -> Self:
+        import httpx
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = (self.directory / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            + ["--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}"]
+            + ["--default-artifact-root", str(self.directory / "artifacts")],
+            env=child_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.__exit__()
+                pytest.fail("mlflow server did not start: " + (self.directory / "server.log").read_text()[-2000:])
+            time.sleep(0.25)
+
+    def __exit__(self, *exc_info) -> None:
+        # The server forks workers into its session: stop them all with it.
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric of a run, in step order."""
+        from mlflow import MlflowClient
+
+        history = MlflowClient(tracking_uri=self.url).get_metric_history(run_id, key)
+        return sorted((point.step, point.value) for point in history)
+
+    def runs(self, experiment_name: str):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.url)
+        experiment = client.get_experiment_by_name(experiment_name)
+        return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def tensorboard_scalars(directory: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar in the TensorBoard event files under `directory`, read back
+    with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = []
+    for events_dir in sorted({path.parent for path in directory.rglob("events.out.tfevents.*")}):
+        accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            points += [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    return sorted(points)
+
+
 def stop_server(process: subprocess.Popen) -> None:
     process.terminate()
     try:

@@ -20,7 +20,7 @@ from app.core.database import session_scope
 from app.core.queue import enqueue_job
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
 from app.core.worker_registry import set_current_job
-from app.jobs.artifacts import final_weights, job_output_key, record_artifact
+from app.jobs.artifacts import final_weights, job_output_key, record_artifact, record_tracking_files
 from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from app.sweeps.scheduling import after_trial
@@ -57,6 +57,7 @@ class Claimed:
     parent_job_id: int | None = None
     parent_weights_key: str | None = None  # the blob of the adapter (or weights) a continued job starts from
     sweep_id: int | None = None  # the sweep this job is a trial of
+    run_name: str | None = None  # the job as experiment trackers name its run
 
 
 def claim(job_id: int, owner: str) -> Claimed | None:
@@ -110,6 +111,7 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             parent_job_id=job.parent_job_id,
             parent_weights_key=parent_weights.blob_key if parent_weights else None,
             sweep_id=job.sweep_id,
+            run_name=f"tunelab-job-{job.id}-{job.name}" if job.name else f"tunelab-job-{job.id}",
         )
 
 
@@ -164,6 +166,12 @@ def run_job(job_id: int) -> None:
             dataset_name=claimed.dataset_name,
             start_from=start_from,
             start_from_name=f"job #{claimed.parent_job_id}" if start_from else None,
+            trackers=ml.TrackerSettings(
+                run_name=claimed.run_name,
+                wandb_api_key=settings.wandb_api_key.get_secret_value() if settings.wandb_api_key else None,
+                wandb_base_url=settings.wandb_base_url,
+                mlflow_tracking_uri=settings.mlflow_tracking_uri,
+            ),
         )
     except ml.DiskFullError as failure:  # the machine's fault, not the job's: try again from the checkpoint
         error, retry = str(failure), True
@@ -205,6 +213,7 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
         job = session.get(Job, job_id)
         if job is None:
             return
+        _record_tracking(session, job, store, result)
         try:
             if error is not None and retry and job.crashes + 1 < max_attempts and job.state == JobState.running:
                 crashes = job.crashes + 1
@@ -249,6 +258,20 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
         queue = job.queue
     if requeue:
         enqueue_job(job_id, queue)
+
+
+def _record_tracking(session, job: Job, store: BlobStore, result) -> None:
+    """Keep the run's experiment-tracking files among the job's artifacts, however it ended."""
+    from worker.ml.trackers import tracking_dir
+
+    folder = tracking_dir(store.path(job_output_key(job.id)))
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        with session.begin_nested():
+            record_tracking_files(session, store, job_id=job.id, step=result.step if result else job.step, path=folder)
+    except Exception:  # the job's outcome is recorded all the same
+        log.exception("job %s: could not record its tracking files", job.id)
 
 
 def _record_outputs(session, job: Job, claimed: Claimed, store: BlobStore, result) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from enum import Enum
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 class Method(str, Enum):
@@ -60,6 +61,111 @@ class QuantizationSettings(_Strict):
         description="Dtype the 4-bit weights are dequantized to for matmuls; auto follows the training precision.",
     )
     double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+
+
+# W&B project and entity names: what its site allows, kept to what is safe in an environment variable.
+_WANDB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
+class WandbSettings(_Strict):
+    """OpenAI's `wandb` integration object: where the run goes in Weights & Biases."""
+
+    project: str = Field(..., description="W&B project the run is logged to.")
+    name: str | None = Field(None, max_length=128, description="Display name of the run (default: the job's name).")
+    entity: str | None = Field(None, description="W&B team or user that owns the project (default: the key's own).")
+    tags: list[str] = Field(default_factory=list, description="Tags on the run (up to 20, no commas).")
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _wandb_name(cls, value: str | None) -> str | None:
+        if value is not None and not _WANDB_NAME.fullmatch(value):
+            raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError("must be printable text")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value):
+        if value is None:  # OpenAI's clients may send null for no tags
+            return []
+        if isinstance(value, list) and len(value) > 20:
+            raise ValueError("give up to 20 tags")
+        for tag in value if isinstance(value, list) else []:
+            if not isinstance(tag, str) or not 1 <= len(tag) <= 64 or "," in tag or not tag.isprintable():
+                raise ValueError(f"{tag!r} is not a tag: 1-64 printable characters, no comma")
+        return value
+
+
+class MlflowSettings(_Strict):
+    """Where the run goes in MLflow."""
+
+    tracking_uri: str | None = Field(
+        None,
+        max_length=2000,
+        description="http(s) URL of the MLflow tracking server (default: the workers' TUNELAB_MLFLOW_TRACKING_URI).",
+    )
+    experiment_name: str | None = Field(
+        None, max_length=256, description="MLflow experiment the run goes into (default: MLflow's default one)."
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _http_uri(cls, value: str | None) -> str | None:
+        """Only a server over http(s): a file path or database URI would have the worker write
+        wherever the job's author says. Credentials stay in the workers' environment
+        (MLFLOW_TRACKING_TOKEN, ...), never in a job's spec, which its whole team can read."""
+        if value is None:
+            return None
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as error:
+            raise ValueError(f"not a URL: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL of an MLflow tracking server")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: give them to the workers (MLFLOW_TRACKING_TOKEN)")
+        if not value.isprintable() or " " in value:
+            raise ValueError("must not contain spaces or control characters")
+        return value
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _printable_experiment(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError("must be printable text")
+        return value
+
+
+class Integration(_Strict):
+    """OpenAI's integration object, `{"type": "wandb", "wandb": {...}}`, and MLflow in the same
+    shape. TensorBoard needs none: its event files are always among the job's artifacts."""
+
+    type: Literal["wandb", "mlflow"] = Field(..., description="Which tracker: wandb or mlflow.")
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Integration:
+        for kind in ("wandb", "mlflow"):
+            given = getattr(self, kind) is not None
+            if kind == self.type and not given:
+                raise ValueError(f'a {kind} integration needs its settings: {{"type": "{kind}", "{kind}": {{...}}}}')
+            if kind != self.type and given:
+                raise ValueError(f"a {self.type} integration takes no {kind} settings")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_its_settings(self, handler) -> dict:
+        data = handler(self)
+        return {"type": data["type"], self.type: data[self.type]}
 
 
 class TrainingSpec(_Strict):
@@ -127,6 +233,10 @@ class TrainingSpec(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     merge_adapter: bool = Field(False, description="Also save the base model with the adapter merged in.")
+    integrations: list[Integration] = Field(
+        default_factory=list,
+        description="Experiment trackers the metrics also go to: W&B, MLflow (TensorBoard files are always written).",
+    )
 
     @field_validator("base_model")
     @classmethod
@@ -142,7 +252,14 @@ class TrainingSpec(_Strict):
     def _consistent(self) -> TrainingSpec:
         if self.method == Method.full and self.merge_adapter:
             raise ValueError("merge_adapter only applies to lora and qlora: full fine-tuning has no adapter")
+        kinds = [integration.type for integration in self.integrations]
+        if len(kinds) != len(set(kinds)):
+            raise ValueError("give each integration (wandb, mlflow) at most once")
         return self
+
+    def integration(self, kind: str) -> WandbSettings | MlflowSettings | None:
+        """The settings of the `kind` integration ("wandb", "mlflow"), or None when not asked for."""
+        return next((getattr(item, kind) for item in self.integrations if item.type == kind), None)
 
     @property
     def effective_learning_rate(self) -> float:

@@ -111,6 +111,7 @@ class ArtifactKind(str, enum.Enum):
     gguf_q8_0 = "gguf-q8_0"
     gguf_q5_0 = "gguf-q5_0"
     gguf_q4_0 = "gguf-q4_0"
+    tracking = "tracking"  # experiment-tracking files: TensorBoard event files, an offline W&B run
 
 
 def _enum(cls: type[enum.Enum], name: str, length: int = 16) -> Enum:

@@ -58,6 +58,17 @@ def record_artifact(
     return artifact
 
 
+def record_tracking_files(session: Session, store: BlobStore, *, job_id: int, step: int, path: Path) -> Artifact:
+    """Record the job's experiment-tracking folder (TensorBoard event files, an offline W&B run).
+    One row per job: a resumed run adds its files to the same folder, and the row follows it."""
+    query = select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == ArtifactKind.tracking)
+    if (existing := session.scalar(query)) is None:
+        return record_artifact(session, store, job_id=job_id, kind=ArtifactKind.tracking, step=step, path=path)
+    existing.step = max(existing.step, step)
+    existing.size_bytes = directory_size(path)
+    return existing
+
+
 def forget_rotated_checkpoints(session: Session, store: BlobStore, job_id: int, *, keep_step: int) -> None:
     """Checkpoints the trainer rotated away are no longer downloadable: drop their rows."""
     for artifact in checkpoints(session, job_id):

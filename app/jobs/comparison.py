@@ -60,6 +60,8 @@ def resolved_settings(job: Job, datasets: dict[int, str]) -> dict[str, Any]:
         settings = _flatten(dict(job.spec))
     else:
         settings = _flatten(spec.model_dump(mode="json"))
+        for integration in settings.pop("integrations"):  # a row per tracker setting, not one list
+            settings.update(_flatten(integration[integration["type"]], f"integrations.{integration['type']}."))
         settings["learning_rate"] = spec.effective_learning_rate
         for section, used in (("lora.", spec.uses_adapter), ("quantization.", spec.method == Method.qlora)):
             if not used:

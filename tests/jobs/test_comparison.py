@@ -118,3 +118,16 @@ def test_a_spec_an_older_version_stored_is_compared_as_it_was_given(acme, db):
     assert differing["retired_setting"] == ["x", None]
     assert differing["learning_rate"] == [None, 2e-4], "the old one's was not given, and is not made up"
     assert {row["name"]: row["values"] for row in body["equal"]}["batch_size"] == [2, 2]
+
+
+def test_trackers_compare_setting_by_setting(acme, db):
+    wandb = {"type": "wandb", "wandb": {"project": "colours", "tags": ["a", "b"]}}
+    tracked = ended_job(
+        db, acme, name="tracked", spec={"integrations": [wandb]}, rows=chat_rows(12), dataset_name="c.jsonl"
+    )
+    plain = ended_job(db, acme, name="plain", spec={}, rows=chat_rows(13), dataset_name="d.jsonl")
+    body = acme.client.get("/api/compare", params={"jobs": [tracked.id, plain.id]}).json()
+    differing = {row["name"]: row["values"] for row in body["differing"]}
+    assert differing["integrations.wandb.project"] == ["colours", None]
+    assert differing["integrations.wandb.tags"] == [["a", "b"], None]
+    assert "integrations" not in differing and "integrations" not in {row["name"] for row in body["equal"]}

@@ -122,7 +122,7 @@ class TestAJobTrainedOnAWorker:
 
         artifacts = trained_job.get("/artifacts").json()
         kinds = {a["kind"] for a in artifacts}
-        assert kinds == {"checkpoint", "adapter"}
+        assert kinds == {"checkpoint", "adapter", "tracking"}, "tracking: the TensorBoard files"
         adapters = [a for a in artifacts if a["kind"] == "adapter"]
         assert [(a["step"], a["size_bytes"] > 0) for a in adapters] == [(12, True)], "one adapter, of the last step"
         with session_scope() as session:

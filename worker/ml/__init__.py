@@ -5,7 +5,7 @@
                    reporter=MemoryReporter(), models_dir=Path("/models"))
 
 `train(spec, *, train_file, output_dir, reporter, eval_file=None, models_dir=None, resume=True,
-dataset_name=None)`
+dataset_name=None, start_from=None, start_from_name=None, trackers=None)`
 writes checkpoints to `output_dir/checkpoints/step-N/` (a rerun resumes from the latest),
 and the adapter or weights, tokenizer and README.md model card to `output_dir/final/`
 (plus `output_dir/merged/` when the spec asks). `merge_adapter(base_model, adapter_dir,
@@ -13,7 +13,9 @@ output_dir, *, models_dir=None, on_progress=None)` merges an adapter into its ba
 `worker.ml.inference` chats with a base or fine-tuned model (`ModelCache`, `generate_chat`).
 
 The run is `training_run.py` (with `arguments.py` and `callbacks.py`); what it leaves,
-`saving.py`; the model card, `card.py` and `templates/model_card.md`.
+`saving.py`; the model card, `card.py` and `templates/model_card.md`. TensorBoard event files
+always, and the spec's `integrations` (W&B, MLflow), go through `trackers.py` into
+`output_dir/tracking/`; `TrackerSettings` holds what the worker decides (keys, default servers).
 
 Importing this package is cheap: torch and transformers load on the first call.
 """
@@ -34,6 +36,7 @@ from .result import TrainResult
 
 if TYPE_CHECKING:
     from .saving import merge_adapter
+    from .trackers import TrackerSettings
     from .training_run import train
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutOfMemoryError",
     "Reporter",
+    "TrackerSettings",
     "TrainResult",
     "TrainingError",
     "merge_adapter",
@@ -57,6 +61,10 @@ def __getattr__(name: str):
         from .training_run import train
 
         return train
+    if name == "TrackerSettings":
+        from .trackers import TrackerSettings
+
+        return TrackerSettings
     if name == "merge_adapter":
         from .saving import merge_adapter
 

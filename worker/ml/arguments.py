@@ -13,7 +13,13 @@ from .loading import DevicePlan
 
 
 def training_arguments(
-    spec: TrainingSpec, plan: DevicePlan, checkpoint_dir: Path, *, packed: bool, has_eval: bool
+    spec: TrainingSpec,
+    plan: DevicePlan,
+    checkpoint_dir: Path,
+    *,
+    packed: bool,
+    has_eval: bool,
+    run_name: str | None = None,
 ) -> TrainingArguments:
     """The spec in the trainer's terms; a spec that asks for evaluation without eval data is refused."""
     if spec.early_stopping_patience and not has_eval:
@@ -53,6 +59,7 @@ def training_arguments(
         label_names=["labels"],  # a PeftModel's forward does not name them
         remove_unused_columns=False,
         dataloader_pin_memory=plan.device == "cuda",
-        report_to="none",
+        report_to="none",  # the trackers' callbacks are added guarded (trackers.py), not by name
+        run_name=run_name,
         disable_tqdm=True,
     )

@@ -50,6 +50,7 @@ from .loading import (
 from .reporting import Reporter, counted
 from .result import COMPLETED, STOPPED, TrainResult
 from .saving import merge_adapter, save_final
+from .trackers import TrackerSettings, experiment_trackers
 
 
 @dataclass
@@ -234,8 +235,16 @@ def _dataset(examples: data.Examples, *, pack: bool, max_length: int):
     return dataset.with_format("numpy")
 
 
-def build_trainer(prepared: Prepared, checkpoint_dir: Path, reporter: Reporter) -> tuple[Trainer, ReporterCallback]:
-    """The trainer for a prepared run, and the callback that tells whether it stopped on request."""
+def build_trainer(
+    prepared: Prepared,
+    checkpoint_dir: Path,
+    reporter: Reporter,
+    *,
+    trackers: list[TrainerCallback] = (),
+    run_name: str | None = None,
+) -> tuple[Trainer, ReporterCallback]:
+    """The trainer for a prepared run, and the callback that tells whether it stopped on request.
+    `trackers` are the experiment trackers' callbacks (see `trackers.experiment_trackers`)."""
     spec = prepared.spec
     args = training_arguments(
         spec,
@@ -243,9 +252,10 @@ def build_trainer(prepared: Prepared, checkpoint_dir: Path, reporter: Reporter) 
         checkpoint_dir,
         packed="seq_lengths" in prepared.train_dataset.column_names,
         has_eval=prepared.eval_dataset is not None,
+        run_name=run_name,
     )
     callback = ReporterCallback(reporter, keep_checkpoints=spec.keep_checkpoints, cuda=prepared.plan.device == "cuda")
-    callbacks: list[TrainerCallback] = [callback]
+    callbacks: list[TrainerCallback] = [callback, *trackers]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     trainer = CountingTrainer(
@@ -274,9 +284,12 @@ def train(
     dataset_name: str | None = None,
     start_from: Path | None = None,
     start_from_name: str | None = None,
+    trackers: TrackerSettings | None = None,
 ) -> TrainResult:
     """Train `spec` on `train_file`, from the latest checkpoint in `output_dir` when there is one.
-    `start_from` (a trained adapter or model folder) continues an earlier run's weights: see `prepare`."""
+    `start_from` (a trained adapter or model folder) continues an earlier run's weights: see `prepare`.
+    The metrics also go to TensorBoard files in `output_dir/tracking` and to the spec's `integrations`,
+    with the worker's `trackers` settings."""
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     if not resume:
@@ -296,11 +309,16 @@ def train(
         start_from=start_from,
         start_from_name=start_from_name,
     )
-    trainer, callback = build_trainer(prepared, checkpoint_dir, reporter)
-    with _training_memory(spec, prepared.plan), _disk_space(checkpoint_dir):
-        _train_from(trainer, latest, reporter)
-        if prepared.eval_dataset is not None and not callback.stopped:
-            _evaluate_at_the_end(trainer)
+    with experiment_trackers(
+        spec, trackers or TrackerSettings(), output_dir, reporter, resuming=latest is not None
+    ) as tracking:
+        trainer, callback = build_trainer(
+            prepared, checkpoint_dir, reporter, trackers=tracking.callbacks, run_name=tracking.run_name
+        )
+        with _training_memory(spec, prepared.plan), _disk_space(checkpoint_dir):
+            _train_from(trainer, latest, reporter)
+            if prepared.eval_dataset is not None and not callback.stopped:
+                _evaluate_at_the_end(trainer)
 
     result = _result(trainer, prepared, stopped=callback.stopped, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
     if callback.stopped:

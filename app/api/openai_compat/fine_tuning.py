@@ -8,6 +8,9 @@ parameters map onto the training spec:
   method's default learning rate; "auto" keeps tunelab's default; given in
   `method.supervised.hyperparameters` or (deprecated by OpenAI) `hyperparameters`;
 - `suffix`, `seed`, `metadata` as OpenAI defines them;
+- `integrations` as OpenAI defines them (`[{"type": "wandb", "wandb": {"project": ...}}]`), and
+  MLflow in the same shape (`{"type": "mlflow", "mlflow": {"tracking_uri": ..., "experiment_name": ...}}`):
+  the spec's `integrations`, returned on the job object;
 - a fine-tuned model as `model` (`ft:...:ftjob-<id>`) continues that job: a new job starts from
   its adapter (or weights), on its base model, with its method and LoRA settings unless given.
 
@@ -147,12 +150,10 @@ def job_in(body: FineTuningJobSubmission, parent: Job | None = None) -> JobSubmi
             "choose LoRA, QLoRA or full with `method`: 'lora', 'qlora' or 'full'",
             param="method.type",
         )
-    if body.integrations:
-        raise OpenAIError(
-            400, "tunelab has no integrations; follow the job's events or its page instead", param="integrations"
-        )
     hyper, path = _hyperparameters(body)
     spec: dict[str, Any] = dict(body.model_extra or {})
+    if body.integrations:
+        spec["integrations"] = body.integrations
     renames = dict(_PARAMS)
     if parent is not None:  # the parent's adapter settings, unless given: its weights must fit them
         parent_spec = TrainingSpec.model_validate(parent.spec)
@@ -238,7 +239,7 @@ def job_object(job: Job, team_name: str, warning: str | None = None) -> dict[str
         "seed": job.spec.get("seed"),
         "suffix": job.suffix,
         "metadata": job.user_metadata or None,
-        "integrations": [],
+        "integrations": job.spec.get("integrations") or [],
         "estimated_finish": unix(utcnow() + timedelta(seconds=eta)) if eta is not None else None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
         "warning": warning,

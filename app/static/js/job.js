@@ -127,6 +127,9 @@
         el("span", { class: "muted", text: "llama.cpp / Ollama, built by a worker" })));
     if (finalWeights) items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/model-card`), target: "_blank", text: "Model card" })));
     items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/metrics.csv`), download: "", text: "Metrics (.csv)" })));
+    const tracking = artifacts.find((a) => a.kind === "tracking");
+    if (tracking) items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/artifacts/${tracking.id}/archive`), download: "", text: "Tracking logs (.zip)", title: "TensorBoard event files, and the W&B run when it logged offline" }),
+      el("span", { class: "muted", text: fmt.bytes(tracking.size_bytes) })));
     downloads.replaceChildren(...items);
     document.getElementById("checkpoints").replaceChildren(...(checkpoints.length ? checkpoints.map((c) =>
       el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/artifacts/${c.id}/archive`), download: "", text: `Step ${c.step}` }),

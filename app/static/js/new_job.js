@@ -134,6 +134,8 @@
         if (node.value.trim() !== "") set(path, Number(node.value));
       } else set(path, node.value);
     }
+    const integrations = trackingIntegrations();
+    if (integrations.length) spec.integrations = integrations;
     const result = { spec, dataset_id: Number(datasetSelect.value) || null };
     if (validationSelect.value) result.validation_dataset_id = Number(validationSelect.value);
     const name = form.elements.name.value.trim();
@@ -144,12 +146,37 @@
     return result;
   }
 
+  /* The "Experiment tracking" inputs (tracking.<kind>.<field>) as the spec's integrations, in
+     OpenAI's shape: a tracker with any field filled in is asked for. */
+  const TRACKERS = ["wandb", "mlflow"];
+  function trackingIntegrations() {
+    const integrations = [];
+    for (const kind of TRACKERS) {
+      const settings = {};
+      for (const node of form.querySelectorAll(`[name^='tracking.${kind}.']`)) {
+        const value = node.value.trim();
+        if (!value) continue;
+        const field = node.name.split(".").pop();
+        settings[field] = field === "tags" ? value.split(",").map((tag) => tag.trim()).filter(Boolean) : value;
+      }
+      if (Object.keys(settings).length) integrations.push({ type: kind, [kind]: settings });
+    }
+    return integrations;
+  }
+
+  /** An error's place in the form: spec.integrations.N.<kind>.<field> is tracking.<kind>.<field>. */
+  function errorPath(loc) {
+    const path = (loc || []).slice(1);
+    if (path[0] === "spec" && path[1] === "integrations" && path.length > 3) return ["tracking", ...path.slice(3)].join(".");
+    return path.join(".");
+  }
+
   function showErrors(detail) {
     for (const node of form.querySelectorAll(".field-error")) node.textContent = "";
     for (const node of form.querySelectorAll(".invalid")) node.classList.remove("invalid");
     const unplaced = [];
     for (const error of detail) {
-      const path = (error.loc || []).slice(1).join(".");
+      const path = errorPath(error.loc);
       const slot = form.querySelector(`[data-error-for="${CSS.escape(path)}"]`);
       const field = form.querySelector(`[name="${CSS.escape(path)}"]`);
       if (slot) {
@@ -212,6 +239,12 @@
       }
     };
     walk("", clone.spec);
+    for (const integration of clone.spec.integrations || []) {
+      for (const [field, value] of Object.entries(integration[integration.type] || {})) {
+        const node = form.querySelector(`[name="tracking.${CSS.escape(integration.type)}.${CSS.escape(field)}"]`);
+        if (node && value != null) node.value = Array.isArray(value) ? value.join(", ") : value;
+      }
+    }
     if (clone.dataset_id) datasetSelect.value = clone.dataset_id;
     if (clone.validation_dataset_id) validationSelect.value = clone.validation_dataset_id;
     form.elements.queue.value = clone.queue;
