@@ -458,11 +458,16 @@ def _prompt_end_problem(roles: list[str], what: str) -> str | None:
 
 
 def _check_answer_messages(
-    messages: Any, key: str, problems: Problems, call_ids: set[str]
+    messages: Any, key: str, problems: Problems, call_ids: set[str], *, only_assistant: bool = False
 ) -> tuple[int, list[str]] | None:
-    """One side of a pair as chat messages: a non-empty list of assistant (and tool) messages."""
+    """One side of a pair as chat messages: a non-empty list of assistant (and tool) messages;
+    with `only_assistant` (OpenAI's outputs), of assistant messages alone."""
     checked = _check_messages(messages, problems, key=key, label=f'"{key}" message', call_ids=set(call_ids))
-    if checked is not None and "assistant" not in checked[1]:
+    if checked is not None and only_assistant:
+        for number, role in enumerate(checked[1], 1):
+            if role != "assistant":
+                problems.append(f'"{key}" message {number} is a {role} message; the outputs hold assistant messages')
+    elif checked is not None and "assistant" not in checked[1]:
         problems.append(f'"{key}" has no assistant message: it is the answer the model is taught to prefer or avoid')
     return checked
 
@@ -484,14 +489,8 @@ def _check_preference_openai(row: dict[str, Any], problems: Problems) -> RowMeas
     if problem:
         problems.append(problem)
     for key in ("preferred_output", "non_preferred_output"):
-        side = _check_answer_messages(row[key], key, problems, call_ids)
-        if side is not None:
-            length += side[0]
-            for number, role in enumerate(side[1], 1):
-                if role != "assistant":
-                    problems.append(
-                        f'"{key}" message {number} is a {role} message; the outputs hold assistant messages'
-                    )
+        side = _check_answer_messages(row[key], key, problems, call_ids, only_assistant=True)
+        length += side[0] if side else 0
     if len(problems) == problems_before and row["preferred_output"] == row["non_preferred_output"]:
         problems.append(_SAME_ANSWERS.format('"preferred_output"', '"non_preferred_output"'))
     return length, [*roles, "assistant"]

@@ -264,8 +264,10 @@ def feedback_warnings(labels: dict[str, int]) -> list[str]:
     low, high = BALANCED_FEEDBACK
     if not low <= good / bad <= high:
         return [
-            f"the labels are unbalanced ({good:,} good, {bad:,} bad): training weighs the rarer kind up to compensate, "
-            "but more rows of it would teach more"
+            (
+                f"the labels are unbalanced ({good:,} good, {bad:,} bad): training weighs the rarer kind up to compensate, "
+                "but more rows of it would teach more"
+            )
         ]
     return []
 
