@@ -211,6 +211,10 @@ class TrainingSpec(_Strict):
             preference.desirable_weight is not None or preference.undesirable_weight is not None
         ):
             raise ValueError("preference.desirable_weight and undesirable_weight only apply to kto")
+        if self.objective == Objective.kto and self.batch_size < 2:
+            raise ValueError(
+                "kto needs batch_size 2 or more: it compares each answer with another prompt's in its batch"
+            )
         if self.objective != Objective.sft and self.train_on_prompt:
             raise ValueError(f"train_on_prompt only applies to sft: {self.objective.value} learns from the answers")
         return self
