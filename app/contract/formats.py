@@ -66,6 +66,27 @@ CAUSAL_LM_FORMATS = frozenset({CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, T
 # answers with a label (KTO only).
 PAIRED_FORMATS = frozenset({PREFERENCE_OPENAI, PREFERENCE_SHAREGPT, PREFERENCE})
 PREFERENCE_FORMATS = PAIRED_FORMATS | {FEEDBACK}
+# The formats each training objective (the spec's `objective`) learns from.
+OBJECTIVE_FORMATS = {
+    "sft": CAUSAL_LM_FORMATS | {CLASSIFICATION},
+    "dpo": PAIRED_FORMATS,
+    "orpo": PAIRED_FORMATS,
+    "kto": PREFERENCE_FORMATS,
+}
+
+
+def objective_misfit(objective: str, fmt: str | None) -> str | None:
+    """Why a dataset of format `fmt` cannot train `objective`, or None when it can."""
+    if fmt is None or fmt in OBJECTIVE_FORMATS[objective]:
+        return None
+    title = FORMAT_TITLES.get(fmt, fmt)
+    if objective == "sft":
+        return f"{title} is preference data: train it with dpo, orpo or kto"
+    if fmt == FEEDBACK:
+        return f"{objective} learns from pairs of a chosen and a rejected answer; {title} only trains kto"
+    kinds = "preference pairs or feedback" if objective == "kto" else "preference pairs (chosen and rejected answers)"
+    return f"{objective} learns from {kinds}, not {title}"
+
 
 FORMAT_TITLES = {
     CHAT: "Chat messages",

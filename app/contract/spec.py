@@ -220,11 +220,14 @@ class TrainingSpec(_Strict):
         return self
 
     @property
-    def effective_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
+    def default_learning_rate(self) -> float:
+        """The learning rate an unset `learning_rate` stands for: per method, gentler for preferences."""
         defaults = DEFAULT_LEARNING_RATE if self.objective == Objective.sft else DEFAULT_PREFERENCE_LEARNING_RATE
         return defaults[self.method]
+
+    @property
+    def effective_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else self.default_learning_rate
 
     @property
     def is_preference(self) -> bool:
