@@ -152,6 +152,8 @@ def test_preference_objectives_refuse_data_they_cannot_train_on(
         training_run.prepare(
             make_spec(objective="orpo"), train_file=feedback, reporter=MemoryReporter(), models_dir=models_dir
         )
+    with pytest.raises(DatasetError, match="preference data: train it with the objective dpo, orpo or kto"):
+        training_run.prepare(make_spec(), train_file=feedback, reporter=MemoryReporter(), models_dir=models_dir)
     good_only = write_jsonl(tmp_path / "good.jsonl", _feedback(_pairs(4, 0))[::2])
     with pytest.raises(DatasetError, match="kto learns from both good and bad answers"):
         training_run.prepare(
