@@ -182,3 +182,19 @@ def test_preference_defaults_work_and_use_a_gentler_learning_rate():
     assert (spec.preference.beta, spec.preference.loss_type, spec.effective_learning_rate) == (0.1, "sigmoid", 5e-5)
     assert TrainingSpec(base_model=TINY, objective="dpo", method="full").effective_learning_rate == 1e-6
     assert "preference" not in TrainingSpec(base_model=TINY).values_used()
+
+
+def test_the_model_card_names_the_preference_objective():
+    from worker.ml.card import model_card
+
+    card = model_card(
+        TrainingSpec(base_model=TINY, objective="dpo", preference={"beta": 0.2}),
+        dataset_name="pairs.jsonl",
+        data_summary={},
+        metrics={},
+    )
+    assert "# lora DPO fine-tune of tiny-llama" in card and "- dpo\n" in card
+    assert "preference training with TRL's DPO loss (beta 0.2)" in card
+    assert "# lora fine-tune of tiny-llama" in model_card(
+        TrainingSpec(base_model=TINY), dataset_name="x.jsonl", data_summary={}, metrics={}
+    )
