@@ -198,3 +198,29 @@ def test_the_model_card_names_the_preference_objective():
     assert "# lora fine-tune of tiny-llama" in model_card(
         TrainingSpec(base_model=TINY), dataset_name="x.jsonl", data_summary={}, metrics={}
     )
+
+
+def test_a_stopped_dpo_run_resumes_where_an_uninterrupted_one_goes(make_spec, models_dir, pair_files, tmp_path):
+    spec = make_spec(objective="dpo", max_steps=8, save_steps=50, learning_rate=1e-3)
+    straight = MemoryReporter()
+    expected = training_run.train(
+        spec, train_file=pair_files[0], output_dir=tmp_path / "straight", reporter=straight, models_dir=models_dir
+    )
+    stopped = training_run.train(
+        spec,
+        train_file=pair_files[0],
+        output_dir=tmp_path / "resumed",
+        reporter=MemoryReporter(stop_at_step=3),
+        models_dir=models_dir,
+    )
+    assert stopped.status == "stopped" and stopped.step == 3
+    second = MemoryReporter()
+    resumed = training_run.train(
+        spec, train_file=pair_files[0], output_dir=tmp_path / "resumed", reporter=second, models_dir=models_dir
+    )
+    assert "Resuming from the checkpoint at step 3" in second.messages()
+    assert resumed.completed and resumed.step == 8
+    assert resumed.trained_tokens == expected.trained_tokens > 0
+    assert [v for _, v in second.series("reward_margin")] == pytest.approx(
+        [v for s, v in straight.series("reward_margin") if s > 3], rel=1e-3, abs=1e-5
+    )
