@@ -82,7 +82,14 @@ def run_tunelab(args, workdir: Path, spec: TrainingSpec) -> list[tuple[float, fl
             super().progress(step, total_steps)
 
     reporter = Timing()
-    train(spec, train_file=args.data, output_dir=workdir / "tunelab", reporter=reporter, models_dir=workdir / "models")
+    train(
+        spec,
+        train_file=args.data,
+        output_dir=workdir / "tunelab",
+        reporter=reporter,
+        models_dir=workdir / "models",
+        resume=False,
+    )
     tokens = dict(reporter.series("tokens_seen"))
     return [(t, tokens[step]) for step, _, t in reporter.steps]
 
