@@ -1,7 +1,10 @@
 """Training throughput: tunelab's engine against the tutorial recipe and a bare PyTorch loop.
 
     .venv/bin/python bench/train_throughput.py [--data FILE.jsonl] [--device cpu|cuda]
-        [--preset tiny|1b] [--method lora|qlora|full] [--steps N]
+        [--preset tiny|1b] [--method lora|qlora|full] [--steps N] [--objective sft|dpo]
+
+`--objective dpo` measures preference training instead: tunelab's DPO against TRL's
+DPOTrainer with its defaults (bench/dpo_throughput.py).
 
 The same model (random weights, built on the spot: no download), the same data, the same
 hyperparameters and max length, trained three ways:
@@ -320,11 +323,16 @@ def main() -> None:
         "--no-packing", dest="packing", action="store_false", help="tunelab with length-grouped batches"
     )
     parser.add_argument("--rows", type=int, default=800, help="rows to generate when no --data is given")
-    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--objective", choices=["sft", "dpo"], default="sft", help="dpo: against TRL's DPOTrainer")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
+    if args.objective == "dpo":
+        import dpo_throughput
+
+        return dpo_throughput.run_phase(args) if args.phase else dpo_throughput.main(args, PRESETS)
     if args.phase:
         return run_phase(args)
     if args.device == "cuda" and args.preset == "tiny":

@@ -12,7 +12,15 @@ prompt_completion         {"prompt": ..., "completion": ...}
 instruction               {"instruction": ..., "input"?: ..., "output": ...}
 classification            {"text": ..., "label": ...}
 text                      {"text": ...}
+preference_openai         {"input": {"messages": [...], "tools"?}, "preferred_output": [...], "non_preferred_output": [...]}
+preference_sharegpt       {"conversations": [...], "chosen": {"from", "value"}, "rejected": {...}, "system"?, "tools"?}
+preference                {"prompt": ..., "chosen": ..., "rejected": ...} (strings, or message lists), "tools"?
+feedback                  {"prompt": ..., "completion": ..., "label": true | false} (KTO's unpaired form)
 ========================  =====================================================
+
+The last four are preference data (DPO, ORPO, KTO): a prompt, then a preferred and a rejected
+answer, or one answer with a thumbs up or down. They are tried before the others, whose keys
+they contain.
 
 ShareGPT rows follow LLaMA-Factory for tool calling: "tools" (a list, or a JSON string of
 one) holds the function definitions, a "function_call" turn holds a call as JSON
@@ -35,10 +43,50 @@ PROMPT_COMPLETION = "prompt_completion"
 INSTRUCTION = "instruction"
 CLASSIFICATION = "classification"
 TEXT = "text"
+PREFERENCE_OPENAI = "preference_openai"
+PREFERENCE_SHAREGPT = "preference_sharegpt"
+PREFERENCE = "preference"
+FEEDBACK = "feedback"
 
-FORMATS = (CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, CLASSIFICATION, TEXT)
+FORMATS = (
+    CHAT,
+    SHAREGPT,
+    PROMPT_COMPLETION,
+    INSTRUCTION,
+    CLASSIFICATION,
+    TEXT,
+    PREFERENCE_OPENAI,
+    PREFERENCE_SHAREGPT,
+    PREFERENCE,
+    FEEDBACK,
+)
 # Formats trained as causal language modelling; classification trains a sequence classifier.
 CAUSAL_LM_FORMATS = frozenset({CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, TEXT})
+# Preference data: pairs of a preferred and a rejected answer (DPO, ORPO, KTO), or single
+# answers with a label (KTO only).
+PAIRED_FORMATS = frozenset({PREFERENCE_OPENAI, PREFERENCE_SHAREGPT, PREFERENCE})
+PREFERENCE_FORMATS = PAIRED_FORMATS | {FEEDBACK}
+# The formats each training objective (the spec's `objective`) learns from.
+OBJECTIVE_FORMATS = {
+    "sft": CAUSAL_LM_FORMATS | {CLASSIFICATION},
+    "dpo": PAIRED_FORMATS,
+    "orpo": PAIRED_FORMATS,
+    "kto": PREFERENCE_FORMATS,
+}
+
+
+def objective_misfit(objective: str, fmt: str | None) -> str | None:
+    """Why a dataset of format `fmt` cannot train `objective`, or None when it can."""
+    if fmt is None or fmt in OBJECTIVE_FORMATS[objective]:
+        return None
+    title = FORMAT_TITLES.get(fmt, fmt)
+    if objective == "sft":
+        return f"{title} is preference data: train it with dpo, orpo or kto"
+    if fmt == FEEDBACK:
+        return f"{objective} learns from pairs of a chosen and a rejected answer; {title} only trains kto"
+    kinds = "preference pairs or feedback" if objective == "kto" else "preference pairs (chosen and rejected answers)"
+    return f"{objective} learns from {kinds}, not {title}"
+
 
 FORMAT_TITLES = {
     CHAT: "Chat messages",
@@ -47,6 +95,10 @@ FORMAT_TITLES = {
     INSTRUCTION: "Instruction (Alpaca)",
     CLASSIFICATION: "Text + label",
     TEXT: "Plain text",
+    PREFERENCE_OPENAI: "Preference pairs (OpenAI)",
+    PREFERENCE_SHAREGPT: "Preference pairs (ShareGPT)",
+    PREFERENCE: "Preference pairs (prompt / chosen / rejected)",
+    FEEDBACK: "Feedback (prompt / completion / label)",
 }
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -64,6 +116,10 @@ SHAREGPT_ROLES = {
 
 # Keys that decide a format, in the order they are tried.
 _FORMAT_KEYS: tuple[tuple[str, frozenset[str]], ...] = (
+    (PREFERENCE_OPENAI, frozenset({"input", "preferred_output", "non_preferred_output"})),
+    (PREFERENCE_SHAREGPT, frozenset({"conversations", "chosen", "rejected"})),
+    (PREFERENCE, frozenset({"prompt", "chosen", "rejected"})),
+    (FEEDBACK, frozenset({"prompt", "completion", "label"})),
     (CHAT, frozenset({"messages"})),
     (SHAREGPT, frozenset({"conversations"})),
     (PROMPT_COMPLETION, frozenset({"prompt", "completion"})),
@@ -82,6 +138,10 @@ OPTIONAL_KEYS: dict[str, frozenset[str]] = {
     INSTRUCTION: frozenset({"input", "system"}),
     CLASSIFICATION: frozenset(),
     TEXT: frozenset(),
+    PREFERENCE_OPENAI: frozenset(),
+    PREFERENCE_SHAREGPT: frozenset({"system", "tools"}),
+    PREFERENCE: frozenset({"tools"}),
+    FEEDBACK: frozenset({"tools"}),
 }
 # Keys of a chat message that `to_canonical` reads. "weight" is OpenAI's per-assistant-message
 # switch: 0 keeps the message as context but does not train on it.
@@ -128,9 +188,48 @@ class Labeled:
 
 
 @dataclass
+class Preference:
+    """A prompt and answers to it, in the shape TRL's preference trainers take: chat messages
+    (rendered with the chat template), or plain strings (`raw`, concatenated as they are).
+
+    A pair has `chosen` and `rejected`; KTO's unpaired feedback has `chosen` only, with `label`
+    True for a good answer and False for a bad one."""
+
+    prompt: list[dict[str, Any]] | str
+    chosen: list[dict[str, Any]] | str
+    rejected: list[dict[str, Any]] | str | None = None
+    label: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def paired(self) -> bool:
+        return self.rejected is not None
+
+    def unpaired(self) -> list[Preference]:
+        """A pair as two pieces of feedback (KTO learns from a pair this way), feedback as it is."""
+        if not self.paired:
+            return [self]
+        return [
+            Preference(self.prompt, self.chosen, label=True, tools=self.tools),
+            Preference(self.prompt, self.rejected, label=False, tools=self.tools),
+        ]
+
+    def trl_row(self) -> dict[str, Any]:
+        """TRL's row: {"prompt", "chosen", "rejected"} for a pair, {"prompt", "completion", "label"} else."""
+        row: dict[str, Any] = {"prompt": self.prompt}
+        if self.paired:
+            row.update(chosen=self.chosen, rejected=self.rejected)
+        else:
+            row.update(completion=self.chosen, label=bool(self.label))
+        if self.tools:
+            row["tools"] = self.tools
+        return row
+
+
+@dataclass
 class Canonical:
     format: str
-    example: Conversation | PlainText | Labeled
+    example: Conversation | PlainText | Labeled | Preference
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -212,6 +311,49 @@ def _sharegpt_messages(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
+def _as_messages(value: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
+    return [_chat_message(m) for m in value] if isinstance(value, list) else [{"role": "user", "content": value}]
+
+
+def _preference(row: dict[str, Any], fmt: str) -> Preference:
+    if fmt == PREFERENCE_OPENAI:
+        return Preference(
+            prompt=[_chat_message(m) for m in row["input"]["messages"]],
+            chosen=[_chat_message(m) for m in row["preferred_output"]],
+            rejected=[_chat_message(m) for m in row["non_preferred_output"]],
+            tools=row["input"].get("tools") or None,
+        )
+    if fmt == PREFERENCE_SHAREGPT:
+        prompt = _sharegpt_messages(row["conversations"])
+        if row.get("system"):
+            prompt.insert(0, {"role": "system", "content": str(row["system"])})
+        chosen, rejected = (
+            row[key]["value"] if isinstance(row[key], dict) else row[key] for key in ("chosen", "rejected")
+        )
+        return Preference(
+            prompt=prompt,
+            chosen=[{"role": "assistant", "content": chosen}],
+            rejected=[{"role": "assistant", "content": rejected}],
+            tools=sharegpt_tools(row.get("tools")) or None,
+        )
+    answers = (row["chosen"], row["rejected"]) if fmt == PREFERENCE else (row["completion"],)
+    if all(isinstance(answer, str) for answer in answers):
+        prompt: list[dict[str, Any]] | str = row["prompt"]
+        sides: list[Any] = list(answers)
+    else:
+        # The turns before an answer's first assistant message continue the prompt (TRL's
+        # conversational rows sometimes repeat the whole conversation in each answer).
+        prompt = _as_messages(row["prompt"]) if row["prompt"] else []
+        sides = [[_chat_message(m) for m in answer] for answer in answers]
+        first = next(i for i, m in enumerate(sides[0]) if m["role"] == "assistant")
+        prompt = prompt + sides[0][:first]
+        sides = [side[first:] for side in sides]
+    tools = row.get("tools") or None
+    if fmt == PREFERENCE:
+        return Preference(prompt=prompt, chosen=sides[0], rejected=sides[1], tools=tools)
+    return Preference(prompt=prompt, chosen=sides[0], label=bool(row["label"]), tools=tools)
+
+
 def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
     """One validated row in the canonical shape the training library renders."""
     fmt = fmt or detect_format(row)
@@ -243,6 +385,8 @@ def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
         example = Labeled(text=str(row["text"]), label=str(row["label"]))
     elif fmt == TEXT:
         example = PlainText(text=str(row["text"]))
+    elif fmt in PREFERENCE_FORMATS:
+        example = _preference(row, fmt)
     else:
         raise ValueError(f"unknown dataset format: {fmt!r}")
     return Canonical(format=fmt, example=example)

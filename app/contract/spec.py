@@ -22,9 +22,35 @@ class Method(str, Enum):
     qlora = "qlora"
 
 
+class Objective(str, Enum):
+    """What training optimises. sft: imitate the answers; dpo, orpo, kto: prefer the chosen
+    answers to the rejected ones (preference data)."""
+
+    sft = "sft"
+    dpo = "dpo"
+    orpo = "orpo"
+    kto = "kto"
+
+
 # Default learning rates per method: adapters tolerate (and need) much larger steps than
 # full fine-tuning. Chosen when the spec leaves `learning_rate` unset ("auto").
 DEFAULT_LEARNING_RATE = {Method.full: 2e-5, Method.lora: 2e-4, Method.qlora: 2e-4}
+# Preference objectives move a model that already answers well: TRL's defaults (1e-6 for full
+# fine-tuning), and the usual rate of LoRA DPO recipes for adapters.
+DEFAULT_PREFERENCE_LEARNING_RATE = {Method.full: 1e-6, Method.lora: 5e-5, Method.qlora: 5e-5}
+# DPO's losses (TRL's names): sigmoid is the paper's, ipo and hinge its best-known variants.
+DPO_LOSS_TYPES = (
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+)
 
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$")
 
@@ -168,6 +194,33 @@ class Integration(_Strict):
         return {"type": data["type"], self.type: data[self.type]}
 
 
+class PreferenceSettings(_Strict):
+    """Settings of the preference objectives (DPO, ORPO, KTO); ignored when training supervised."""
+
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="DPO/KTO: how far from the reference model training may go (higher: closer); ORPO: the "
+        "weight of the preference term.",
+    )
+    loss_type: Literal[DPO_LOSS_TYPES] = Field(  # type: ignore[valid-type]
+        "sigmoid", description="DPO's loss: sigmoid (the paper's), ipo, hinge, and other TRL variants."
+    )
+    rpo_alpha: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="DPO: also learn the chosen answers (supervised loss with this weight, RPO); 1.0 is usual.",
+    )
+    desirable_weight: float | None = Field(
+        None, gt=0, le=100, description="KTO: weight of the good answers; empty balances the labels' counts."
+    )
+    undesirable_weight: float | None = Field(
+        None, gt=0, le=100, description="KTO: weight of the bad answers; empty balances the labels' counts."
+    )
+
+
 class TrainingSpec(_Strict):
     """Hyperparameters and base model of one fine-tuning job. Every field has a default."""
 
@@ -176,6 +229,11 @@ class TrainingSpec(_Strict):
     )
     method: Method = Field(
         Method.lora, description="full: train every weight; lora: adapters; qlora: adapters on a 4-bit base."
+    )
+    objective: Objective = Field(
+        Objective.sft,
+        description="sft: learn the answers; dpo / orpo: prefer chosen over rejected answers (pairs); "
+        "kto: learn from answers marked good or bad.",
     )
 
     epochs: float = Field(
@@ -232,6 +290,7 @@ class TrainingSpec(_Strict):
 
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     merge_adapter: bool = Field(False, description="Also save the base model with the adapter merged in.")
     integrations: list[Integration] = Field(
         default_factory=list,
@@ -255,6 +314,22 @@ class TrainingSpec(_Strict):
         kinds = [integration.type for integration in self.integrations]
         if len(kinds) != len(set(kinds)):
             raise ValueError("give each integration (wandb, mlflow) at most once")
+        preference = self.preference
+        if self.objective != Objective.dpo:
+            if preference.loss_type != "sigmoid":
+                raise ValueError(f"preference.loss_type only applies to dpo, not {self.objective.value}")
+            if preference.rpo_alpha is not None:
+                raise ValueError(f"preference.rpo_alpha only applies to dpo, not {self.objective.value}")
+        if self.objective != Objective.kto and (
+            preference.desirable_weight is not None or preference.undesirable_weight is not None
+        ):
+            raise ValueError("preference.desirable_weight and undesirable_weight only apply to kto")
+        if self.objective == Objective.kto and self.batch_size < 2:
+            raise ValueError(
+                "kto needs batch_size 2 or more: it compares each answer with another prompt's in its batch"
+            )
+        if self.objective != Objective.sft and self.train_on_prompt:
+            raise ValueError(f"train_on_prompt only applies to sft: {self.objective.value} learns from the answers")
         return self
 
     def integration(self, kind: str) -> WandbSettings | MlflowSettings | None:
@@ -262,8 +337,19 @@ class TrainingSpec(_Strict):
         return next((getattr(item, kind) for item in self.integrations if item.type == kind), None)
 
     @property
+    def default_learning_rate(self) -> float:
+        """The learning rate an unset `learning_rate` stands for: per method, gentler for preferences."""
+        defaults = DEFAULT_LEARNING_RATE if self.objective == Objective.sft else DEFAULT_PREFERENCE_LEARNING_RATE
+        return defaults[self.method]
+
+    @property
     def effective_learning_rate(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATE[self.method]
+        return self.learning_rate if self.learning_rate is not None else self.default_learning_rate
+
+    @property
+    def is_preference(self) -> bool:
+        """Trained on preference data (DPO, ORPO, KTO) rather than answers to imitate."""
+        return self.objective != Objective.sft
 
     @property
     def uses_adapter(self) -> bool:
@@ -278,6 +364,10 @@ class TrainingSpec(_Strict):
             del used["quantization"]
         if not self.uses_adapter:
             del used["lora"]
+        if not self.is_preference:
+            del used["preference"]
+        else:
+            del used["packing"], used["train_on_prompt"]
         return used
 
 

@@ -23,10 +23,14 @@ from app.contract.formats import (
     CHAT_MESSAGE_KEYS,
     CHAT_ROLES,
     CLASSIFICATION,
+    FEEDBACK,
     FORMAT_TITLES,
     FORMATS,
     INSTRUCTION,
     OPTIONAL_KEYS,
+    PREFERENCE,
+    PREFERENCE_OPENAI,
+    PREFERENCE_SHAREGPT,
     PROMPT_COMPLETION,
     REQUIRED_KEYS,
     SHAREGPT,
@@ -56,7 +60,8 @@ _TURN_KEYS = frozenset({"from", "value"})
 
 _EXPECTED_KEYS = (
     'a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", '
-    '"instruction" and "output" (Alpaca), or "text" (with "label" for classification)'
+    '"instruction" and "output" (Alpaca), "text" (with "label" for classification), or a preference pair: '
+    '"prompt", "chosen" and "rejected"'
 )
 
 
@@ -251,26 +256,34 @@ def _check_message_details(
     return length
 
 
-def _check_chat(row: dict[str, Any], problems: Problems) -> RowMeasure:
-    messages = row["messages"]
+def _check_messages(
+    messages: Any,
+    problems: Problems,
+    *,
+    key: str = "messages",
+    label: str = "message",
+    call_ids: set[str] | None = None,
+) -> tuple[int, list[str]] | None:
+    """Checks the chat messages under `key`, each named `label N` in the problems; returns their
+    characters and roles, or None when `messages` is not a non-empty list. `call_ids` collects
+    the ids of the tool calls seen, for tool messages further on (a pair's answers continue its prompt)."""
     if type(messages) is not list:
-        problems.append(f'"messages" must be a list of messages, not {describe(messages)}')
-        return _NOTHING
+        problems.append(f'"{key}" must be a list of messages, not {describe(messages)}')
+        return None
     if not messages:
-        problems.append('"messages" is an empty list')
-        return _NOTHING
+        problems.append(f'"{key}" is an empty list')
+        return None
     length = 0
     roles: list[str] = []
-    call_ids: set[str] = set()
+    call_ids = set() if call_ids is None else call_ids
     for number, message in enumerate(messages, 1):
+        where = f"{label} {number}"
         if type(message) is not dict:
-            problems.append(
-                f'message {number} is {describe(message)}, not an object like {{"role": "user", "content": "..."}}'
-            )
+            problems.append(f'{where} is {describe(message)}, not an object like {{"role": "user", "content": "..."}}')
             continue
         role = message.get("role")
         if type(role) is not str or role not in _CHAT_ROLE_SET:
-            problems.append(_role_problem(f"message {number}", message))
+            problems.append(_role_problem(where, message))
             continue
         roles.append(role)
         content = message.get("content")
@@ -279,16 +292,22 @@ def _check_chat(row: dict[str, Any], problems: Problems) -> RowMeasure:
         elif role == "assistant" and (content is None or content == "") and message.get("tool_calls"):
             pass  # OpenAI: an assistant turn that only calls tools has null or empty content
         elif content is None and "content" not in message:
-            problems.append(
-                f'message {number} ({role}) has no "content"' + _typo_of(message, "content", CHAT_MESSAGE_KEYS)
-            )
+            problems.append(f'{where} ({role}) has no "content"' + _typo_of(message, "content", CHAT_MESSAGE_KEYS))
         elif type(content) is str:
-            problems.append(f'message {number} ({role}): "content" is {_emptiness(content)}')
+            problems.append(f'{where} ({role}): "content" is {_emptiness(content)}')
         else:
-            length += _content_length(f"message {number} ({role})", content, problems)
+            length += _content_length(f"{where} ({role})", content, problems)
         if len(message) > 2 or role == "tool":
-            length += _check_message_details(f"message {number} ({role})", role, message, call_ids, problems)
-    if len(roles) == len(messages) and "assistant" not in roles:
+            length += _check_message_details(f"{where} ({role})", role, message, call_ids, problems)
+    return length, roles
+
+
+def _check_chat(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    checked = _check_messages(row["messages"], problems)
+    if checked is None:
+        return _NOTHING
+    length, roles = checked
+    if len(roles) == len(row["messages"]) and "assistant" not in roles:
         problems.append("no assistant message: the model learns from the assistant's replies, so a chat needs one")
     if "tools" in row:
         _check_tools(row["tools"], problems)
@@ -310,7 +329,7 @@ def _speaker_problem(where: str, turn: dict[str, Any]) -> str:
     return f'{where} has the unknown speaker "{shown(speaker)}"{did_you_mean(speaker.strip(), _SHAREGPT_SPEAKERS)}; {allowed}'
 
 
-def _check_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
+def _check_sharegpt(row: dict[str, Any], problems: Problems, *, needs_reply: bool = True) -> RowMeasure:
     turns = row["conversations"]
     if type(turns) is not list:
         problems.append(f'"conversations" must be a list of turns, not {describe(turns)}')
@@ -346,7 +365,7 @@ def _check_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
             problems.append(f'turn {number} ({shown(speaker)}): "value" is {_emptiness(value)}')
         else:
             problems.append(f'turn {number} ({shown(speaker)}): "value" must be a string, not {describe(value)}')
-    if len(roles) == len(turns) + bool(row.get("system")) and "assistant" not in roles:
+    if needs_reply and len(roles) == len(turns) + bool(row.get("system")) and "assistant" not in roles:
         problems.append('no "gpt" turn: the model learns from the gpt replies, so a conversation needs one')
     if row.get("tools") not in (None, ""):
         try:
@@ -424,6 +443,184 @@ def _check_text(row: dict[str, Any], problems: Problems) -> RowMeasure:
     return _string_field(row, "text", problems), None
 
 
+# -- preference data -------------------------------------------------------------------------
+
+_PROMPT_ENDS = ("user", "tool")
+_SAME_ANSWERS = "{} and {} are the same: a pair teaches a preference only when its two answers differ"
+
+
+def _prompt_end_problem(roles: list[str], what: str) -> str | None:
+    """A problem when the prompt's last turn is not the user's (or a tool's result): the answers
+    of a pair reply to it, so an assistant or system turn there leaves nothing to reply to."""
+    if roles and roles[-1] not in _PROMPT_ENDS:
+        return f"the last turn of {what} is {roles[-1]}, not a user turn: the answers must reply to a user message"
+    return None
+
+
+def _check_answer_messages(
+    messages: Any, key: str, problems: Problems, call_ids: set[str], *, only_assistant: bool = False
+) -> tuple[int, list[str]] | None:
+    """One side of a pair as chat messages: a non-empty list of assistant (and tool) messages;
+    with `only_assistant` (OpenAI's outputs), of assistant messages alone."""
+    checked = _check_messages(messages, problems, key=key, label=f'"{key}" message', call_ids=set(call_ids))
+    if checked is not None and only_assistant:
+        for number, role in enumerate(checked[1], 1):
+            if role != "assistant":
+                problems.append(f'"{key}" message {number} is a {role} message; the outputs hold assistant messages')
+    elif checked is not None and "assistant" not in checked[1]:
+        problems.append(f'"{key}" has no assistant message: it is the answer the model is taught to prefer or avoid')
+    return checked
+
+
+def _check_preference_openai(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    prompt = row["input"]
+    if type(prompt) is not dict or "messages" not in prompt:
+        problems.append(f'"input" must be an object like {{"messages": [...]}}, not {describe(prompt)}')
+        return _NOTHING
+    problems_before = len(problems)
+    call_ids: set[str] = set()
+    checked = _check_messages(
+        prompt["messages"], problems, key="input.messages", label='"input" message', call_ids=call_ids
+    )
+    if "tools" in prompt:
+        _check_tools(prompt["tools"], problems)
+    length, roles = checked or (0, [])
+    problem = _prompt_end_problem(roles, '"input"') if checked else None
+    if problem:
+        problems.append(problem)
+    for key in ("preferred_output", "non_preferred_output"):
+        side = _check_answer_messages(row[key], key, problems, call_ids, only_assistant=True)
+        length += side[0] if side else 0
+    if len(problems) == problems_before and row["preferred_output"] == row["non_preferred_output"]:
+        problems.append(_SAME_ANSWERS.format('"preferred_output"', '"non_preferred_output"'))
+    return length, [*roles, "assistant"]
+
+
+def _sharegpt_answer(row: dict[str, Any], key: str, problems: Problems) -> str | None:
+    """A ShareGPT pair's side: {"from": "gpt", "value": "..."} (LLaMA-Factory), or the text alone."""
+    side = row[key]
+    if type(side) is dict:
+        speaker = side.get("from", "gpt")
+        if type(speaker) is not str or SHAREGPT_ROLES.get(speaker.strip().lower()) != "assistant":
+            problems.append(f'"{key}" must be a reply of "gpt", not of "{shown(speaker)}"')
+            return None
+        side = side.get("value")
+        key = f"{key}.value"
+    if type(side) is not str:
+        problems.append(f'"{key}" must be a string (or {{"from": "gpt", "value": "..."}}), not {describe(side)}')
+        return None
+    if not side or side.isspace():
+        problems.append(f'"{key}" is {_emptiness(side)}')
+        return None
+    return side
+
+
+def _check_preference_sharegpt(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    problems_before = len(problems)
+    length, roles = _check_sharegpt(row, problems, needs_reply=False)
+    if roles is not None and len(problems) == problems_before:
+        last = row["conversations"][-1]["from"].strip().lower()
+        if SHAREGPT_ROLES[last] not in _PROMPT_ENDS:
+            problems.append(
+                f'the last turn of "conversations" is "{shown(last)}", not a human turn: the answers must reply to it'
+            )
+    chosen = _sharegpt_answer(row, "chosen", problems)
+    rejected = _sharegpt_answer(row, "rejected", problems)
+    if chosen is not None and rejected is not None:
+        length += len(chosen) + len(rejected)
+        if chosen.strip() == rejected.strip():
+            problems.append(_SAME_ANSWERS.format('"chosen"', '"rejected"'))
+    return length, [*(roles or ()), "assistant"]
+
+
+def _leading_turns(messages: list[Any]) -> list[Any]:
+    """The turns of an answer before its first assistant message: the end of the prompt, written into it."""
+    for index, message in enumerate(messages):
+        if type(message) is dict and message.get("role") == "assistant":
+            return messages[:index]
+    return messages
+
+
+def _check_prompt(row: dict[str, Any], problems: Problems, call_ids: set[str]) -> tuple[int, list[str]] | None:
+    """A TRL row's "prompt": a string (possibly empty) or chat messages; None when it is not usable."""
+    prompt = row["prompt"]
+    if type(prompt) is str:
+        return len(prompt), ["user"]
+    if type(prompt) is list:
+        return _check_messages(prompt, problems, key="prompt", label='"prompt" message', call_ids=call_ids)
+    problems.append(f'"prompt" must be a string or a list of messages, not {describe(prompt)}')
+    return None
+
+
+def _check_preference(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    problems_before = len(problems)
+    call_ids: set[str] = set()
+    prompt = _check_prompt(row, problems, call_ids)
+    chosen, rejected = row["chosen"], row["rejected"]
+    length, roles = prompt or (0, [])
+    if type(chosen) is str and type(rejected) is str:
+        if type(row["prompt"]) is list:
+            problems.append('"prompt" is a list of messages, so "chosen" and "rejected" must be message lists too')
+        for key in ("chosen", "rejected"):
+            length += _string_field(row, key, problems)
+        if len(problems) == problems_before and chosen.strip() == rejected.strip():
+            problems.append(_SAME_ANSWERS.format('"chosen"', '"rejected"'))
+        return length, [*roles, "assistant"]
+    if type(chosen) is not list or type(rejected) is not list:
+        problems.append(
+            f'"chosen" and "rejected" must both be strings or both lists of messages, not {describe(chosen)} '
+            f"and {describe(rejected)}"
+        )
+        return _NOTHING
+    sides = [
+        _check_answer_messages(side, key, problems, call_ids)
+        for key, side in (("chosen", chosen), ("rejected", rejected))
+    ]
+    if len(problems) > problems_before or prompt is None:
+        return _NOTHING
+    length += sides[0][0] + sides[1][0]
+    leading = _leading_turns(chosen)
+    if leading != _leading_turns(rejected):
+        problems.append(
+            '"chosen" and "rejected" do not answer the same prompt: their turns before the first assistant '
+            "message differ"
+        )
+        return _NOTHING
+    full_prompt_roles = (roles if type(row["prompt"]) is list else ["user"] if row["prompt"] else []) + [
+        message["role"] for message in leading
+    ]
+    problem = _prompt_end_problem(full_prompt_roles, "the prompt")
+    if problem:
+        problems.append(problem)
+    elif not full_prompt_roles:
+        problems.append('"prompt" is empty: the answers must reply to a user message')
+    elif chosen == rejected:
+        problems.append(_SAME_ANSWERS.format('"chosen"', '"rejected"'))
+    return length, [*full_prompt_roles, "assistant"]
+
+
+def _check_feedback(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    label = row["label"]
+    if type(label) is not bool:
+        problems.append(f'"label" must be true (a good answer) or false (a bad one), not {describe(label)}')
+    call_ids: set[str] = set()
+    prompt = _check_prompt(row, problems, call_ids)
+    length, roles = prompt or (0, [])
+    completion = row["completion"]
+    if type(completion) is list:
+        side = _check_answer_messages(completion, "completion", problems, call_ids)
+        length += side[0] if side else 0
+        if type(row["prompt"]) is list and prompt is not None:
+            problem = _prompt_end_problem(roles, '"prompt"')
+            if problem:
+                problems.append(problem)
+    else:
+        if type(row["prompt"]) is list:
+            problems.append('"prompt" is a list of messages, so "completion" must be a message list too')
+        length += _string_field(row, "completion", problems)
+    return length, [*roles, "assistant"]
+
+
 _CHECKERS: dict[str, Callable[[dict[str, Any], Problems], RowMeasure]] = {
     CHAT: _check_chat,
     SHAREGPT: _check_sharegpt,
@@ -431,6 +628,10 @@ _CHECKERS: dict[str, Callable[[dict[str, Any], Problems], RowMeasure]] = {
     INSTRUCTION: _check_instruction,
     CLASSIFICATION: _check_classification,
     TEXT: _check_text,
+    PREFERENCE_OPENAI: _check_preference_openai,
+    PREFERENCE_SHAREGPT: _check_preference_sharegpt,
+    PREFERENCE: _check_preference,
+    FEEDBACK: _check_feedback,
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from app.contract.formats import CLASSIFICATION, FORMAT_TITLES, REQUIRED_KEYS, detect_format
+from app.contract.formats import CLASSIFICATION, FEEDBACK, FORMAT_TITLES, REQUIRED_KEYS, detect_format
 
 from .hints import describe
 from .lines import LineSplitter
@@ -119,12 +119,15 @@ class DatasetValidator:
             self._error(None, "the file is empty")
         fmt = self._file_format()
         errors = sorted(self._errors.values(), key=lambda group: group.lines[0] or 0)[: self.max_listed_errors]
+        stats = self._stats.finish(None if self._duplicates is None else self._duplicates.result())
+        if fmt == FEEDBACK:
+            stats["warnings"] = feedback_warnings(stats.get("labels", {}))
         return ValidationReport(
             format=fmt,
             rows=self._rows,
             errors=[group.to_dict() for group in errors],
             error_count=self._error_count,
-            stats=self._stats.finish(None if self._duplicates is None else self._duplicates.result()),
+            stats=stats,
             line_index=self._index.to_dict(),
         )
 
@@ -219,6 +222,8 @@ class DatasetValidator:
         self._stats.add_row(text_chars, roles)
         if fmt == CLASSIFICATION:
             self._stats.add_label(row["label"])
+        elif fmt == FEEDBACK:
+            self._stats.add_label("good" if row["label"] else "bad")
 
     # -- the file's format -------------------------------------------------------------------
 
@@ -243,6 +248,28 @@ class DatasetValidator:
             # Listed even past the limit: these rows may come before the errors listed so far.
             self._record(message, self._format_first_lines[fmt], count, listed=True)
         return majority
+
+
+# KTO's authors find it works while the good answers are between half and twice the bad ones
+# (weighted); further apart, training weighs the rarer kind up, and says so here.
+BALANCED_FEEDBACK = (0.5, 2.0)
+
+
+def feedback_warnings(labels: dict[str, int]) -> list[str]:
+    """What a person should know about the balance of good and bad answers in KTO feedback."""
+    good, bad = labels.get("good", 0), labels.get("bad", 0)
+    if not good or not bad:
+        missing = "bad (false)" if good else "good (true)"
+        return [f"no row is labelled {missing}: KTO learns from both good and bad answers, so it needs some of each"]
+    low, high = BALANCED_FEEDBACK
+    if not low <= good / bad <= high:
+        return [
+            (
+                f"the labels are unbalanced ({good:,} good, {bad:,} bad): training weighs the rarer kind up to compensate, "
+                "but more rows of it would teach more"
+            )
+        ]
+    return []
 
 
 class _ErrorGroup:

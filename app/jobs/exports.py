@@ -37,6 +37,18 @@ METRIC_COLUMNS = [
     ("tokens_per_second", ("tokens_per_second",)),
     ("peak_memory_mb", ("peak_memory_mb",)),
 ]
+# A preference job's (DPO, ORPO, KTO) columns besides: its rewards and log-probabilities.
+PREFERENCE_METRICS = (
+    "reward_accuracy",
+    "reward_margin",
+    "reward_chosen",
+    "reward_rejected",
+    "logp_chosen",
+    "logp_rejected",
+)
+PREFERENCE_COLUMNS = [(f"train_{name}", (name,)) for name in PREFERENCE_METRICS] + [
+    (f"valid_{name}", (f"eval_{name}",)) for name in PREFERENCE_METRICS
+]
 
 
 def metric_value(values: dict, keys: tuple[str, ...]):
@@ -53,11 +65,12 @@ def metrics_csv(session: Session, job: Job) -> str:
     by_step: dict[int, dict] = {}
     for point in metrics(session, job):
         by_step.setdefault(point.step, {}).update(point.values)
+    columns = METRIC_COLUMNS + (PREFERENCE_COLUMNS if job.spec.get("objective", "sft") != "sft" else [])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([column for column, _ in METRIC_COLUMNS])
+    writer.writerow([column for column, _ in columns])
     for step, values in sorted(by_step.items()):
-        writer.writerow([_number(metric_value(values, keys)) if keys else step for _, keys in METRIC_COLUMNS])
+        writer.writerow([_number(metric_value(values, keys)) if keys else step for _, keys in columns])
     return buffer.getvalue()
 
 

@@ -5,6 +5,10 @@ and AdamW states, activations (with or without gradient checkpointing; attention
 fused kernel, so no seq² term), the logits, and the CUDA context. Good to tell a 24 GB
 card from an 80 GB one, which is the decision a user makes with it.
 
+Preference training (DPO, ORPO, KTO) runs two sequences per row (chosen and rejected, or KTO's
+answer and its mismatched baseline), and full fine-tuning with DPO or KTO keeps a frozen copy of
+the model as its reference (adapters use the base model with the adapter switched off instead).
+
 A classifier has no LM logits: it scores each row once per class, where a causal LM scores
 every token against the whole vocabulary (for a 128k vocabulary that is most of the memory).
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.chat.catalog import BaseModelInfo
-from app.contract.spec import Method, TrainingSpec
+from app.contract.spec import Method, Objective, TrainingSpec
 
 GIB = 1024**3
 CUDA_CONTEXT_BYTES = 0.6 * GIB
@@ -93,11 +97,13 @@ def estimate_memory(model: BaseModelInfo, spec: TrainingSpec, *, classes: int | 
     """The estimate for a causal LM, or for a sequence classifier of `classes` classes."""
     hidden, layers, vocab = model.hidden_size or 1024, model.num_layers or 12, model.vocab_size or 32000
     params = model.parameters
-    tokens = spec.batch_size * spec.max_seq_length
+    tokens = spec.batch_size * spec.max_seq_length * (2 if spec.is_preference else 1)
     parts: dict[str, float] = {}
     if spec.method == Method.full:
         trainable = params
         parts["weights (bf16)"] = 2 * params
+        if spec.objective in (Objective.dpo, Objective.kto):
+            parts["reference model (bf16, frozen)"] = 2 * params
         parts["gradients (bf16)"] = 2 * params
         parts["AdamW states (fp32)"] = 8 * params
     else:

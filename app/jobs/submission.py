@@ -15,7 +15,7 @@ from app.accounts.access import TeamAccess
 from app.chat.catalog import find_model
 from app.chat.model_names import model_suffix
 from app.config import get_settings
-from app.contract.formats import CLASSIFICATION
+from app.contract.formats import CLASSIFICATION, objective_misfit
 from app.contract.spec import TrainingSpec
 from app.core.blobs import blob_store
 from app.core.errors import Conflict, InvalidField
@@ -83,6 +83,10 @@ def check_submission(session: Session, submission: JobSubmission, team_id: int) 
     validation = None
     if submission.validation_dataset_id:
         validation = _team_dataset(session, team_id, submission.validation_dataset_id, "validation_dataset_id")
+    for field, given in (("dataset_id", dataset), ("validation_dataset_id", validation)):
+        misfit = objective_misfit(spec.objective.value, given.format) if given is not None else None
+        if misfit:
+            raise InvalidField((field,), misfit)
     if validation is not None and (validation.format == CLASSIFICATION) != (dataset.format == CLASSIFICATION):
         raise InvalidField(
             ("validation_dataset_id",), f"a {validation.format} file cannot validate {dataset.format} data"

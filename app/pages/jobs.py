@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from app.api.bodies import ArtifactOut, JobEventOut, JobOut, MetricOut
 from app.api.deps import PageAccessDep, SessionDep
 from app.chat.catalog import list_local_models
+from app.contract.formats import OBJECTIVE_FORMATS
 from app.contract.spec import TrainingSpec
 from app.core.tables import Dataset, Job
 from app.datasets.team_datasets import list_datasets
@@ -63,6 +64,7 @@ def new_job(
             for d in list_datasets(session, access)
         ],
         "schema": TrainingSpec.model_json_schema(),
+        "objective_formats": {objective: sorted(fits) for objective, fits in OBJECTIVE_FORMATS.items()},
         "clone": clone_of,
         "parent": parent,
         "team_id": team_id,

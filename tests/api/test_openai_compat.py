@@ -346,7 +346,7 @@ def test_jobs_page_newest_first_and_cancel_at_once(acme, server, workers):
             "method.supervised.hyperparameters.batch_size",
             "greater than or equal to 1",
         ),
-        ({"method": {"type": "dpo"}}, "method.type", "supervised learning only"),
+        ({"method": {"type": "reinforcement"}}, "method.type", "method type 'supervised' or 'dpo'"),
         ({"extra_body": {"method": "qlora", "lora": {"r": 0}}}, "lora.r", "greater than or equal to 1"),
         ({"extra_body": {"unknown_knob": 1}}, "unknown_knob", "Extra inputs are not permitted"),
         ({"suffix": "has:colons"}, "suffix", "should match pattern"),

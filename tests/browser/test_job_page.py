@@ -71,3 +71,41 @@ def test_the_first_events_stay_in_sight_newest_on_top(pages, finished_job):
     expect(items.first).to_have_text("event number 30")
     expect(items.last).to_have_text("event number 1")
     assert page.evaluate("document.getElementById('events').scrollTop") == 0, "nothing scrolls the list by itself"
+
+
+def test_a_dpo_job_charts_its_rewards_accuracy_and_log_probabilities(pages, db, make_account, finished_job):
+    from app.core.tables import Dataset, JobState
+    from app.jobs import timeline
+
+    member, sft_job = finished_job
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/{sft_job.id}")
+    expect(page.get_by_test_id("loss-chart")).to_have_attribute("data-points", "40")
+    expect(page.locator("#preference-charts")).to_be_hidden()  # a supervised job has none
+
+    job = add_job(db, member, JobState.succeeded, name="dpo-after-sft", dataset=db.get(Dataset, sft_job.dataset_id))
+    job.spec = {**job.spec, "objective": "dpo"}
+    points = []
+    for step in range(1, 21):
+        margin = step / 10
+        values = {"loss": 0.69 - step / 40, "reward_chosen": margin / 2, "reward_rejected": -margin / 2}
+        values.update(reward_margin=margin, reward_accuracy=min(1.0, 0.5 + step / 30), logp_chosen=-20 + step / 4)
+        values.update(logp_rejected=-20 - step / 2, learning_rate=5e-5, epoch=step / 20)
+        points.append(timeline.MetricPoint(step, "train", values))
+        if step % 5 == 0:
+            points.append(
+                timeline.MetricPoint(
+                    step, "eval", {"eval_loss": 0.6, "eval_reward_margin": margin, "eval_reward_accuracy": 0.8}
+                )
+            )
+    timeline.add_metrics(db, job, points)
+    db.commit()
+    page.goto(f"/jobs/{job.id}")
+    expect(page.locator("#preference-charts")).to_be_visible()
+    expect(page.locator("#job-meta")).to_contain_text("LORA DPO")
+    labels = page.evaluate(
+        """() => ['reward-chart', 'reward-accuracy-chart', 'logp-chart'].map((id) =>
+             charts.of(document.getElementById(id)).plot.series.slice(1).map((s) => s.label))"""
+    )
+    assert labels == [["chosen", "rejected", "margin", "eval margin"], ["train", "eval"], ["chosen", "rejected"]]
+    screenshot(page, "job-dpo")

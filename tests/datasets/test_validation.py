@@ -344,7 +344,7 @@ def test_sharegpt_row_errors(validate, row, expected):
                 (
                     'no dataset format has the keys "question", "answer": a row needs "messages" (chat), '
                     '"conversations" (ShareGPT), "prompt" and "completion", "instruction" and "output" (Alpaca), '
-                    'or "text" (with "label" for classification)'
+                    '"text" (with "label" for classification), or a preference pair: "prompt", "chosen" and "rejected"'
                 )
             ],
         ),
@@ -352,7 +352,7 @@ def test_sharegpt_row_errors(validate, row, expected):
             b'{"text": "a"}',
             b"{}",
             [
-                'the row is an empty object: a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", "instruction" and "output" (Alpaca), or "text" (with "label" for classification)'
+                'the row is an empty object: a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", "instruction" and "output" (Alpaca), "text" (with "label" for classification), or a preference pair: "prompt", "chosen" and "rejected"'
             ],
         ),
         (b'{"text": "a"}', b'"just a string"', ['the line is a string, not a JSON object like {"messages": [...]}']),

@@ -42,3 +42,18 @@ def test_a_classification_dataset_is_estimated_without_lm_logits(acme):
 def test_another_teams_dataset_is_not_found(acme, make_account):
     theirs = _upload(make_account(team="globex"), "reviews.jsonl", LABELED)
     assert _estimate(acme, dataset_id=theirs).status_code == 404
+
+
+def test_full_dpo_counts_its_frozen_reference_and_lora_dpo_does_not(acme):
+    def parts(**spec):
+        body = {"spec": tiny_spec(max_seq_length=4096, batch_size=256, **spec)}
+        answer = acme.client.post("/api/jobs/estimate", json=body).json()
+        return {part["name"]: part["gib"] for part in answer["parts"]}
+
+    full_sft, full_dpo = parts(method="full"), parts(method="full", objective="dpo")
+    assert full_dpo["reference model (bf16, frozen)"] == full_sft["weights (bf16)"]
+    assert "reference model (bf16, frozen)" not in full_sft
+    assert "reference model (bf16, frozen)" not in parts(method="lora", objective="dpo")
+    assert "reference model (bf16, frozen)" not in parts(method="full", objective="orpo")  # ORPO has none
+    # Chosen and rejected run side by side: twice the activations of a supervised batch.
+    assert full_dpo["activations"] == pytest.approx(2 * full_sft["activations"], rel=0.01)

@@ -22,12 +22,27 @@ def training_arguments(
     run_name: str | None = None,
 ) -> TrainingArguments:
     """The spec in the trainer's terms; a spec that asks for evaluation without eval data is refused."""
+    return TrainingArguments(
+        **training_argument_values(spec, plan, checkpoint_dir, packed=packed, has_eval=has_eval, run_name=run_name)
+    )
+
+
+def training_argument_values(
+    spec: TrainingSpec,
+    plan: DevicePlan,
+    checkpoint_dir: Path,
+    *,
+    packed: bool,
+    has_eval: bool,
+    run_name: str | None = None,
+) -> dict:
+    """`training_arguments` as keyword arguments, for the configs of TRL's trainers (which extend them)."""
     if spec.early_stopping_patience and not has_eval:
         raise ConfigurationError("early stopping needs evaluation data: set eval_split or give a validation file")
     if spec.eval_steps and not has_eval:
         raise ConfigurationError("eval_steps needs evaluation data: set eval_split or give a validation file")
     eval_strategy = ("steps" if spec.eval_steps else "epoch") if has_eval else "no"
-    return TrainingArguments(
+    return dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=spec.batch_size,
         per_device_eval_batch_size=spec.batch_size,

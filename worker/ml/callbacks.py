@@ -26,6 +26,21 @@ MAX_EPOCH_CHECKPOINTS = 10
 # What the reporter hears of the trainer's logs, at a training step and at an evaluation.
 TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "accuracy")
 EVAL_KEYS = ("eval_loss", "eval_mean_token_accuracy", "eval_accuracy")
+# The preference trainers' (TRL's) metrics, and the names the reporter hears them under
+# ("eval_" in front at an evaluation).
+PREFERENCE_KEYS = {
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "logps/chosen": "logp_chosen",
+    "logps/rejected": "logp_rejected",
+}
+
+
+def preference_metrics(logs: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """The preference metrics of a log entry under tunelab's names."""
+    return {prefix + name: float(logs[prefix + key]) for key, name in PREFERENCE_KEYS.items() if prefix + key in logs}
 
 
 def checkpoints(directory: Path) -> list[Path]:
@@ -141,6 +156,7 @@ class ReporterCallback(TrainerCallback):
         logs = logs or {}
         if "eval_loss" in logs:
             metrics = {key: float(logs[key]) for key in EVAL_KEYS if key in logs}
+            metrics.update(preference_metrics(logs, "eval_"))
             self.reporter.log({**metrics, "epoch": state.epoch}, state.global_step)
             return
         if "loss" not in logs:
@@ -148,6 +164,7 @@ class ReporterCallback(TrainerCallback):
         elapsed = time.perf_counter() - self._window_start
         tokens = state.num_input_tokens_seen - self._window_tokens
         metrics = {key: float(logs[key]) for key in TRAIN_KEYS if key in logs}
+        metrics.update(preference_metrics(logs))
         metrics.update(
             epoch=float(state.epoch),
             tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,

@@ -110,6 +110,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def task_of(rows: Sequence[dict[str, Any]]) -> Task:
     """causal_lm for chat, sharegpt, prompt/completion, instruction and text rows; classification for text+label."""
     found = {formats.detect_format(row) for row in rows}
+    if found & formats.PREFERENCE_FORMATS:
+        raise DatasetError("this is preference data: train it with the objective dpo, orpo or kto, not sft")
     if found <= formats.CAUSAL_LM_FORMATS:
         return Task.causal_lm
     if found == {formats.CLASSIFICATION}:

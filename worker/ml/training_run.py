@@ -34,7 +34,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from app.contract.spec import TrainingSpec
 
-from . import data
+from . import data, preference
 from .arguments import training_arguments
 from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
 from .errors import ConfigurationError, DatasetError, DiskFullError, OutOfMemoryError
@@ -82,6 +82,30 @@ class Prepared:
         return summary
 
 
+@dataclass
+class PreparedPreference:
+    """Everything a preference run (DPO, ORPO, KTO) needs: TRL's trainer tokenizes the rows itself."""
+
+    spec: TrainingSpec
+    plan: DevicePlan
+    tokenizer: Any
+    model: Any
+    train: preference.PreferenceData
+    evaluation: preference.PreferenceData | None
+    truncated_rows: int = 0
+    class_names: None = None
+
+    def data_summary(self) -> dict[str, object]:
+        summary: dict[str, object] = {
+            "format": ", ".join(f"{name} ({count} rows)" for name, count in self.train.format_counts.items()),
+            "objective": self.spec.objective.value,
+            "training_examples": len(self.train.rows),
+        }
+        if self.evaluation is not None:
+            summary["evaluation_examples"] = len(self.evaluation.rows)
+        return summary
+
+
 def prepare(
     spec: TrainingSpec,
     *,
@@ -92,7 +116,7 @@ def prepare(
     dataset_name: str | None = None,
     start_from: Path | None = None,
     start_from_name: str | None = None,
-) -> Prepared:
+) -> Prepared | PreparedPreference:
     """Tokenizer, data (tokenized, split, packed) and model, with an event for each.
     `dataset_name` is what events call the training file (default: its file name).
     `start_from`: a folder of trained weights (an adapter in PEFT format, or a full model's
@@ -101,6 +125,12 @@ def prepare(
     plan = plan_device(spec)
     source = resolve_model(spec.base_model, models_dir)
     tokenizer = load_tokenizer(source)
+    if spec.is_preference:
+        train, evaluation = preference.read_data(
+            spec, Path(train_file), eval_file and Path(eval_file), reporter, dataset_name or Path(train_file).name
+        )
+        model = _load(spec, plan, source, tokenizer, reporter, data.Task.causal_lm, None, start_from, start_from_name)
+        return PreparedPreference(spec, plan, tokenizer, model, train, evaluation)
 
     rows = data.read_jsonl(Path(train_file))
     task = data.task_of(rows)
@@ -132,17 +162,7 @@ def prepare(
             "for evaluation"
         )
 
-    model = load_model(spec, plan, source, task=task, pad_token_id=tokenizer.pad_token_id, class_names=class_names)
-    trainable, total = parameter_counts(model)
-    reporter.event(
-        f"Loaded model {spec.base_model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) "
-        f"for {spec.method.value} on {plan.describe()}",
-        source=str(source),
-        parameters=total,
-        trainable_parameters=trainable,
-    )
-    if start_from is not None:
-        _start_from(model, Path(start_from), start_from_name or Path(start_from).name, reporter, class_names)
+    model = _load(spec, plan, source, tokenizer, reporter, task, class_names, start_from, start_from_name)
 
     pack = spec.packing and task == data.Task.causal_lm
     train_dataset = _dataset(train_examples, pack=pack, max_length=spec.max_seq_length)
@@ -179,6 +199,33 @@ def prepare(
         truncated_rows=truncated_rows,
         class_names=class_names,
     )
+
+
+def _load(
+    spec: TrainingSpec,
+    plan: DevicePlan,
+    source: Path,
+    tokenizer,
+    reporter: Reporter,
+    task: data.Task,
+    class_names: list[str] | None,
+    start_from: Path | None,
+    start_from_name: str | None,
+):
+    """The model to train, with the weights of `start_from` put in when given."""
+    model = load_model(spec, plan, source, task=task, pad_token_id=tokenizer.pad_token_id, class_names=class_names)
+    trainable, total = parameter_counts(model)
+    reporter.event(
+        f"Loaded model {spec.base_model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) "
+        f"for {spec.method.value}{'' if spec.objective.value == 'sft' else ' ' + spec.objective.value.upper()} "
+        f"on {plan.describe()}",
+        source=str(source),
+        parameters=total,
+        trainable_parameters=trainable,
+    )
+    if start_from is not None:
+        _start_from(model, Path(start_from), start_from_name or Path(start_from).name, reporter, class_names)
+    return model
 
 
 def _start_from(model, weights: Path, name: str, reporter: Reporter, class_names: list[str] | None) -> None:
@@ -236,7 +283,7 @@ def _dataset(examples: data.Examples, *, pack: bool, max_length: int):
 
 
 def build_trainer(
-    prepared: Prepared,
+    prepared: Prepared | PreparedPreference,
     checkpoint_dir: Path,
     reporter: Reporter,
     *,
@@ -246,6 +293,21 @@ def build_trainer(
     """The trainer for a prepared run, and the callback that tells whether it stopped on request.
     `trackers` are the experiment trackers' callbacks (see `trackers.experiment_trackers`)."""
     spec = prepared.spec
+    if isinstance(prepared, PreparedPreference):
+        callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers)
+        trainer = preference.build_trainer(
+            spec,
+            plan=prepared.plan,
+            model=prepared.model,
+            tokenizer=prepared.tokenizer,
+            train=prepared.train,
+            evaluation=prepared.evaluation,
+            checkpoint_dir=checkpoint_dir,
+            reporter=reporter,
+            callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)
+        return trainer, callback
     args = training_arguments(
         spec,
         prepared.plan,
@@ -254,10 +316,7 @@ def build_trainer(
         has_eval=prepared.eval_dataset is not None,
         run_name=run_name,
     )
-    callback = ReporterCallback(reporter, keep_checkpoints=spec.keep_checkpoints, cuda=prepared.plan.device == "cuda")
-    callbacks: list[TrainerCallback] = [callback, *trackers]
-    if spec.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers)
     trainer = CountingTrainer(
         model=prepared.model,
         args=args,
@@ -270,6 +329,16 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)
     return trainer, callback
+
+
+def _callbacks(
+    spec: TrainingSpec, plan: DevicePlan, reporter: Reporter, trackers: list[TrainerCallback] = ()
+) -> tuple[ReporterCallback, list]:
+    callback = ReporterCallback(reporter, keep_checkpoints=spec.keep_checkpoints, cuda=plan.device == "cuda")
+    callbacks: list[TrainerCallback] = [callback, *trackers]
+    if spec.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    return callback, callbacks
 
 
 def train(
@@ -317,7 +386,7 @@ def train(
         )
         with _training_memory(spec, prepared.plan), _disk_space(checkpoint_dir):
             _train_from(trainer, latest, reporter)
-            if prepared.eval_dataset is not None and not callback.stopped:
+            if trainer.eval_dataset is not None and not callback.stopped:
                 _evaluate_at_the_end(trainer)
 
     result = _result(trainer, prepared, stopped=callback.stopped, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
@@ -330,6 +399,7 @@ def train(
             f"{spec.early_stopping_patience} evaluations"
         )
 
+    preference.drop_reference_adapter(trainer.model)
     with _disk_space(checkpoint_dir):
         result.final_dir = save_final(trainer, prepared, output_dir / "final", dataset_name, result.metrics)
     reporter.event("Saved the adapter (PEFT format)" if spec.uses_adapter else "Saved the model weights")

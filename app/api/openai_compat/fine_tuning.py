@@ -7,6 +7,9 @@ parameters map onto the training spec:
 - `n_epochs` → epochs, `batch_size` → batch_size, `learning_rate_multiplier` → a multiple of the
   method's default learning rate; "auto" keeps tunelab's default; given in
   `method.supervised.hyperparameters` or (deprecated by OpenAI) `hyperparameters`;
+- `method: {"type": "dpo", "dpo": {"hyperparameters": {"beta": ...}}}` → objective "dpo" with
+  `preference.beta` (and the hyperparameters above); the job reports its method back so.
+  tunelab's other objectives are the extra field `objective` ("orpo", "kto"), with `preference`;
 - `suffix`, `seed`, `metadata` as OpenAI defines them;
 - `integrations` as OpenAI defines them (`[{"type": "wandb", "wandb": {"project": ...}}]`), and
   MLflow in the same shape (`{"type": "mlflow", "mlflow": {"tracking_uri": ..., "experiment_name": ...}}`):
@@ -36,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from app.accounts.access import TeamAccess
 from app.api.deps import AccessDep, SessionDep
 from app.chat.model_names import ModelNotFound, checkpoint_model_id, fine_tuned_job, fine_tuned_model_id, team_slug
-from app.contract.spec import DEFAULT_LEARNING_RATE, Method, TrainingSpec
+from app.contract.spec import Method, TrainingSpec
 from app.core.errors import InvalidField
 from app.core.tables import Job, JobState, Team, utcnow
 from app.core.worker_registry import served_queues
@@ -73,15 +76,17 @@ class Hyperparameters(BaseModel):
     n_epochs: Literal["auto"] | int | None = None
     batch_size: Literal["auto"] | int | None = None
     learning_rate_multiplier: Literal["auto"] | float | None = None
+    beta: Literal["auto"] | float | None = None  # DPO's
 
 
-class Supervised(BaseModel):
+class MethodSettings(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
 class OpenAIMethod(BaseModel):
     type: str
-    supervised: Supervised | None = None
+    supervised: MethodSettings | None = None
+    dpo: MethodSettings | None = None
 
 
 class FineTuningJobSubmission(BaseModel):
@@ -111,16 +116,42 @@ def _invalid(errors, renames) -> OpenAIError:
 
 def _hyperparameters(body: FineTuningJobSubmission) -> tuple[Hyperparameters, str]:
     """The hyperparameters given, and the parameter path they were given at."""
-    nested = body.method.supervised if isinstance(body.method, OpenAIMethod) and body.method.supervised else None
+    method = body.method if isinstance(body.method, OpenAIMethod) else None
+    nested = getattr(method, method.type, None) if method is not None and method.type in ("supervised", "dpo") else None
     if nested is not None and nested.hyperparameters is not None:
+        path = f"method.{method.type}.hyperparameters"
         if body.hyperparameters is not None:
             raise OpenAIError(
-                400,
-                "give hyperparameters in method.supervised.hyperparameters or in hyperparameters, not both",
-                param="hyperparameters",
+                400, f"give hyperparameters in {path} or in hyperparameters, not both", param="hyperparameters"
             )
-        return nested.hyperparameters, "method.supervised.hyperparameters"
+        return nested.hyperparameters, path
     return body.hyperparameters or Hyperparameters(), "hyperparameters"
+
+
+def _objective(body: FineTuningJobSubmission, spec: dict[str, Any], hyper: Hyperparameters, path: str) -> None:
+    """OpenAI's method type (and DPO's beta) in `spec`, as tunelab's objective and preference settings."""
+    if not isinstance(body.method, OpenAIMethod):
+        objective = spec.get("objective", "sft")
+    elif body.method.type not in ("supervised", "dpo"):
+        raise OpenAIError(
+            400,
+            f"tunelab trains with method type 'supervised' or 'dpo', not {body.method.type!r}; for ORPO or KTO give "
+            "`objective`: 'orpo' or 'kto' (and LoRA, QLoRA or full as `method`: 'lora', 'qlora' or 'full')",
+            param="method.type",
+        )
+    else:
+        objective = "dpo" if body.method.type == "dpo" else "sft"
+        if spec.setdefault("objective", objective) != objective:
+            raise OpenAIError(
+                400, f"method type {body.method.type!r} and objective {spec['objective']!r} disagree", param="objective"
+            )
+    if hyper.beta not in (None, "auto"):
+        if objective == "sft":
+            raise OpenAIError(400, "beta applies to preference training (method type 'dpo')", param=f"{path}.beta")
+        preference = spec.setdefault("preference", {})
+        if not isinstance(preference, dict) or "beta" in preference:
+            raise OpenAIError(400, "beta is given twice", param=f"{path}.beta")
+        preference["beta"] = hyper.beta
 
 
 def _file_number(value: str | None, param: str) -> int | None:
@@ -143,17 +174,11 @@ def _parent(session, access: TeamAccess, model: str) -> Job | None:
 def job_in(body: FineTuningJobSubmission, parent: Job | None = None) -> JobSubmission:
     """The tunelab submission an OpenAI job request stands for (continuing `parent`, the job
     whose fine-tuned model `model` names); raises OpenAIError."""
-    if isinstance(body.method, OpenAIMethod) and body.method.type != "supervised":
-        raise OpenAIError(
-            400,
-            "tunelab fine-tunes with supervised learning only (method type 'supervised'); "
-            "choose LoRA, QLoRA or full with `method`: 'lora', 'qlora' or 'full'",
-            param="method.type",
-        )
     hyper, path = _hyperparameters(body)
     spec: dict[str, Any] = dict(body.model_extra or {})
     if body.integrations:
         spec["integrations"] = body.integrations
+    _objective(body, spec, hyper, path)
     renames = dict(_PARAMS)
     if parent is not None:  # the parent's adapter settings, unless given: its weights must fit them
         parent_spec = TrainingSpec.model_validate(parent.spec)
@@ -174,6 +199,8 @@ def job_in(body: FineTuningJobSubmission, parent: Job | None = None) -> JobSubmi
             raise OpenAIError(400, f"{field} is given twice", param=field)
         spec[field] = value
     renames.update(epochs=f"{path}.n_epochs", batch_size=f"{path}.batch_size")
+    if hyper.beta not in (None, "auto"):
+        renames["preference"] = path  # preference.beta was given as {path}.beta
     try:
         training_spec = TrainingSpec.model_validate(spec)
         multiplier = hyper.learning_rate_multiplier
@@ -185,7 +212,7 @@ def job_in(body: FineTuningJobSubmission, parent: Job | None = None) -> JobSubmi
                     param=f"{path}.learning_rate_multiplier",
                 )
             renames["learning_rate"] = f"{path}.learning_rate_multiplier"
-            training_spec.learning_rate = multiplier * DEFAULT_LEARNING_RATE[training_spec.method]
+            training_spec.learning_rate = multiplier * training_spec.default_learning_rate
         return JobSubmission(
             spec=training_spec,
             dataset_id=_file_number(body.training_file, "training_file"),
@@ -211,8 +238,17 @@ def hyperparameters_of(job: Job) -> dict[str, Any]:
     return {
         "n_epochs": _round(spec.epochs),
         "batch_size": spec.batch_size,
-        "learning_rate_multiplier": _round(spec.effective_learning_rate / DEFAULT_LEARNING_RATE[spec.method]),
+        "learning_rate_multiplier": _round(spec.effective_learning_rate / spec.default_learning_rate),
     }
+
+
+def method_of(job: Job, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The job's method in OpenAI's shape: supervised, dpo (with its beta), or tunelab's orpo / kto likewise."""
+    spec = TrainingSpec.model_validate(job.spec)
+    if not spec.is_preference:
+        return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    kind = spec.objective.value
+    return {"type": kind, kind: {"hyperparameters": {**hyperparameters, "beta": _round(spec.preference.beta)}}}
 
 
 def job_object(job: Job, team_name: str, warning: str | None = None) -> dict[str, Any]:
@@ -241,7 +277,7 @@ def job_object(job: Job, team_name: str, warning: str | None = None) -> dict[str
         "metadata": job.user_metadata or None,
         "integrations": job.spec.get("integrations") or [],
         "estimated_finish": unix(utcnow() + timedelta(seconds=eta)) if eta is not None else None,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": method_of(job, hyperparameters),
         "warning": warning,
     }
 
@@ -344,6 +380,11 @@ _CHECKPOINT_METRICS = {
     "train_mean_token_accuracy": "mean_token_accuracy",
     "valid_loss": "eval_loss",
     "valid_mean_token_accuracy": "eval_mean_token_accuracy",
+    # A preference job's (DPO, ORPO, KTO) rewards, as OpenAI's result files of DPO jobs would name them.
+    "train_reward_accuracy": "reward_accuracy",
+    "train_reward_margin": "reward_margin",
+    "valid_reward_accuracy": "eval_reward_accuracy",
+    "valid_reward_margin": "eval_reward_margin",
 }
 
 

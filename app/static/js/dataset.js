@@ -47,6 +47,10 @@
   }
   document.getElementById("histogram-figure").hidden = !histogram.length;
 
+  // What a person should know before training on it (KTO feedback whose labels are unbalanced).
+  document.getElementById("dataset-warnings").replaceChildren(...(stats.warnings || []).map((warning) =>
+    el("p", { class: "notice warning", text: warning })));
+
   const composition = [];
   for (const [role, count] of Object.entries(stats.roles || {})) composition.push([`${role} messages`, fmt.number(count)]);
   for (const [label, count] of Object.entries(stats.labels || {}).slice(0, 20)) composition.push([`label “${label}”`, fmt.number(count)]);
@@ -74,7 +78,42 @@
       el("code", { class: "block", text: tools.map((t) => JSON.stringify(t, null, 2)).join("\n") }));
   }
 
+  // Preference data: the prompt, then the chosen and the rejected answer side by side (or KTO's
+  // one answer, marked good or bad).
+  const chatTurns = (value, role) => (Array.isArray(value)
+    ? value.map((m) => ({ role: m.role || role, content: text(m.content), extra: m.tool_calls ? JSON.stringify(m.tool_calls.map((c) => c.function || c)) : null }))
+    : [{ role, content: text(value) }]);
+  const gptTurn = (side) => [{ role: "assistant", content: text(side && typeof side === "object" && !Array.isArray(side) ? side.value : side) }];
+  function side(kind, title, turns) {
+    return el("div", { class: `pair-side ${kind}` }, el("div", { class: "pair-title", text: title }), bubbles(turns));
+  }
+  function renderPreference(row) {
+    let prompt, answers;
+    if (row.input && row.preferred_output) {
+      prompt = chatTurns(row.input.messages || [], "user");
+      answers = [side("chosen", "preferred", chatTurns(row.preferred_output, "assistant")),
+        side("rejected", "non-preferred", chatTurns(row.non_preferred_output, "assistant"))];
+      return el("div", {}, toolList(row.input.tools), bubbles(prompt), el("div", { class: "pair" }, answers));
+    }
+    if (row.conversations) {
+      prompt = row.conversations.map((t) => ({ role: SHAREGPT_ROLES[String(t.from).toLowerCase()] || "user", content: text(t.value) }));
+      if (row.system) prompt.unshift({ role: "system", content: text(row.system) });
+      answers = [side("chosen", "chosen", gptTurn(row.chosen)), side("rejected", "rejected", gptTurn(row.rejected))];
+    } else if ("chosen" in row) {
+      prompt = row.prompt === "" ? [] : chatTurns(row.prompt, "user");
+      answers = [side("chosen", "chosen", chatTurns(row.chosen, "assistant")), side("rejected", "rejected", chatTurns(row.rejected, "assistant"))];
+    } else {
+      prompt = chatTurns(row.prompt, "user");
+      const good = row.label === true;
+      answers = [side(good ? "chosen" : "rejected", good ? "good answer" : "bad answer", chatTurns(row.completion, "assistant"))];
+    }
+    return el("div", {}, toolList(row.tools), bubbles(prompt), el("div", { class: `pair${answers.length === 1 ? " single" : ""}` }, answers));
+  }
+  const isPreference = (row) => (row.input && row.preferred_output) || ("chosen" in row && "rejected" in row)
+    || ("completion" in row && typeof row.label === "boolean");
+
   function renderRow(row) {
+    if (isPreference(row)) return renderPreference(row);
     if (row.messages) {
       return el("div", {}, toolList(row.tools), bubbles(row.messages.map((m) => ({ role: m.role, content: text(m.content),
         extra: m.tool_calls ? JSON.stringify(m.tool_calls.map((c) => c.function || c)) : null }))));

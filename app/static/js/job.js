@@ -8,12 +8,18 @@
   const data = tl.pageData();
   let job = data.job;
   const train = [], evals = [], lr = [], tps = [];
+  // A preference job's (DPO, ORPO, KTO) series, train and eval: reward_chosen, eval_reward_margin, ...
+  const preference = {};
+  const PREFERENCE_KEYS = ["reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected"];
   const seenMetric = new Set();
   const seenEvent = new Set();
 
   const lossChart = charts.line(document.getElementById("loss-chart"), { height: 300 });
   const lrChart = charts.line(document.getElementById("lr-chart"), { height: 190 });
   const tpsChart = charts.line(document.getElementById("tps-chart"), { height: 190 });
+  const rewardChart = charts.line(document.getElementById("reward-chart"), { height: 190 });
+  const rewardAccuracyChart = charts.line(document.getElementById("reward-accuracy-chart"), { height: 190 });
+  const logpChart = charts.line(document.getElementById("logp-chart"), { height: 190 });
   const logScale = document.getElementById("log-scale");
   const smoothing = document.getElementById("smoothing");
 
@@ -21,6 +27,10 @@
     if (seenMetric.has(point.seq)) return;
     seenMetric.add(point.seq);
     const v = point.values;
+    for (const key of PREFERENCE_KEYS) {
+      const name = point.split === "eval" ? `eval_${key}` : key;
+      if (v[name] !== undefined) (preference[name] = preference[name] || []).push([point.step, v[name]]);
+    }
     if (point.split === "eval") {
       if (v.eval_loss !== undefined) evals.push([point.step, v.eval_loss]);
       return;
@@ -50,6 +60,25 @@
       lossChart.draw(series, { log: logScale.checked });
       lrChart.draw([{ label: "learning rate", points: sorted(lr), color: charts.palette[2] }]);
       tpsChart.draw([{ label: "tokens/s", points: sorted(tps), color: charts.palette[4] }]);
+      const shown = Object.keys(preference).length > 0;
+      document.getElementById("preference-charts").hidden = !shown;
+      if (shown) {
+        const line = (name, label, color, showPoints = false) => ({ label, points: sorted(preference[name] || []), color, showPoints });
+        rewardChart.draw([
+          line("reward_chosen", "chosen", charts.palette[0]),
+          line("reward_rejected", "rejected", charts.palette[1]),
+          line("reward_margin", "margin", charts.palette[2]),
+          line("eval_reward_margin", "eval margin", charts.palette[3], true),
+        ]);
+        rewardAccuracyChart.draw([
+          line("reward_accuracy", "train", charts.palette[0]),
+          line("eval_reward_accuracy", "eval", charts.palette[1], true),
+        ]);
+        logpChart.draw([
+          line("logp_chosen", "chosen", charts.palette[0]),
+          line("logp_rejected", "rejected", charts.palette[1]),
+        ]);
+      }
     });
   }
   logScale.addEventListener("change", drawCharts);
@@ -72,7 +101,7 @@
   function renderJob() {
     document.getElementById("job-state").replaceChildren(tl.badge(job.state));
     document.getElementById("job-meta").textContent =
-      ` ${job.base_model} · ${job.method.toUpperCase()} · launched by ${job.created_by || "–"} ${fmt.ago(job.created_at)}`;
+      ` ${job.base_model} · ${job.method.toUpperCase()}${job.spec && job.spec.objective && job.spec.objective !== "sft" ? " " + job.spec.objective.toUpperCase() : ""} · launched by ${job.created_by || "–"} ${fmt.ago(job.created_at)}`;
     const bar = document.getElementById("job-progress");
     bar.className = `progress large state-${job.state}`;
     const fraction = job.progress ?? (job.state === "succeeded" ? 1 : 0);

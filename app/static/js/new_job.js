@@ -27,6 +27,7 @@
     "quantization.double_quant": "Double quantization", train_on_prompt: "Train on prompts too",
     max_grad_norm: "Max gradient norm", early_stopping_patience: "Early stopping patience",
     gradient_accumulation_steps: "Gradient accumulation", keep_checkpoints: "Checkpoints kept",
+    "preference.beta": "Beta", "preference.loss_type": "DPO loss", "preference.rpo_alpha": "RPO alpha",
   };
   const label = (path) => {
     if (LABELS[path]) return LABELS[path];
@@ -85,6 +86,45 @@
     validationSelect.append(el("option", { value: dataset.id, text }));
   }
   document.getElementById("no-datasets").hidden = data.datasets.length > 0;
+
+  // Which datasets fit the objective: supervised data for SFT, pairs for DPO and ORPO, pairs or
+  // feedback for KTO. A dataset that does not fit stays listed, marked and not selectable.
+  const objective = () => form.querySelector("[name='spec.objective']:checked").value;
+  const fits = (dataset) => (data.objective_formats[objective()] || []).includes(dataset.format);
+  function markDatasets() {
+    for (const select of [datasetSelect, validationSelect]) {
+      for (const option of select.options) {
+        const dataset = data.datasets.find((d) => String(d.id) === option.value);
+        if (!dataset) continue;
+        option.disabled = !fits(dataset);
+        option.textContent = `${dataset.name} · ${dataset.format.replace("_", "/")} · ${fmt.number(dataset.rows)} rows${fits(dataset) ? "" : " · not for " + objective().toUpperCase()}`;
+      }
+      if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
+        const first = [...select.options].find((o) => !o.disabled && o.value);
+        select.value = first ? first.value : (select === validationSelect ? "" : select.value);
+      }
+    }
+    const fitting = data.datasets.filter(fits).length;
+    const note = document.getElementById("objective-data-note");
+    note.hidden = data.datasets.length === 0 || fitting > 0;
+    note.textContent = objective() === "sft" ? "No supervised dataset yet: upload chat, instruction or text data."
+      : `No dataset fits ${objective().toUpperCase()} yet: upload preference pairs (prompt, chosen, rejected)${objective() === "kto" ? " or answers labelled good or bad" : ""}.`;
+  }
+
+  function objectiveChanged() {
+    const chosen = objective();
+    const preference = chosen !== "sft";
+    document.getElementById("preference-section").hidden = !preference;
+    const show = (path, visible) => { form.querySelector(`[name="spec.${path}"]`).closest("label").hidden = !visible; };
+    show("preference.loss_type", chosen === "dpo");
+    show("preference.rpo_alpha", chosen === "dpo");
+    show("preference.desirable_weight", chosen === "kto");
+    show("preference.undesirable_weight", chosen === "kto");
+    show("packing", !preference);  // pairs are batched by length, never packed
+    show("train_on_prompt", !preference);
+    if (preference) form.querySelector("[name='spec.train_on_prompt']").checked = false;
+    markDatasets();
+  }
 
   const selectedModel = () => data.models.find((m) => m.name === modelSelect.value);
   const classifying = () => data.datasets.some((d) => String(d.id) === datasetSelect.value && d.format === "classification");
@@ -252,6 +292,7 @@
 
   form.addEventListener("change", (event) => {
     if (event.target.name === "spec.method") methodChanged();
+    if (event.target.name === "spec.objective") objectiveChanged();
     if (event.target.name === "spec.base_model" || event.target.name === "dataset_id") {
       applyDefaults();
       describeModel();
@@ -290,7 +331,14 @@
   }
   const wanted = new URLSearchParams(location.search).get("dataset");
   if (wanted && data.datasets.some((d) => String(d.id) === wanted)) datasetSelect.value = wanted;
+  // Preference data asked for (or the first dataset) picks an objective that trains on it.
+  const initial = data.datasets.find((d) => String(d.id) === datasetSelect.value);
+  if (initial && !data.clone && !fits(initial)) {
+    const fitting = ["dpo", "kto"].find((o) => data.objective_formats[o].includes(initial.format));
+    if (fitting) form.querySelector(`[name='spec.objective'][value='${fitting}']`).checked = true;
+  }
   methodChanged();
+  objectiveChanged();
   applyDefaults();
   describeModel();
   estimate();

@@ -1,0 +1,45 @@
+"""The new-job page offers the preference objectives with their settings, and its dataset picker
+says which datasets fit the objective chosen."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.browser.conftest import screenshot
+from tests.helpers import TINY_MODEL, chat_rows, jsonl
+
+PAIRS = [{"prompt": f"What colour is thing {i}?", "chosen": "Red.", "rejected": "Blue."} for i in range(6)]
+
+
+def test_choosing_dpo_shows_its_settings_and_the_datasets_that_fit(pages, make_account, db):
+    member = make_account(team="acme", role="member")
+    chats = member.client.post("/api/datasets", files={"file": ("chats.jsonl", jsonl(chat_rows(6)))}).json()
+    pairs = member.client.post("/api/datasets", files={"file": ("pairs.jsonl", jsonl(PAIRS))}).json()
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/new?dataset={chats['id']}")
+    page.select_option("select[name='spec.base_model']", TINY_MODEL)
+    expect(page.locator("#preference-section")).to_be_hidden()
+    expect(page.locator(f"#dataset option[value='{pairs['id']}']")).to_be_disabled()
+    expect(page.locator(f"#dataset option[value='{pairs['id']}']")).to_contain_text("not for SFT")
+
+    page.check("input[name='spec.objective'][value='dpo']")
+    expect(page.locator("#preference-section")).to_be_visible()
+    expect(page.locator("select[name='spec.preference.loss_type']")).to_be_visible()
+    expect(page.locator("input[name='spec.preference.desirable_weight']")).to_be_hidden()
+    expect(page.locator("input[name='spec.packing']")).to_be_hidden()
+    expect(page.locator(f"#dataset option[value='{chats['id']}']")).to_be_disabled()
+    expect(page.locator("#dataset")).to_have_value(str(pairs["id"]))  # the one that fits, chosen for the user
+    page.fill("input[name='spec.preference.beta']", "0.25")
+    screenshot(page, "new-job-dpo")
+
+    page.check("input[name='spec.objective'][value='kto']")
+    expect(page.locator("select[name='spec.preference.loss_type']")).to_be_hidden()
+    expect(page.locator("input[name='spec.preference.desirable_weight']")).to_be_visible()
+    page.check("input[name='spec.objective'][value='dpo']")
+
+    page.fill("input[name='spec.max_steps']", "2")
+    page.click("#launch")
+    page.wait_for_url("**/jobs/*")
+    job = member.client.get("/api/jobs").json()["data"][0]
+    assert job["spec"]["objective"] == "dpo" and job["spec"]["preference"]["beta"] == 0.25
+    assert job["dataset_id"] == pairs["id"]
