@@ -28,6 +28,16 @@ DEFAULT_LEARNING_RATE = {Method.full: 2e-5, Method.lora: 2e-4, Method.qlora: 2e-
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$")
 
 
+class Packing(str, Enum):
+    """How a job batches its examples. `auto` packs only where the attention kernel keeps packed
+    examples apart without a dense mask (flash-attention's variable-length kernel): elsewhere
+    length-grouped batches with dynamic padding are the faster of the two (bench/train_throughput.py)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -94,9 +104,10 @@ class TrainingSpec(_Strict):
         le=262_144,
         description="Longer conversations are truncated (and counted); text rows are cut into pieces of this length.",
     )
-    packing: bool = Field(
-        True,
-        description="Pack rows into full sequences (packed rows never attend to each other); off: batches of similar length.",
+    packing: Packing = Field(
+        Packing.auto,
+        description="auto: packed rows where the attention kernel keeps them apart for free (flash-attention), "
+        "else batches of similar length; on: always pack (packed rows never attend to each other); off: never.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -127,6 +138,12 @@ class TrainingSpec(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     merge_adapter: bool = Field(False, description="Also save the base model with the adapter merged in.")
+
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _packing_as_a_switch(cls, value):
+        # Specs from before `auto` said true or false; they keep meaning what they meant.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("base_model")
     @classmethod

@@ -246,6 +246,26 @@ def test_trained_tokens_count_every_real_token_once_per_epoch(make_spec, colour_
         assert result.trained_tokens == 2 * tokens
 
 
+def test_the_batching_auto_chose_is_what_trains_and_the_job_says_so(make_spec, colour_file, models_dir, tmp_path):
+    # This CPU has SDPA only: auto picks length-grouped batches, which train with an attention
+    # mask over padding rather than packed rows with position ids.
+    reporter = MemoryReporter()
+    spec = make_spec(max_steps=1)
+    assert spec.packing == "auto"
+    prepared = prepare(spec, train_file=colour_file, reporter=reporter, models_dir=models_dir)
+    (event,) = [(m, data) for _, m, data in reporter.events if m.startswith("Batching: ")]
+    assert event == (
+        (
+            "Batching: length-grouped batches padded to their longest row (packing auto: sdpa attention would need a "
+            "dense block-diagonal mask for packed rows, which costs more than the padding of length-grouped batches)"
+        ),
+        {"packing": "auto", "packed": False, "padding_free": False},
+    )
+    assert "seq_lengths" not in prepared.train_dataset.column_names
+    batch = prepared.collator([prepared.train_dataset[i] for i in range(4)])
+    assert "attention_mask" in batch and "position_ids" not in batch
+
+
 def test_long_rows_are_truncated_and_reported(make_spec, colour_rows, write_jsonl, models_dir, tmp_path):
     rows = colour_rows(12) + [{"instruction": "Tell a story.", "output": "Once upon a time " * 30}] * 3
     reporter = MemoryReporter()
