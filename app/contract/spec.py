@@ -106,8 +106,8 @@ class TrainingSpec(_Strict):
     )
     packing: Packing = Field(
         Packing.auto,
-        description="auto: packed rows where the attention kernel keeps them apart for free (flash-attention), "
-        "else batches of similar length; on: always pack (packed rows never attend to each other); off: never.",
+        description="auto: pack rows where the attention kernel keeps them apart for free (flash-attention), "
+        "else batch rows of similar length; on: always pack; off: never.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
