@@ -15,7 +15,14 @@ import torch
 
 from worker.ml import ConfigurationError, DatasetError, MemoryReporter, ModelNotFoundError, train
 from worker.ml.data import IGNORE_INDEX, Task
-from worker.ml.loading import load_model, plan_device, quantization_config_for, resolve_model
+from worker.ml.loading import (
+    DevicePlan,
+    cuda_attention,
+    load_model,
+    plan_device,
+    quantization_config_for,
+    resolve_model,
+)
 from worker.ml.saving import save_final
 from worker.ml.training_run import build_trainer, prepare
 
@@ -583,6 +590,22 @@ def test_gpu_trains_in_bf16(method, make_spec, colour_file, models_dir, tmp_path
     curve = losses(reporter)
     assert result.completed and mean(curve[-3:]) < 0.6 * mean(curve[:3])
     assert result.metrics["peak_memory_mb"] > 0
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["flash-attn installed", "not installed"])
+def test_gpu_workers_train_with_flash_attention_where_it_is_installed(installed, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: (find_spec("torch") if installed else None) if name == "flash_attn" else find_spec(name),
+    )
+    for precision in ("bf16", "fp16"):
+        plan = DevicePlan("cuda", precision, cuda_attention(precision))
+        assert plan.varlen_attention is installed  # what lets packing: auto pack
+    assert cuda_attention("fp32") == "sdpa"  # flash-attention computes in 16 bits only
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(make_spec, colour_file, models_dir, tmp_path):
