@@ -55,6 +55,16 @@ DPO_LOSS_TYPES = (
 _MODEL_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$")
 
 
+class Packing(str, Enum):
+    """How a job batches its examples. `auto` packs only where the attention kernel keeps packed
+    examples apart without a dense mask (flash-attention's variable-length kernel): elsewhere
+    length-grouped batches with dynamic padding are the faster of the two (bench/train_throughput.py)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -258,9 +268,10 @@ class TrainingSpec(_Strict):
         le=262_144,
         description="Longer conversations are truncated (and counted); text rows are cut into pieces of this length.",
     )
-    packing: bool = Field(
-        True,
-        description="Pack rows into full sequences (packed rows never attend to each other); off: batches of similar length.",
+    packing: Packing = Field(
+        Packing.auto,
+        description="auto: pack rows where the attention kernel keeps them apart for free (flash-attention), "
+        "else batch rows of similar length; on: always pack; off: never.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -296,6 +307,12 @@ class TrainingSpec(_Strict):
         default_factory=list,
         description="Experiment trackers the metrics also go to: W&B, MLflow (TensorBoard files are always written).",
     )
+
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _packing_as_a_switch(cls, value):
+        # Specs from before `auto` said true or false; they keep meaning what they meant.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("base_model")
     @classmethod

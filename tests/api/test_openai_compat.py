@@ -349,6 +349,7 @@ def test_jobs_page_newest_first_and_cancel_at_once(acme, server, workers):
         ({"method": {"type": "reinforcement"}}, "method.type", "method type 'supervised' or 'dpo'"),
         ({"extra_body": {"method": "qlora", "lora": {"r": 0}}}, "lora.r", "greater than or equal to 1"),
         ({"extra_body": {"unknown_knob": 1}}, "unknown_knob", "Extra inputs are not permitted"),
+        ({"extra_body": {"packing": "sometimes"}}, "packing", "'auto', 'on' or 'off'"),
         ({"suffix": "has:colons"}, "suffix", "should match pattern"),
     ],
 )

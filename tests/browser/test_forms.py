@@ -80,18 +80,18 @@ def test_a_classification_dataset_gets_classifier_defaults_on_the_new_job_page(p
     page = pages.sign_in(member.email)
     page.goto(f"/jobs/new?dataset={reviews['id']}")
     page.select_option("select[name='spec.base_model']", TINY_MODEL)
-    packing = page.locator("input[name='spec.packing']")
-    expect(packing).not_to_be_checked()
+    packing = page.locator("select[name='spec.packing']")
+    expect(packing).to_have_value("off")
     expect(page.locator("#model-help")).to_contain_text("trained as a classifier (no chat template)")
     expect(page.locator("#estimate-parts")).to_contain_text("class scores")
     expect(page.locator("#estimate-parts")).not_to_contain_text("logits")
     screenshot(page, "new-job-classification")
 
     page.select_option("#dataset", str(chats["id"]))
-    expect(packing).to_be_checked()
+    expect(packing).to_have_value("auto")  # packs where the worker's attention kernel makes it free
     expect(page.locator("#model-help")).to_contain_text("has a chat template")
     expect(page.locator("#estimate-parts")).to_contain_text("logits")
-    packing.uncheck()  # the user's choice stays, whatever the data
+    packing.select_option("on")  # the user's choice stays, whatever the data
     page.select_option("#dataset", str(reviews["id"]))
     page.select_option("#dataset", str(chats["id"]))
-    expect(packing).not_to_be_checked()
+    expect(packing).to_have_value("on")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.contract.spec import TrainingSpec
+from app.contract.spec import Packing, TrainingSpec
 from worker.ml import DatasetError
 from worker.ml.data import (
     IGNORE_INDEX,
@@ -17,6 +17,7 @@ from worker.ml.data import (
     BatchCollator,
     Task,
     Tokenization,
+    choose_batching,
     pack,
     read_jsonl,
     split_documents,
@@ -303,6 +304,56 @@ def test_packed_examples_never_see_each_other(tokenizer, tiny_model):
     with torch.no_grad():
         leaky = tiny_model(**batch, use_cache=True)
     assert (leaky.logits - out.logits).abs().max() > 1e-2
+
+
+def test_padding_free_batches_are_one_unpadded_row_whose_examples_never_see_each_other(tokenizer, tiny_model):
+    # What a variable-length kernel (flash-attention) is fed. On this CPU SDPA derives the same
+    # document boundaries from the position ids, so the logits can be checked here.
+    examples = Tokenization(tokenizer, max_length=48)(ROWS)
+    packed = pack(examples, 48).with_format("numpy")
+    rows = [packed[i] for i in range(len(packed))]
+    assert len(rows) >= 2, "the test needs several packed rows to flatten"
+    batch = BatchCollator(pad_token_id=tokenizer.pad_token_id, padding_free=True)(rows)
+    assert batch.pop(REAL_TOKENS_KEY) == examples.tokens
+    assert batch["input_ids"].shape == (1, examples.tokens), "one row, not a single pad token"
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        out = tiny_model(**batch)
+    flat = batch["input_ids"][0].tolist()
+    start = 0
+    for lengths in (row["seq_lengths"] for row in rows):
+        for length in lengths:
+            i = examples.input_ids.index(flat[start : start + length])
+            logits_alone, loss_alone = alone(tiny_model, examples.input_ids[i], examples.labels[i])
+            span = slice(start, start + length)
+            torch.testing.assert_close(out.logits[0, span], logits_alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                summed_loss(out.logits[0, span], batch["labels"][0, span]), loss_alone, atol=1e-3, rtol=1e-4
+            )
+            start += length
+    assert start == examples.tokens
+
+
+@pytest.mark.parametrize(
+    ("packing", "task", "attention", "packed", "padding_free"),
+    [
+        (Packing.auto, Task.causal_lm, "sdpa", False, False),
+        (Packing.auto, Task.causal_lm, "flash_attention_2", True, True),
+        (Packing.on, Task.causal_lm, "sdpa", True, False),
+        (Packing.on, Task.causal_lm, "flash_attention_2", True, True),
+        (Packing.off, Task.causal_lm, "flash_attention_2", False, False),
+        (Packing.auto, Task.classification, "flash_attention_2", False, False),
+        (Packing.on, Task.classification, "sdpa", False, False),
+    ],
+)
+def test_auto_packs_only_where_the_kernel_keeps_packed_examples_apart_without_a_mask(
+    packing, task, attention, packed, padding_free
+):
+    batching = choose_batching(
+        packing, task=task, attention=attention, varlen_attention=attention.startswith("flash_attention")
+    )
+    assert (batching.packed, batching.padding_free) == (packed, padding_free)
+    assert batching.reason in batching.describe()
 
 
 def test_padded_batches_give_each_example_its_own_loss(tokenizer, tiny_model):

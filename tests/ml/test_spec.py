@@ -12,10 +12,19 @@ from app.contract.spec import LoraSettings, QuantizationSettings, TrainingSpec, 
 def test_a_model_name_is_all_a_spec_needs():
     spec = TrainingSpec(base_model="tiny-llama")
     assert spec.method.value == "lora" and spec.effective_learning_rate == 2e-4
-    assert spec.max_seq_length == 1024 and spec.packing
+    assert spec.max_seq_length == 1024 and spec.packing == "auto"
     assert spec.lora.target_modules == "all-linear"
     assert spec.quantization.quant_type == "nf4" and spec.quantization.double_quant
     assert TrainingSpec(base_model="m", method="full").effective_learning_rate == 2e-5
+
+
+def test_specs_from_before_packing_auto_keep_their_meaning():
+    # Stored jobs and API clients said true or false.
+    assert TrainingSpec(base_model="m", packing=True).packing == "on"
+    assert TrainingSpec(base_model="m", packing=False).packing == "off"
+    assert TrainingSpec(base_model="m", packing="off").model_dump()["packing"] == "off"
+    with pytest.raises(ValidationError, match="'auto', 'on' or 'off'"):
+        TrainingSpec(base_model="m", packing="sometimes")
 
 
 @pytest.mark.parametrize(

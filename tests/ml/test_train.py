@@ -15,7 +15,14 @@ import torch
 
 from worker.ml import ConfigurationError, DatasetError, MemoryReporter, ModelNotFoundError, train
 from worker.ml.data import IGNORE_INDEX, Task
-from worker.ml.loading import load_model, plan_device, quantization_config_for, resolve_model
+from worker.ml.loading import (
+    DevicePlan,
+    cuda_attention,
+    load_model,
+    plan_device,
+    quantization_config_for,
+    resolve_model,
+)
 from worker.ml.saving import save_final
 from worker.ml.training_run import build_trainer, prepare
 
@@ -244,6 +251,26 @@ def test_trained_tokens_count_every_real_token_once_per_epoch(make_spec, colour_
         )
         tokens = Tokenization(tokenizer, max_length=spec.max_seq_length)(read_jsonl(colour_file)).tokens
         assert result.trained_tokens == 2 * tokens
+
+
+def test_the_batching_auto_chose_is_what_trains_and_the_job_says_so(make_spec, colour_file, models_dir, tmp_path):
+    # This CPU has SDPA only: auto picks length-grouped batches, which train with an attention
+    # mask over padding rather than packed rows with position ids.
+    reporter = MemoryReporter()
+    spec = make_spec(max_steps=1)
+    assert spec.packing == "auto"
+    prepared = prepare(spec, train_file=colour_file, reporter=reporter, models_dir=models_dir)
+    (event,) = [(m, data) for _, m, data in reporter.events if m.startswith("Batching: ")]
+    assert event == (
+        (
+            "Batching: length-grouped batches padded to their longest row (packing auto: sdpa attention would need a "
+            "dense block-diagonal mask for packed rows, which costs more than the padding of length-grouped batches)"
+        ),
+        {"packing": "auto", "packed": False, "padding_free": False},
+    )
+    assert "seq_lengths" not in prepared.train_dataset.column_names
+    batch = prepared.collator([prepared.train_dataset[i] for i in range(4)])
+    assert "attention_mask" in batch and "position_ids" not in batch
 
 
 def test_long_rows_are_truncated_and_reported(make_spec, colour_rows, write_jsonl, models_dir, tmp_path):
@@ -563,6 +590,22 @@ def test_gpu_trains_in_bf16(method, make_spec, colour_file, models_dir, tmp_path
     curve = losses(reporter)
     assert result.completed and mean(curve[-3:]) < 0.6 * mean(curve[:3])
     assert result.metrics["peak_memory_mb"] > 0
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["flash-attn installed", "not installed"])
+def test_gpu_workers_train_with_flash_attention_where_it_is_installed(installed, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: (find_spec("torch") if installed else None) if name == "flash_attn" else find_spec(name),
+    )
+    for precision in ("bf16", "fp16"):
+        plan = DevicePlan("cuda", precision, cuda_attention(precision))
+        assert plan.varlen_attention is installed  # what lets packing: auto pack
+    assert cuda_attention("fp32") == "sdpa"  # flash-attention computes in 16 bits only
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(make_spec, colour_file, models_dir, tmp_path):

@@ -22,6 +22,13 @@ class DevicePlan:
 
     device: str  # "cuda" or "cpu"
     precision: str  # "bf16", "fp16" or "fp32": the autocast dtype (fp32: none)
+    attention: str = "sdpa"  # the attention kernel: "sdpa", or "flash_attention_2" (variable-length)
+
+    @property
+    def varlen_attention(self) -> bool:
+        """Whether the attention kernel keeps examples laid end to end in one row apart by
+        itself (from position ids, without a dense mask): what makes packing free."""
+        return self.attention.startswith("flash_attention")
 
     @property
     def dtype(self):
@@ -33,7 +40,7 @@ class DevicePlan:
         if self.device == "cuda":
             import torch
 
-            return f"{torch.cuda.get_device_name()} in {self.precision}"
+            return f"{torch.cuda.get_device_name()} in {self.precision} with {self.attention}"
         return f"CPU in {self.precision}"
 
 
@@ -43,18 +50,27 @@ def plan_device(spec: TrainingSpec) -> DevicePlan:
 
     if torch.cuda.is_available():
         bf16_ok = torch.cuda.is_bf16_supported()
-        if spec.precision == "auto":
-            return DevicePlan("cuda", "bf16" if bf16_ok else "fp16")
-        if spec.precision == "bf16" and not bf16_ok:
+        precision = ("bf16" if bf16_ok else "fp16") if spec.precision == "auto" else spec.precision
+        if precision == "bf16" and not bf16_ok:
             raise ConfigurationError(
                 f"{torch.cuda.get_device_name()} does not support bf16; use precision fp16 or auto"
             )
-        return DevicePlan("cuda", spec.precision)
+        return DevicePlan("cuda", precision, cuda_attention(precision))
     if spec.precision == "fp16":
         raise ConfigurationError("fp16 training needs a GPU; on CPU use precision auto, fp32 or bf16")
     if spec.method == Method.qlora and spec.precision == "bf16":
         raise ConfigurationError("4-bit layers on CPU compute in fp32; use precision auto or fp32 for qlora on CPU")
     return DevicePlan("cpu", "fp32" if spec.precision == "auto" else spec.precision)
+
+
+def cuda_attention(precision: str) -> str:
+    """flash-attention 2 where it is installed and the precision is one it computes in (its
+    variable-length kernel makes packing free), else PyTorch's SDPA."""
+    import importlib.util
+
+    if precision in ("bf16", "fp16") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 # What a training job needs from a hub repository (weights in safetensors only).
@@ -158,7 +174,7 @@ def load_model(
 
     quantization = quantization_config_for(spec, plan)
     kwargs: dict = {
-        "attn_implementation": "sdpa",
+        "attn_implementation": plan.attention,
         "dtype": torch.float32 if spec.method == Method.full else plan.dtype,
     }
     if quantization is not None:

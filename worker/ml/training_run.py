@@ -63,6 +63,7 @@ class Prepared:
     model: Any
     task: data.Task
     train_dataset: Any  # a datasets.Dataset whose rows the collator batches
+    batching: data.Batching
     eval_dataset: Any | None
     collator: data.BatchCollator
     train_examples: data.Examples
@@ -164,7 +165,16 @@ def prepare(
 
     model = _load(spec, plan, source, tokenizer, reporter, task, class_names, start_from, start_from_name)
 
-    pack = spec.packing and task == data.Task.causal_lm
+    batching = data.choose_batching(
+        spec.packing, task=task, attention=plan.attention, varlen_attention=plan.varlen_attention
+    )
+    reporter.event(
+        f"Batching: {batching.describe()}",
+        packing=spec.packing.value,
+        packed=batching.packed,
+        padding_free=batching.padding_free,
+    )
+    pack = batching.packed
     train_dataset = _dataset(train_examples, pack=pack, max_length=spec.max_seq_length)
     eval_dataset = _dataset(eval_examples, pack=pack, max_length=spec.max_seq_length) if eval_examples else None
     batched_tokens = sum(len(ids) for ids in train_dataset["input_ids"])
@@ -193,7 +203,8 @@ def prepare(
         task=task,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        collator=data.BatchCollator(pad_token_id=tokenizer.pad_token_id),
+        batching=batching,
+        collator=data.BatchCollator(pad_token_id=tokenizer.pad_token_id, padding_free=batching.padding_free),
         train_examples=train_examples,
         eval_examples=eval_examples,
         truncated_rows=truncated_rows,

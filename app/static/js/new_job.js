@@ -139,12 +139,12 @@
   }
 
   // Defaults that depend on the model and the data: the max length is at most what the model
-  // handles, and text+label data trains a classifier, which packs nothing. A field the user
+  // handles, and text+label data trains a classifier, which packs nothing (auto elsewhere). A field the user
   // has set (or a cloned job's) keeps its value.
   const setByUser = new Set();
   function applyDefaults() {
     const packing = form.querySelector("[name='spec.packing']");
-    if (!setByUser.has(packing.name)) packing.checked = !classifying() && fieldSchema("packing").default === true;
+    if (!setByUser.has(packing.name)) packing.value = classifying() ? "off" : fieldSchema("packing").default;
     const length = form.querySelector("[name='spec.max_seq_length']");
     const model = selectedModel();
     if (!setByUser.has(length.name)) {
@@ -274,6 +274,7 @@
           setByUser.add(node.name);
           if (node.type === "radio") node.checked = node.value === value;
           else if (node.type === "checkbox") node.checked = !!value;
+          else if (typeof value === "boolean" && node.tagName === "SELECT") node.value = value ? "on" : "off"; // packing before auto
           else node.value = Array.isArray(value) ? value.join(", ") : value ?? "";
         }
       }
