@@ -177,11 +177,16 @@
       return tl.toast(tl.errorText(response.data), "error");
     }
     if (response.status === 200) return refreshArtifacts();
+    followWorkerTask("merge");
+  }
+
+  /** Poll the job's events until the worker task that writes `data[key]` says done or failed. */
+  function followWorkerTask(key) {
     const poll = setInterval(async () => {
       const events = await tl.api("GET", `/api/jobs/${job.id}/events?after=${Math.max(0, ...seenEvent)}`);
       if (!events.ok) return;
       events.data.forEach(addEvent);
-      if (events.data.some((e) => ["done", "failed"].includes(e.data.merge))) {
+      if (events.data.some((e) => ["done", "failed"].includes(e.data[key]))) {
         clearInterval(poll);
         refreshArtifacts();
       }
@@ -203,15 +208,7 @@
       return tl.toast(tl.errorText(response.data), "error");
     }
     if (response.status === 200) return refreshArtifacts();
-    const poll = setInterval(async () => {
-      const events = await tl.api("GET", `/api/jobs/${job.id}/events?after=${Math.max(0, ...seenEvent)}`);
-      if (!events.ok) return;
-      events.data.forEach(addEvent);
-      if (events.data.some((e) => ["done", "failed"].includes(e.data.gguf))) {
-        clearInterval(poll);
-        refreshArtifacts();
-      }
-    }, 1500);
+    followWorkerTask("gguf");
   }
 
   async function refreshArtifacts() {
