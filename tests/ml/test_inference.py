@@ -25,7 +25,8 @@ def adapter(models_dir, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("adapter")
     data = _write_jsonl(folder / "colours.jsonl", _colour_rows())
-    spec = _make_spec(max_steps=24, learning_rate=1e-2, max_seq_length=128)
+    # Packed, each of the 24 steps sees many rows: enough to learn the colours word for word.
+    spec = _make_spec(max_steps=24, learning_rate=1e-2, max_seq_length=128, packing="on")
     result = train(spec, train_file=data, output_dir=folder / "run", reporter=MemoryReporter(), models_dir=models_dir)
     return result.final_dir
 
