@@ -71,14 +71,14 @@ def trained(browser, migrated_database, redis_url, tmp_path_factory):
         services.workers.start()
         services.workers.start(queue=inference_queue, max_tasks_per_child=None)
         queue = services.workers.queue
-        chat_job = _train(member, queue, "colours", "colours.jsonl", chat_rows(48), max_steps=60, learning_rate=0.01)
+        chat_job = _train(member, queue, "colours", "colours.jsonl", chat_rows(48), max_steps=60, learning_rate=0.01, packing="on")
         classifier_job = _train(
             member,
             queue,
             "warm or cool",
             "weather.jsonl",
             warm_and_cool_rows(),
-            max_steps=40,
+            max_steps=80,  # 5 epochs: both words of each label learned, whatever order the batches come in
             learning_rate=0.003,
             eval_split=0.25,
             eval_steps=20,
@@ -207,8 +207,8 @@ class TestThePlaygroundAndCompareInTheBrowser:
             ["dataset", "weather.jsonl", "colours.jsonl"]
         )
         expect(table.locator("tr[data-setting='learning_rate'] td")).to_have_text(["learning_rate", "0.003", "0.01"])
-        expect(table.locator("tr[data-setting='max_steps'] td")).to_have_text(["max_steps", "40", "60"])
-        expect(table.locator("tr[data-metric='steps'] td")).to_have_text(["Steps", "40", "60"])
+        expect(table.locator("tr[data-setting='max_steps'] td")).to_have_text(["max_steps", "80", "60"])
+        expect(table.locator("tr[data-metric='steps'] td")).to_have_text(["Steps", "80", "60"])
         expect(table.locator("tr[data-metric='train_loss'] td.best")).to_have_count(1)
         expect(table.locator("tr[data-metric='eval_loss'] td").nth(2)).to_have_text("–")
         expect(table.locator("tr[data-metric='eval_accuracy'] td").nth(1)).to_have_text(re.compile(r"^\d+\.\d%$"))
