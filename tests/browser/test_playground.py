@@ -71,7 +71,9 @@ def trained(browser, migrated_database, redis_url, tmp_path_factory):
         services.workers.start()
         services.workers.start(queue=inference_queue, max_tasks_per_child=None)
         queue = services.workers.queue
-        chat_job = _train(member, queue, "colours", "colours.jsonl", chat_rows(48), max_steps=60, learning_rate=0.01, packing="on")
+        chat_job = _train(
+            member, queue, "colours", "colours.jsonl", chat_rows(48), max_steps=60, learning_rate=0.01, packing="on"
+        )
         classifier_job = _train(
             member,
             queue,
