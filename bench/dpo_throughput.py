@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 from app.contract.spec import TrainingSpec
-from worker.ml.reporting import MemoryReporter
 from worker.ml.tiny import WORDS, make_tiny_model
 
 PHASES = ("tunelab", "trl")
@@ -69,29 +68,10 @@ def bench_spec(args, *, total_steps: int) -> TrainingSpec:
 
 
 def run_tunelab(args, workdir: Path, spec: TrainingSpec) -> list[tuple[float, float]]:
-    from worker.ml import train
+    """tunelab's run, timed exactly as the supervised benchmark times it."""
+    from train_throughput import run_tunelab as timed_tunelab_run
 
-    cuda = args.device == "cuda"
-
-    class Timing(MemoryReporter):
-        def progress(self, step, total_steps, epoch=None):
-            if cuda:
-                import torch
-
-                torch.cuda.synchronize()
-            super().progress(step, total_steps)
-
-    reporter = Timing()
-    train(
-        spec,
-        train_file=args.data,
-        output_dir=workdir / "tunelab",
-        reporter=reporter,
-        models_dir=workdir / "models",
-        resume=False,
-    )
-    tokens = dict(reporter.series("tokens_seen"))
-    return [(t, tokens[step]) for step, _, t in reporter.steps]
+    return timed_tunelab_run(args, workdir, spec)["timeline"]
 
 
 def run_trl(args, workdir: Path, spec: TrainingSpec) -> list[tuple[float, float]]:

@@ -128,12 +128,12 @@ class _TimingReporter(MemoryReporter):
         super().__init__()
         self.cuda = cuda
 
-    def progress(self, step: int, total_steps: int) -> None:
+    def progress(self, step: int, total_steps: int, epoch: float | None = None) -> None:
         if self.cuda:
             import torch
 
             torch.cuda.synchronize()
-        super().progress(step, total_steps)
+        super().progress(step, total_steps, epoch)
 
 
 def run_tunelab(args, workdir: Path, spec: TrainingSpec) -> dict:
@@ -441,7 +441,8 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=PHASES, default=list(PHASES), help="measure these ways only (default: all)"
     )
-    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    # A child run of one way: these ways, or "tunelab" / "trl" of the DPO benchmark (bench/dpo_throughput.py).
+    parser.add_argument("--phase", choices=(*PHASES, "tunelab"), help=argparse.SUPPRESS)
     parser.add_argument("--ceiling-packing", choices=["on", "off"], default="off", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
