@@ -102,6 +102,25 @@ def test_bad_dpo_requests_are_refused_beside_their_parameter(member, live_server
     assert refused.value.body["param"] == param and message in refused.value.body["message"], refused.value.body
 
 
+def test_reference_free_dpo_is_an_extra_field_of_a_dpo_job_only(member, live_server):
+    client = OpenAI(base_url=f"{live_server}/v1", api_key=member.token, max_retries=0)
+    file = client.files.create(file=("prefs.jsonl", jsonl(preference_rows())), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY_MODEL,
+        training_file=file.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}},
+        extra_body={"preference": {"reference_free": True}},
+    )
+    spec = member.client.get(f"/api/jobs/{job.id.removeprefix('ftjob-')}").json()["spec"]
+    assert spec["preference"]["reference_free"] is True and spec["preference"]["beta"] == 0.3
+    with pytest.raises(openai.BadRequestError, match="reference_free only applies to dpo, not orpo"):
+        client.fine_tuning.jobs.create(
+            model=TINY_MODEL,
+            training_file=file.id,
+            extra_body={"objective": "orpo", "preference": {"reference_free": True}},
+        )
+
+
 def test_a_dataset_that_does_not_fit_the_objective_is_refused(member, live_server):
     client = OpenAI(base_url=f"{live_server}/v1", api_key=member.token, max_retries=0)
     chat = client.files.create(file=("chat.jsonl", jsonl(chat_rows())), purpose="fine-tune")

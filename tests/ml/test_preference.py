@@ -105,6 +105,36 @@ def test_full_dpo_compares_with_a_frozen_copy(make_spec, models_dir, pair_files,
     assert changed
 
 
+@pytest.mark.parametrize("method", ["full", "lora", "continued lora"])
+def test_reference_free_dpo_keeps_no_reference_and_scores_the_answers_as_they_are(
+    method, make_spec, models_dir, colour_file, pair_files, tmp_path
+):
+    start_from = None
+    if method == "continued lora":  # an SFT adapter, of which TRL would keep a reference copy
+        method, sft = "lora", make_spec(max_steps=1)
+        start_from = training_run.train(
+            sft, train_file=colour_file, output_dir=tmp_path / "sft", reporter=MemoryReporter(), models_dir=models_dir
+        ).final_dir
+    spec = make_spec(
+        objective="dpo",
+        method=method,
+        max_steps=3,
+        learning_rate=1e-3,
+        preference={"reference_free": True, "beta": 0.2},
+    )
+    trainer, reporter = _build(spec, pair_files[0], pair_files[1], models_dir, tmp_path, start_from=start_from)
+    assert trainer.ref_model is None and "ref" not in getattr(trainer.model, "peft_config", {})
+    assert any(message.startswith("Reference-free DPO") for message in reporter.messages())
+    trainer.train()
+    assert trainer.state.global_step == 3
+    # No reference: an answer's reward is beta times its log-probability, and the margin is
+    # there from the first step on.
+    for (_, reward), (_, logp) in zip(reporter.series("reward_chosen"), reporter.series("logp_chosen"), strict=True):
+        assert reward == pytest.approx(0.2 * logp, rel=1e-4)
+    assert reporter.series("reward_margin")[0][1] != pytest.approx(0.0, abs=1e-4)
+    assert reporter.series("eval_reward_accuracy")
+
+
 def test_dpo_continues_a_supervised_adapter_measured_against_it(
     make_spec, models_dir, colour_file, tmp_path, pair_files
 ):
@@ -167,6 +197,7 @@ def test_preference_objectives_refuse_data_they_cannot_train_on(
         ({"objective": "orpo", "preference": {"loss_type": "ipo"}}, "preference.loss_type only applies to dpo"),
         ({"objective": "kto", "preference": {"rpo_alpha": 1.0}}, "preference.rpo_alpha only applies to dpo"),
         ({"objective": "dpo", "preference": {"desirable_weight": 2.0}}, "only apply to kto"),
+        ({"objective": "orpo", "preference": {"reference_free": True}}, "reference_free only applies to dpo"),
         ({"objective": "kto", "batch_size": 1}, "kto needs batch_size 2 or more"),
         ({"objective": "dpo", "preference": {"loss_type": "nope"}}, "Input should be 'sigmoid', 'ipo'"),
         ({"objective": "dpo", "preference": {"beta": 0}}, "greater than 0"),
