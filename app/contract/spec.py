@@ -376,6 +376,13 @@ class TrainingSpec(_Strict):
         return self.objective != Objective.sft
 
     @property
+    def has_reference(self) -> bool:
+        """Training measures the model against a reference: DPO (unless reference-free) and KTO; ORPO has none."""
+        if self.objective == Objective.dpo:
+            return not self.preference.reference_free
+        return self.objective == Objective.kto
+
+    @property
     def uses_adapter(self) -> bool:
         return self.method in (Method.lora, Method.qlora)
 

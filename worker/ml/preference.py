@@ -294,13 +294,13 @@ def build_trainer(
                 f"Weighing good answers by {desirable:.3g} and bad ones by {undesirable:.3g} to balance their counts",
                 level="warning",
             )
-    reference_free = spec.objective == Objective.dpo and spec.preference.reference_free
+    reference_free = spec.objective == Objective.dpo and not spec.has_reference
     trainer_class = _trainer_class(spec.objective)
     kwargs: dict[str, Any] = {}
     if reference_free:
         trainer_class = _reference_free(trainer_class)
         reporter.event("Reference-free DPO: no reference model, the chosen answers are preferred outright")
-    elif spec.objective != Objective.orpo:
+    elif spec.has_reference:
         kwargs["ref_model"] = None if spec.uses_adapter else frozen_copy(model)
     import warnings
 
