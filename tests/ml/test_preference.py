@@ -226,6 +226,9 @@ def test_the_model_card_names_the_preference_objective():
     )
     assert "# lora DPO fine-tune of tiny-llama" in card and "- dpo\n" in card
     assert "preference training with TRL's DPO loss (beta 0.2)" in card
+    reference_free = TrainingSpec(base_model=TINY, objective="dpo", preference={"reference_free": True})
+    card = model_card(reference_free, dataset_name="pairs.jsonl", data_summary={}, metrics={})
+    assert "preference training with TRL's DPO loss (beta 0.1, reference-free)" in card
     assert "# lora fine-tune of tiny-llama" in model_card(
         TrainingSpec(base_model=TINY), dataset_name="x.jsonl", data_summary={}, metrics={}
     )
