@@ -78,6 +78,45 @@ def test_each_objective_raises_the_reward_margin_on_held_out_data(
     assert [name for name in ("eval_reward_margin", "eval_reward_chosen") if reporter.series(name)]
 
 
+def _padding(batches) -> float:
+    """The share of padding in the batches' sequences (prompts, answers, or both together)."""
+    padded = real = 0
+    for batch in batches:
+        for name, mask in batch.items():
+            if name.endswith("attention_mask"):
+                padded, real = padded + mask.numel(), real + int(mask.sum())
+    return 1 - real / padded
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_pairs_are_batched_by_length_and_padded_only_to_the_longest_of_their_batch(
+    objective, make_spec, models_dir, tmp_path, write_jsonl
+):
+    # Short and long pairs alternate in the file: batches in file order would each pad short
+    # answers to long ones.
+    rows = []
+    for index, (thing, colour) in enumerate(sorted(COLOURS.items()) * 27):
+        words = 1 if index % 2 == 0 else 24
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"What colour is the {thing}?"}],
+                "chosen": [{"role": "assistant", "content": " ".join([colour] * words)}],
+                "rejected": [{"role": "assistant", "content": " ".join(["grey"] * words)}],
+            }
+        )
+    spec = make_spec(objective=objective, batch_size=4, max_seq_length=512)
+    trainer, _ = _build(spec, write_jsonl(tmp_path / "pairs.jsonl", rows), None, models_dir, tmp_path)
+    batches = list(trainer.get_train_dataloader())
+    for batch in batches:  # padded to the longest of the batch, never to max_seq_length
+        for name, mask in batch.items():
+            if name.endswith("attention_mask"):
+                assert mask.shape[1] == int(mask.sum(dim=1).max()) < 512 / 2
+    dataset = trainer.train_dataset
+    starts = range(0, len(dataset), 4)
+    in_file_order = [trainer.data_collator([dataset[i] for i in range(s, min(s + 4, len(dataset)))]) for s in starts]
+    assert _padding(batches) < _padding(in_file_order) / 3
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_dpo_with_adapters_keeps_one_base_model_in_memory(method, make_spec, models_dir, pair_files, tmp_path):
     spec = make_spec(objective="dpo", method=method, max_steps=2)
