@@ -174,6 +174,17 @@ def test_reference_free_dpo_keeps_no_reference_and_scores_the_answers_as_they_ar
     assert reporter.series("eval_reward_accuracy")
 
 
+def test_a_reference_free_full_dpo_run_completes_and_says_so(make_spec, models_dir, pair_files, tmp_path):
+    spec = make_spec(objective="dpo", method="full", max_steps=2, preference={"reference_free": True})
+    reporter = MemoryReporter()
+    result = training_run.train(
+        spec, train_file=pair_files[0], output_dir=tmp_path / "run", reporter=reporter, models_dir=models_dir
+    )
+    assert result.completed and (result.final_dir / "model.safetensors").exists()
+    assert any(message.startswith("Reference-free DPO") for message in reporter.messages())
+    assert "beta 0.1, reference-free" in (result.final_dir / "README.md").read_text()
+
+
 def test_dpo_continues_a_supervised_adapter_measured_against_it(
     make_spec, models_dir, colour_file, tmp_path, pair_files
 ):
