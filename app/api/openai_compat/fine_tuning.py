@@ -424,6 +424,9 @@ _CHECKPOINT_METRICS = {
     "train_logp_rejected": "logp_rejected",
     "valid_logp_chosen": "eval_logp_chosen",
     "valid_logp_rejected": "eval_logp_rejected",
+    # A classifier's share of rows right (a language model's accuracy is per token, above).
+    "train_accuracy": "accuracy",
+    "valid_accuracy": "eval_accuracy",
 }
 
 
