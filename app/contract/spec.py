@@ -223,6 +223,11 @@ class PreferenceSettings(_Strict):
         le=10,
         description="DPO: also learn the chosen answers (supervised loss with this weight, RPO); 1.0 is usual.",
     )
+    reference_free: bool = Field(
+        False,
+        description="DPO: no reference model; prefer the chosen answers outright (saves the reference's memory "
+        "and forward pass).",
+    )
     desirable_weight: float | None = Field(
         None, gt=0, le=100, description="KTO: weight of the good answers; empty balances the labels' counts."
     )
@@ -337,6 +342,8 @@ class TrainingSpec(_Strict):
                 raise ValueError(f"preference.loss_type only applies to dpo, not {self.objective.value}")
             if preference.rpo_alpha is not None:
                 raise ValueError(f"preference.rpo_alpha only applies to dpo, not {self.objective.value}")
+            if preference.reference_free:
+                raise ValueError(f"preference.reference_free only applies to dpo, not {self.objective.value}")
         if self.objective != Objective.kto and (
             preference.desirable_weight is not None or preference.undesirable_weight is not None
         ):
@@ -367,6 +374,13 @@ class TrainingSpec(_Strict):
     def is_preference(self) -> bool:
         """Trained on preference data (DPO, ORPO, KTO) rather than answers to imitate."""
         return self.objective != Objective.sft
+
+    @property
+    def has_reference(self) -> bool:
+        """Training measures the model against a reference: DPO (unless reference-free) and KTO; ORPO has none."""
+        if self.objective == Objective.dpo:
+            return not self.preference.reference_free
+        return self.objective == Objective.kto
 
     @property
     def uses_adapter(self) -> bool:

@@ -161,6 +161,20 @@ class DuplicateRows:
         }
 
 
+def answer_chars(answer: str | list[dict[str, Any]]) -> int:
+    """The characters of one side of a pair: its text, or its messages' text."""
+    if isinstance(answer, str):
+        return len(answer)
+    chars = 0
+    for message in answer:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return chars
+
+
 class DatasetStats:
     """Accumulates the statistics of the accepted rows of one file (duplicates aside).
 
@@ -181,6 +195,9 @@ class DatasetStats:
         self._labels_complete = True
         self._pending_chars = array("q")
         self._pending_role_sequences: dict[tuple[str, ...], int] = {}
+        self._chosen = Distribution()
+        self._rejected = Distribution()
+        self._chosen_longer = 0
 
     def add_row(self, text_chars: int, roles: Sequence[str] | None) -> None:
         self._pending_chars.append(text_chars)
@@ -188,6 +205,13 @@ class DatasetStats:
             sequences = self._pending_role_sequences
             key = tuple(roles)
             sequences[key] = sequences.get(key, 0) + 1
+
+    def add_pair(self, chosen_chars: int, rejected_chars: int) -> None:
+        """The lengths of a pair's two answers: DPO learns a preference for length too when the
+        chosen answers are mostly the longer ones."""
+        self._chosen.add(chosen_chars)
+        self._rejected.add(rejected_chars)
+        self._chosen_longer += chosen_chars > rejected_chars
 
     def add_label(self, label: str | int) -> None:
         label = str(label)  # to_canonical trains on str(label): 1 and "1" are one class
@@ -237,6 +261,12 @@ class DatasetStats:
             "token_estimate": TOKEN_ESTIMATE_METHOD,
             "duplicates": duplicates,
         }
+        if self._chosen.count:
+            stats["pairs"] = {
+                "chosen_chars": self._chosen.summary(),
+                "rejected_chars": self._rejected.summary(),
+                "chosen_longer": self._chosen_longer,
+            }
         if self._labels:
             stats["labels"] = dict(self._labels.most_common())
             stats["labels_complete"] = self._labels_complete

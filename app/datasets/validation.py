@@ -22,13 +22,21 @@ from typing import Any
 
 import orjson
 
-from app.contract.formats import CLASSIFICATION, FEEDBACK, FORMAT_TITLES, REQUIRED_KEYS, detect_format
+from app.contract.formats import (
+    CLASSIFICATION,
+    FEEDBACK,
+    FORMAT_TITLES,
+    PAIRED_FORMATS,
+    REQUIRED_KEYS,
+    detect_format,
+    to_canonical,
+)
 
 from .hints import describe
 from .lines import LineSplitter
 from .preview import LineIndexBuilder
 from .rows import check_row, unknown_format_problems
-from .stats import DatasetStats, DuplicateRows
+from .stats import DatasetStats, DuplicateRows, answer_chars
 
 DEFAULT_MAX_ROW_CHARS = 1_000_000
 MAX_LISTED_ERRORS = 100
@@ -224,6 +232,9 @@ class DatasetValidator:
             self._stats.add_label(row["label"])
         elif fmt == FEEDBACK:
             self._stats.add_label("good" if row["label"] else "bad")
+        elif fmt in PAIRED_FORMATS:
+            pair = to_canonical(row, fmt).example
+            self._stats.add_pair(answer_chars(pair.chosen), answer_chars(pair.rejected))
 
     # -- the file's format -------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ card from an 80 GB one, which is the decision a user makes with it.
 
 Preference training (DPO, ORPO, KTO) runs two sequences per row (chosen and rejected, or KTO's
 answer and its mismatched baseline), and full fine-tuning with DPO or KTO keeps a frozen copy of
-the model as its reference (adapters use the base model with the adapter switched off instead).
+the model as its reference (adapters use the base model with the adapter switched off instead;
+reference-free DPO has none).
 
 A classifier has no LM logits: it scores each row once per class, where a causal LM scores
 every token against the whole vocabulary (for a 128k vocabulary that is most of the memory).
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.chat.catalog import BaseModelInfo
-from app.contract.spec import Method, Objective, TrainingSpec
+from app.contract.spec import Method, TrainingSpec
 
 GIB = 1024**3
 CUDA_CONTEXT_BYTES = 0.6 * GIB
@@ -102,7 +103,7 @@ def estimate_memory(model: BaseModelInfo, spec: TrainingSpec, *, classes: int | 
     if spec.method == Method.full:
         trainable = params
         parts["weights (bf16)"] = 2 * params
-        if spec.objective in (Objective.dpo, Objective.kto):
+        if spec.has_reference:
             parts["reference model (bf16, frozen)"] = 2 * params
         parts["gradients (bf16)"] = 2 * params
         parts["AdamW states (fp32)"] = 8 * params

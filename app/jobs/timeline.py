@@ -130,12 +130,16 @@ def events(session: Session, job: Job, *, after_seq: int = 0, limit: int | None 
     return list(session.scalars(query.limit(limit) if limit else query))
 
 
-def events_newest_first(session: Session, job: Job, *, before_id: int | None, limit: int) -> list[JobEvent]:
-    """A page of the job's events, newest first; `before_id` pages towards older ones."""
-    query = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc()).limit(limit)
-    if before_id is not None:
-        query = query.where(JobEvent.id < before_id)
-    return list(session.scalars(query))
+def items_newest_first(session: Session, job: Job, *, before_seq: int | None, limit: int) -> list[JobEvent | JobMetric]:
+    """A page of the job's events and metric points together, newest first; `before_seq` pages
+    towards older ones."""
+    items: list[JobEvent | JobMetric] = []
+    for table in (JobEvent, JobMetric):
+        query = select(table).where(table.job_id == job.id).order_by(table.seq.desc()).limit(limit)
+        if before_seq is not None:
+            query = query.where(table.seq < before_seq)
+        items.extend(session.scalars(query))
+    return sorted(items, key=lambda item: item.seq, reverse=True)[:limit]
 
 
 def values_at(session: Session, job: Job, step: int) -> dict[str, Any]:

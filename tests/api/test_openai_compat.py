@@ -185,6 +185,25 @@ class TestAJobFineTunedWithTheOpenAIPackage:
         assert events[0].message == "Job succeeded after 24 steps" and events[-1].message.startswith("Job created by")
         assert len({event.id for event in events}) == len(events) > 5
 
+    def test_its_events_carry_a_metrics_event_for_each_logged_step_among_the_messages(self, fine_tuned):
+        client, job = fine_tuned.client, fine_tuned.job
+        events = list(client.fine_tuning.jobs.list_events(job.id, limit=7))  # pages that cut across both kinds
+        kinds = [event.type for event in events]
+        metrics = [event for event in events if event.type == "metrics"]
+        assert [event.data["step"] for event in metrics] == list(range(24, 0, -1))
+        assert all(event.data["total_steps"] == 24 and event.data["train_loss"] > 0 for event in metrics)
+        assert all(0 <= event.data["train_mean_token_accuracy"] <= 1 for event in metrics)
+        assert metrics[0].data["train_loss"] < metrics[-1].data["train_loss"]  # it learned
+        assert metrics[0].message == f"Step 24/24: training loss={metrics[0].data['train_loss']:.4g}"
+        # The messages sit among the steps, in the order they were recorded: step 12's checkpoint
+        # below (before) step 24's metrics and above (after) step 1's.
+        saved = next(i for i, event in enumerate(events) if event.message == "Saved checkpoint at step 12")
+        assert kinds.index("metrics") < saved < len(events) - 1 - kinds[::-1].index("metrics")
+        after_third = client.fine_tuning.jobs.list_events(job.id, after=events[2].id, limit=2)
+        assert [event.id for event in after_third.data] == [event.id for event in events[3:5]]
+        with pytest.raises(openai.BadRequestError, match="one of this job's event ids"):
+            client.fine_tuning.jobs.list_events(job.id, after="ftevent-999999-2")
+
     def test_its_result_file_is_the_metrics_csv_and_goes_only_with_its_job(self, fine_tuned):
         client, done = fine_tuned.client, fine_tuned.done
         results = client.files.content(done.result_files[0]).text.splitlines()

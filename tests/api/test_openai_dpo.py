@@ -61,8 +61,16 @@ def test_a_dpo_job_from_an_openai_preference_file_runs_to_success(member, live_s
     assert float(rows[-1]["train_reward_margin"]) > float(rows[0]["train_reward_margin"])
     assert rows[-1]["valid_reward_accuracy"] != ""
 
-    events = [event.message for event in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-    assert any("for lora DPO" in message for message in events)
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert any("for lora DPO" in event.message for event in events)
+    # A metrics event for each logged step and evaluation, with the rewards under OpenAI's names.
+    train = [event.data for event in events if event.type == "metrics" and "train_loss" in event.data]
+    valid = [event.data for event in events if event.type == "metrics" and "valid_loss" in event.data]
+    assert [data["step"] for data in train] == list(range(8, 0, -1)) and [data["step"] for data in valid] == [8, 4]
+    rewards = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen", "logp_rejected")
+    assert all(f"train_{name}" in data for data in train for name in rewards)
+    assert all(f"valid_{name}" in data for data in valid for name in rewards)
+    assert train[0]["train_reward_margin"] == pytest.approx(float(rows[-1]["train_reward_margin"]), rel=1e-5)
     checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
     assert "train_reward_margin" in checkpoint.metrics.model_dump()
 
@@ -92,6 +100,25 @@ def test_bad_dpo_requests_are_refused_beside_their_parameter(member, live_server
     with pytest.raises(openai.BadRequestError) as refused:
         client.fine_tuning.jobs.create(model=TINY_MODEL, training_file=file.id, method=method, extra_body=extra)
     assert refused.value.body["param"] == param and message in refused.value.body["message"], refused.value.body
+
+
+def test_reference_free_dpo_is_an_extra_field_of_a_dpo_job_only(member, live_server):
+    client = OpenAI(base_url=f"{live_server}/v1", api_key=member.token, max_retries=0)
+    file = client.files.create(file=("prefs.jsonl", jsonl(preference_rows())), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY_MODEL,
+        training_file=file.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}},
+        extra_body={"preference": {"reference_free": True}},
+    )
+    spec = member.client.get(f"/api/jobs/{job.id.removeprefix('ftjob-')}").json()["spec"]
+    assert spec["preference"]["reference_free"] is True and spec["preference"]["beta"] == 0.3
+    with pytest.raises(openai.BadRequestError, match="reference_free only applies to dpo, not orpo"):
+        client.fine_tuning.jobs.create(
+            model=TINY_MODEL,
+            training_file=file.id,
+            extra_body={"objective": "orpo", "preference": {"reference_free": True}},
+        )
 
 
 def test_a_dataset_that_does_not_fit_the_objective_is_refused(member, live_server):

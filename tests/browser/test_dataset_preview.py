@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,9 @@ def test_a_preference_pair_shows_its_prompt_then_chosen_and_rejected_side_by_sid
     chosen_box = first.locator(".pair-side.chosen").bounding_box()
     rejected_box = first.locator(".pair-side.rejected").bounding_box()
     assert chosen_box["x"] + chosen_box["width"] <= rejected_box["x"] and chosen_box["y"] == rejected_box["y"]
+    answers = page.locator(".stat-card", has_text="answer length, chosen · rejected")
+    expect(answers).to_contain_text(re.compile(r"\d+ · \d+ chars"))
+    expect(answers).to_contain_text(re.compile(r"chosen the longer in \d+% of pairs"))
     if filename == "preference_openai.jsonl":
         screenshot(page, "dataset-preference-preview")
 

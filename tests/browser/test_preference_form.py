@@ -3,9 +3,11 @@ says which datasets fit the objective chosen."""
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import SCREENSHOTS, screenshot
 from tests.helpers import TINY_MODEL, chat_rows, jsonl
 
 PAIRS = [{"prompt": f"What colour is thing {i}?", "chosen": "Red.", "rejected": "Blue."} for i in range(6)]
@@ -30,16 +32,26 @@ def test_choosing_dpo_shows_its_settings_and_the_datasets_that_fit(pages, make_a
     expect(page.locator(f"#dataset option[value='{chats['id']}']")).to_be_disabled()
     expect(page.locator("#dataset")).to_have_value(str(pairs["id"]))  # the one that fits, chosen for the user
     page.fill("input[name='spec.preference.beta']", "0.25")
+    reference_free = page.locator("input[name='spec.preference.reference_free']")
+    expect(reference_free).not_to_be_checked()
+    expect(page.locator("label.check-field", has=reference_free)).to_contain_text("no reference model")
+    reference_free.check()
     screenshot(page, "new-job-dpo")
+    objective_card = page.locator("section.card", has=page.locator("#preference-section"))
+    objective_card.screenshot(path=str(SCREENSHOTS / "new-job-dpo-settings.png"))
 
     page.check("input[name='spec.objective'][value='kto']")
     expect(page.locator("select[name='spec.preference.loss_type']")).to_be_hidden()
+    expect(reference_free).to_be_hidden()
+    expect(reference_free).not_to_be_checked()  # KTO has no such setting: it is not sent
     expect(page.locator("input[name='spec.preference.desirable_weight']")).to_be_visible()
     page.check("input[name='spec.objective'][value='dpo']")
+    reference_free.check()
 
     page.fill("input[name='spec.max_steps']", "2")
     page.click("#launch")
-    page.wait_for_url("**/jobs/*")
+    page.wait_for_url(re.compile(r".*/jobs/\d+$"))  # the new job's page, not /jobs/new
     job = member.client.get("/api/jobs").json()["data"][0]
     assert job["spec"]["objective"] == "dpo" and job["spec"]["preference"]["beta"] == 0.25
+    assert job["spec"]["preference"]["reference_free"] is True
     assert job["dataset_id"] == pairs["id"]

@@ -182,3 +182,21 @@ def test_a_pair_row_missing_its_rejected_answer_in_a_pair_file_is_named(validate
             ),
         )
     ]
+
+
+@pytest.mark.parametrize(
+    "plain, long_chosen, lengths",
+    [
+        (GOOD_PAIR, {**GOOD_PAIR, "chosen": " blue, as on a clear day."}, (25, 7)),
+        (GOOD_OPENAI, {**GOOD_OPENAI, "preferred_output": [_assistant("Blue, as on a clear day.")]}, (24, 6)),
+        (GOOD_SHAREGPT, {**GOOD_SHAREGPT, "chosen": {"from": "gpt", "value": "Blue, as on a clear day."}}, (24, 6)),
+    ],
+)
+def test_pair_stats_set_the_chosen_answers_length_beside_the_rejected_ones(validate, plain, long_chosen, lengths):
+    """DPO also learns to prefer length when the chosen answers are mostly the longer ones: the
+    stats show how the two sides compare."""
+    pairs = validate(_jsonl(plain, long_chosen, long_chosen)).stats["pairs"]
+    assert (pairs["chosen_chars"]["max"], pairs["rejected_chars"]["max"]) == lengths
+    assert pairs["chosen_chars"]["min"] < pairs["rejected_chars"]["min"]  # the plain pair's chosen is shorter
+    assert pairs["chosen_longer"] == 2
+    assert "pairs" not in validate(_jsonl({"prompt": "a", "completion": "b", "label": True})).stats

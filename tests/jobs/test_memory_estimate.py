@@ -55,5 +55,9 @@ def test_full_dpo_counts_its_frozen_reference_and_lora_dpo_does_not(acme):
     assert "reference model (bf16, frozen)" not in full_sft
     assert "reference model (bf16, frozen)" not in parts(method="lora", objective="dpo")
     assert "reference model (bf16, frozen)" not in parts(method="full", objective="orpo")  # ORPO has none
+    reference_free = parts(method="full", objective="dpo", preference={"reference_free": True})
+    assert "reference model (bf16, frozen)" not in reference_free
+    reference = full_dpo["reference model (bf16, frozen)"]
+    assert sum(reference_free.values()) == pytest.approx(sum(full_dpo.values()) - reference, abs=0.05)
     # Chosen and rejected run side by side: twice the activations of a supervised batch.
     assert full_dpo["activations"] == pytest.approx(2 * full_sft["activations"], rel=0.01)

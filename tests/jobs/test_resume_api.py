@@ -190,6 +190,22 @@ def test_a_continued_job_is_linked_to_its_parent(acme, db, parent):
     assert acme.client.get(f"/api/jobs/{parent.id}").json()["parent_job_id"] is None
 
 
+def test_a_supervised_job_continues_as_dpo_on_preference_pairs(acme, db, parent):
+    """The usual SFT-then-DPO chain: the DPO job starts from the SFT job's adapter."""
+    pairs = [{"prompt": f"Colour of thing {i}?", "chosen": "Red.", "rejected": "Blue."} for i in range(6)]
+    dataset = add_dataset(db, acme, pairs, name="pairs.jsonl")
+    response = _continue(acme, dataset.id, parent.id, objective="dpo", preference={"beta": 0.2})
+    assert response.status_code == 201, response.text
+    child = response.json()
+    assert child["parent_job_id"] == parent.id and child["spec"]["objective"] == "dpo"
+    assert _messages(acme, child["id"]) == [
+        f"Job created by {acme.email}, continuing job #{parent.id} from its adapter"
+    ]
+    # A continued job trains on data its objective takes: pairs for DPO, not the parent's chats.
+    refused = _continue(acme, parent.dataset_id, parent.id, objective="dpo")
+    assert refused.status_code == 422 and "dpo learns from preference pairs" in refused.text
+
+
 @pytest.mark.parametrize(
     "change, field, message",
     [

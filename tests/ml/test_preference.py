@@ -78,6 +78,45 @@ def test_each_objective_raises_the_reward_margin_on_held_out_data(
     assert [name for name in ("eval_reward_margin", "eval_reward_chosen") if reporter.series(name)]
 
 
+def _padding(batches) -> float:
+    """The share of padding in the batches' sequences (prompts, answers, or both together)."""
+    padded = real = 0
+    for batch in batches:
+        for name, mask in batch.items():
+            if name.endswith("attention_mask"):
+                padded, real = padded + mask.numel(), real + int(mask.sum())
+    return 1 - real / padded
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_pairs_are_batched_by_length_and_padded_only_to_the_longest_of_their_batch(
+    objective, make_spec, models_dir, tmp_path, write_jsonl
+):
+    # Short and long pairs alternate in the file: batches in file order would each pad short
+    # answers to long ones.
+    rows = []
+    for index, (thing, colour) in enumerate(sorted(COLOURS.items()) * 27):
+        words = 1 if index % 2 == 0 else 24
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"What colour is the {thing}?"}],
+                "chosen": [{"role": "assistant", "content": " ".join([colour] * words)}],
+                "rejected": [{"role": "assistant", "content": " ".join(["grey"] * words)}],
+            }
+        )
+    spec = make_spec(objective=objective, batch_size=4, max_seq_length=512)
+    trainer, _ = _build(spec, write_jsonl(tmp_path / "pairs.jsonl", rows), None, models_dir, tmp_path)
+    batches = list(trainer.get_train_dataloader())
+    for batch in batches:  # padded to the longest of the batch, never to max_seq_length
+        for name, mask in batch.items():
+            if name.endswith("attention_mask"):
+                assert mask.shape[1] == int(mask.sum(dim=1).max()) < 512 / 2
+    dataset = trainer.train_dataset
+    starts = range(0, len(dataset), 4)
+    in_file_order = [trainer.data_collator([dataset[i] for i in range(s, min(s + 4, len(dataset)))]) for s in starts]
+    assert _padding(batches) < _padding(in_file_order) / 3
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_dpo_with_adapters_keeps_one_base_model_in_memory(method, make_spec, models_dir, pair_files, tmp_path):
     spec = make_spec(objective="dpo", method=method, max_steps=2)
@@ -103,6 +142,47 @@ def test_full_dpo_compares_with_a_frozen_copy(make_spec, models_dir, pair_files,
     assert all((reference.state_dict()[name] == value).all() for name, value in frozen.items())
     changed = [name for name, value in trainer.model.state_dict().items() if not (frozen[name] == value).all()]
     assert changed
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "continued lora"])
+def test_reference_free_dpo_keeps_no_reference_and_scores_the_answers_as_they_are(
+    method, make_spec, models_dir, colour_file, pair_files, tmp_path
+):
+    start_from = None
+    if method == "continued lora":  # an SFT adapter, of which TRL would keep a reference copy
+        method, sft = "lora", make_spec(max_steps=1)
+        start_from = training_run.train(
+            sft, train_file=colour_file, output_dir=tmp_path / "sft", reporter=MemoryReporter(), models_dir=models_dir
+        ).final_dir
+    spec = make_spec(
+        objective="dpo",
+        method=method,
+        max_steps=3,
+        learning_rate=1e-3,
+        preference={"reference_free": True, "beta": 0.2},
+    )
+    trainer, reporter = _build(spec, pair_files[0], pair_files[1], models_dir, tmp_path, start_from=start_from)
+    assert trainer.ref_model is None and "ref" not in getattr(trainer.model, "peft_config", {})
+    assert any(message.startswith("Reference-free DPO") for message in reporter.messages())
+    trainer.train()
+    assert trainer.state.global_step == 3
+    # No reference: an answer's reward is beta times its log-probability, and the margin is
+    # there from the first step on.
+    for (_, reward), (_, logp) in zip(reporter.series("reward_chosen"), reporter.series("logp_chosen"), strict=True):
+        assert reward == pytest.approx(0.2 * logp, rel=1e-4)
+    assert reporter.series("reward_margin")[0][1] != pytest.approx(0.0, abs=1e-4)
+    assert reporter.series("eval_reward_accuracy")
+
+
+def test_a_reference_free_full_dpo_run_completes_and_says_so(make_spec, models_dir, pair_files, tmp_path):
+    spec = make_spec(objective="dpo", method="full", max_steps=2, preference={"reference_free": True})
+    reporter = MemoryReporter()
+    result = training_run.train(
+        spec, train_file=pair_files[0], output_dir=tmp_path / "run", reporter=reporter, models_dir=models_dir
+    )
+    assert result.completed and (result.final_dir / "model.safetensors").exists()
+    assert any(message.startswith("Reference-free DPO") for message in reporter.messages())
+    assert "beta 0.1, reference-free" in (result.final_dir / "README.md").read_text()
 
 
 def test_dpo_continues_a_supervised_adapter_measured_against_it(
@@ -167,6 +247,7 @@ def test_preference_objectives_refuse_data_they_cannot_train_on(
         ({"objective": "orpo", "preference": {"loss_type": "ipo"}}, "preference.loss_type only applies to dpo"),
         ({"objective": "kto", "preference": {"rpo_alpha": 1.0}}, "preference.rpo_alpha only applies to dpo"),
         ({"objective": "dpo", "preference": {"desirable_weight": 2.0}}, "only apply to kto"),
+        ({"objective": "orpo", "preference": {"reference_free": True}}, "reference_free only applies to dpo"),
         ({"objective": "kto", "batch_size": 1}, "kto needs batch_size 2 or more"),
         ({"objective": "dpo", "preference": {"loss_type": "nope"}}, "Input should be 'sigmoid', 'ipo'"),
         ({"objective": "dpo", "preference": {"beta": 0}}, "greater than 0"),
@@ -195,6 +276,9 @@ def test_the_model_card_names_the_preference_objective():
     )
     assert "# lora DPO fine-tune of tiny-llama" in card and "- dpo\n" in card
     assert "preference training with TRL's DPO loss (beta 0.2)" in card
+    reference_free = TrainingSpec(base_model=TINY, objective="dpo", preference={"reference_free": True})
+    card = model_card(reference_free, dataset_name="pairs.jsonl", data_summary={}, metrics={})
+    assert "preference training with TRL's DPO loss (beta 0.1, reference-free)" in card
     assert "# lora fine-tune of tiny-llama" in model_card(
         TrainingSpec(base_model=TINY), dataset_name="x.jsonl", data_summary={}, metrics={}
     )

@@ -12,6 +12,9 @@ The reference model:
   adapter. There is never a second base model in memory.
 - with full fine-tuning, a frozen copy of the model as training starts (the memory estimate
   counts it). ORPO needs no reference at all.
+- reference-free DPO (`preference.reference_free`) has none either: the reference's
+  log-probabilities are taken as 0 (TRL's former `reference_free`), handed to TRL as
+  precomputed ones, so it neither keeps a reference nor runs one.
 
 Pairs are batched by length (no padding to the maximum length): TRL's collators pad each batch
 to its longest sequence, and the sampler groups sequences of similar length.
@@ -166,7 +169,13 @@ def trainer_config(
         loss_type, loss_weights = [settings.loss_type], None
         if settings.rpo_alpha is not None:  # RPO: DPO plus the supervised loss on the chosen answers
             loss_type, loss_weights = [settings.loss_type, "sft"], [1.0, settings.rpo_alpha]
-        return DPOConfig(**values, loss_type=loss_type, loss_weights=loss_weights)
+        return DPOConfig(
+            **values,
+            loss_type=loss_type,
+            loss_weights=loss_weights,
+            # Reference-free: the reference's log-probabilities come with the data (all 0), so TRL keeps no reference.
+            precompute_ref_log_probs=settings.reference_free,
+        )
     if spec.objective == Objective.kto:
         from trl import KTOConfig
 
@@ -241,6 +250,19 @@ def _counting(trainer_class):
     return Counting
 
 
+def _reference_free(trainer_class):
+    """`trainer_class` (DPO's) with the reference's log-probabilities all 0 instead of computed:
+    TRL reads precomputed ones from the rows, and this computes none."""
+
+    class ReferenceFree(trainer_class):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            zeros = [0.0] * len(dataset)
+            return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
+
+    ReferenceFree.__name__ = f"ReferenceFree{trainer_class.__name__}"
+    return ReferenceFree
+
+
 def frozen_copy(model):
     """The reference model of full fine-tuning: the model as training starts, frozen."""
     reference = copy.deepcopy(model)
@@ -272,14 +294,19 @@ def build_trainer(
                 f"Weighing good answers by {desirable:.3g} and bad ones by {undesirable:.3g} to balance their counts",
                 level="warning",
             )
+    reference_free = spec.objective == Objective.dpo and not spec.has_reference
+    trainer_class = _trainer_class(spec.objective)
     kwargs: dict[str, Any] = {}
-    if spec.objective != Objective.orpo:
+    if reference_free:
+        trainer_class = _reference_free(trainer_class)
+        reporter.event("Reference-free DPO: no reference model, the chosen answers are preferred outright")
+    elif spec.has_reference:
         kwargs["ref_model"] = None if spec.uses_adapter else frozen_copy(model)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        trainer = _counting(_trainer_class(spec.objective))(
+        trainer = _counting(trainer_class)(
             model=model,
             args=config,
             train_dataset=train.to_dataset(),
@@ -288,6 +315,8 @@ def build_trainer(
             callbacks=callbacks,
             **kwargs,
         )
+    if reference_free:
+        drop_reference_adapter(trainer.model)  # the copy TRL makes of a continued adapter, unused
     trainer.data_collator = CountingCollator(trainer.data_collator)
     trainer.train_dataset = _with_lengths(trainer.train_dataset)
     if trainer.eval_dataset is not None:

@@ -15,7 +15,7 @@ from .errors import OpenAIError
 
 
 def public_id(prefix: str, number: int) -> str:
-    """`file-12`, `ftjob-3`, `ftckpt-7`, `ftevent-40`: OpenAI-style ids over tunelab's row ids."""
+    """`file-12`, `ftjob-3`, `ftckpt-7`: OpenAI-style ids over tunelab's row ids."""
     return f"{prefix}-{number}"
 
 

@@ -30,6 +30,7 @@ queue, to continue from that checkpoint.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -41,12 +42,12 @@ from app.api.deps import AccessDep, SessionDep
 from app.chat.model_names import ModelNotFound, checkpoint_model_id, fine_tuned_job, fine_tuned_model_id, team_slug
 from app.contract.spec import Method, TrainingSpec
 from app.core.errors import InvalidField
-from app.core.tables import Job, JobState, Team, utcnow
+from app.core.tables import Job, JobEvent, JobMetric, JobState, Team, utcnow
 from app.core.worker_registry import served_queues
 from app.jobs.artifacts import checkpoints_before
 from app.jobs.queries import eta_seconds, list_jobs
 from app.jobs.submission import JobSubmission, cancel_job, pause_job, resume_job, submit_job
-from app.jobs.timeline import events_newest_first, values_at
+from app.jobs.timeline import items_newest_first, values_at
 from app.jobs.workers import job_queue_warning, queue_warning
 
 from .common import cursor, number_in, page, public_id, team_names, unix
@@ -346,6 +347,47 @@ def resume_fine_tuning_job(job_id: str, access: AccessDep, session: SessionDep) 
 
 
 _LEVELS = {"warning": "warn", "error": "error"}
+# What a metrics event's message says of its values.
+_METRIC_WORDS = {
+    "train_loss": "training loss",
+    "valid_loss": "validation loss",
+    "train_reward_accuracy": "reward accuracy",
+    "valid_reward_accuracy": "validation reward accuracy",
+}
+
+
+def _openai_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """tunelab's metric values under OpenAI's names (those it has no name for left out): the
+    metrics of checkpoints and of metrics events alike."""
+    return {name: values[key] for name, key in _CHECKPOINT_METRICS.items() if values.get(key) is not None}
+
+
+def _event_id(job: Job, seq: int) -> str:
+    """`ftevent-<job>-<seq>`: a job's events and metric points share its sequence numbers."""
+    return f"{EVENT}-{job.id}-{seq}"
+
+
+def _event_cursor(after: str | None, job: Job) -> int | None:
+    """The sequence number an `after` event id of this job stands for."""
+    if after is None:
+        return None
+    match = re.fullmatch(rf"{EVENT}-(\d{{1,18}})-(\d{{1,18}})", after)
+    if match is None or int(match[1]) != job.id:
+        raise OpenAIError(400, f"after must be one of this job's event ids, like {EVENT}-{job.id}-123", param="after")
+    return int(match[2])
+
+
+def _event_object(job: Job, item: JobEvent | JobMetric) -> dict[str, Any]:
+    """A message event, or a metric point as OpenAI's `metrics` event of its step."""
+    event = {"object": "fine_tuning.job.event", "id": _event_id(job, item.seq), "created_at": unix(item.created_at)}
+    if isinstance(item, JobEvent):
+        level = _LEVELS.get(item.level, "info")
+        return {**event, "level": level, "message": item.message, "data": item.data, "type": "message"}
+    metrics = _openai_metrics(item.values)
+    steps = f"{item.step}/{job.total_steps}" if job.total_steps else f"{item.step}"
+    said = ", ".join(f"{words}={metrics[name]:.4g}" for name, words in _METRIC_WORDS.items() if name in metrics)
+    data = {"step": item.step, **metrics, "total_steps": job.total_steps}
+    return {**event, "level": "info", "message": f"Step {steps}: {said}".rstrip(": "), "data": data, "type": "metrics"}
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
@@ -356,22 +398,11 @@ def list_fine_tuning_events(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict:
-    """The job's events, newest first; `after` pages towards older ones."""
+    """The job's events, newest first, `after` paging towards older ones: its messages, and a
+    `metrics` event for each logged step (train) and evaluation (valid), as OpenAI's API sends."""
     job = _job(session, access, job_id)
-    rows = events_newest_first(session, job, before_id=cursor(after, EVENT), limit=limit + 1)
-    items = [
-        {
-            "object": "fine_tuning.job.event",
-            "id": public_id(EVENT, event.id),
-            "created_at": unix(event.created_at),
-            "level": _LEVELS.get(event.level, "info"),
-            "message": event.message,
-            "data": event.data,
-            "type": "message",
-        }
-        for event in rows[:limit]
-    ]
-    return page(items, len(rows) > limit)
+    rows = items_newest_first(session, job, before_seq=_event_cursor(after, job), limit=limit + 1)
+    return page([_event_object(job, item) for item in rows[:limit]], len(rows) > limit)
 
 
 # The checkpoint metrics OpenAI names, from tunelab's train and eval points of that step.
@@ -385,13 +416,22 @@ _CHECKPOINT_METRICS = {
     "train_reward_margin": "reward_margin",
     "valid_reward_accuracy": "eval_reward_accuracy",
     "valid_reward_margin": "eval_reward_margin",
+    "train_reward_chosen": "reward_chosen",
+    "train_reward_rejected": "reward_rejected",
+    "valid_reward_chosen": "eval_reward_chosen",
+    "valid_reward_rejected": "eval_reward_rejected",
+    "train_logp_chosen": "logp_chosen",
+    "train_logp_rejected": "logp_rejected",
+    "valid_logp_chosen": "eval_logp_chosen",
+    "valid_logp_rejected": "eval_logp_rejected",
+    # A classifier's share of rows right (a language model's accuracy is per token, above).
+    "train_accuracy": "accuracy",
+    "valid_accuracy": "eval_accuracy",
 }
 
 
 def _checkpoint_metrics(session, job: Job, step: int) -> dict[str, float]:
-    values = values_at(session, job, step)
-    metrics = {name: values[key] for name, key in _CHECKPOINT_METRICS.items() if values.get(key) is not None}
-    return {"step": float(step), **metrics}
+    return {"step": float(step), **_openai_metrics(values_at(session, job, step))}
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")

@@ -19,12 +19,16 @@
   const chars = stats.chars_per_row || {};
   const messages = stats.messages_per_row;
   const duplicates = stats.duplicates || { rows: 0 };
+  const pairs = stats.pairs;  // preference pairs: how long the chosen answers are beside the rejected ones
   // Text and classification rows have no messages: no card for them (replaceChildren would print a null as "null").
   document.getElementById("stat-cards").replaceChildren(...[
     card("rows", fmt.number(dataset.row_count)),
     card("estimated tokens", fmt.compact(stats.estimated_tokens), "≈ characters / 4", stats.token_estimate),
     card("characters per row", `${fmt.number(chars.median)} median`, `min ${fmt.number(chars.min)} · p95 ${fmt.number(chars.p95)} · max ${fmt.number(chars.max)}`),
     messages ? card("messages per row", `${fmt.number(messages.median)} median`, `min ${fmt.number(messages.min)} · p95 ${fmt.number(messages.p95)} · max ${fmt.number(messages.max)}`) : null,
+    pairs ? card("answer length, chosen · rejected", `${fmt.number(pairs.chosen_chars.median)} · ${fmt.number(pairs.rejected_chars.median)} chars`,
+      `medians; chosen the longer in ${Math.round((100 * pairs.chosen_longer) / Math.max(1, stats.rows))}% of pairs`,
+      "DPO also learns a taste for length when the chosen answers are mostly the longer ones") : null,
     card("duplicate rows", fmt.number(duplicates.rows), duplicates.rows && duplicates.first_lines ? `e.g. lines ${duplicates.first_lines.slice(0, 5).join(", ")}` : "none found"),
   ].filter(Boolean));
 

@@ -28,6 +28,7 @@
     max_grad_norm: "Max gradient norm", early_stopping_patience: "Early stopping patience",
     gradient_accumulation_steps: "Gradient accumulation", keep_checkpoints: "Checkpoints kept",
     "preference.beta": "Beta", "preference.loss_type": "DPO loss", "preference.rpo_alpha": "RPO alpha",
+    "preference.reference_free": "Reference-free",
   };
   const label = (path) => {
     if (LABELS[path]) return LABELS[path];
@@ -118,6 +119,8 @@
     const show = (path, visible) => { form.querySelector(`[name="spec.${path}"]`).closest("label").hidden = !visible; };
     show("preference.loss_type", chosen === "dpo");
     show("preference.rpo_alpha", chosen === "dpo");
+    show("preference.reference_free", chosen === "dpo");
+    if (chosen !== "dpo") form.querySelector("[name='spec.preference.reference_free']").checked = false;
     show("preference.desirable_weight", chosen === "kto");
     show("preference.undesirable_weight", chosen === "kto");
     show("packing", !preference);  // pairs are batched by length, never packed
