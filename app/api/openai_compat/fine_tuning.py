@@ -44,6 +44,7 @@ from app.core.errors import InvalidField
 from app.core.tables import Job, JobState, Team, utcnow
 from app.core.worker_registry import served_queues
 from app.jobs.artifacts import checkpoints_before
+from app.jobs.exports import openai_metrics
 from app.jobs.queries import eta_seconds, list_jobs
 from app.jobs.submission import JobSubmission, cancel_job, pause_job, resume_job, submit_job
 from app.jobs.timeline import events_newest_first, values_at
@@ -374,24 +375,11 @@ def list_fine_tuning_events(
     return page(items, len(rows) > limit)
 
 
-# The checkpoint metrics OpenAI names, from tunelab's train and eval points of that step.
-_CHECKPOINT_METRICS = {
-    "train_loss": "loss",
-    "train_mean_token_accuracy": "mean_token_accuracy",
-    "valid_loss": "eval_loss",
-    "valid_mean_token_accuracy": "eval_mean_token_accuracy",
-    # A preference job's (DPO, ORPO, KTO) rewards, as OpenAI's result files of DPO jobs would name them.
-    "train_reward_accuracy": "reward_accuracy",
-    "train_reward_margin": "reward_margin",
-    "valid_reward_accuracy": "eval_reward_accuracy",
-    "valid_reward_margin": "eval_reward_margin",
-}
-
-
 def _checkpoint_metrics(session, job: Job, step: int) -> dict[str, float]:
-    values = values_at(session, job, step)
-    metrics = {name: values[key] for name, key in _CHECKPOINT_METRICS.items() if values.get(key) is not None}
-    return {"step": float(step), **metrics}
+    """The checkpoint's metrics under OpenAI's names (see `exports.OPENAI_METRICS`), with a
+    preference job's rewards as OpenAI's result files of DPO jobs would name them."""
+    preference = job.spec.get("objective", "sft") != "sft"
+    return {"step": float(step), **openai_metrics(values_at(session, job, step), preference)}
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
