@@ -28,6 +28,7 @@
     max_grad_norm: "Max gradient norm", early_stopping_patience: "Early stopping patience",
     gradient_accumulation_steps: "Gradient accumulation", keep_checkpoints: "Checkpoints kept",
     "preference.beta": "Beta", "preference.loss_type": "DPO loss", "preference.rpo_alpha": "RPO alpha",
+    load_best_model_at_end: "Keep the best checkpoint", metric_for_best_model: "Best by", learning_check_at: "Check learning at (share of run)",
   };
   const label = (path) => {
     if (LABELS[path]) return LABELS[path];
