@@ -16,6 +16,7 @@ from playwright.sync_api import expect
 from app.contract.spec import TrainingSpec
 from app.core.blobs import blob_store
 from app.core.tables import JobState
+from app.jobs.artifacts import job_output_key
 from app.jobs.states import transition
 from tests.browser.conftest import screenshot
 from tests.helpers import TINY_MODEL, add_dataset, add_job
@@ -57,7 +58,7 @@ def _running_classifier_job(db, member, tmp_path, name: str, **spec):
     return job, data
 
 
-def _train_in_background(job, data, models_dir, output) -> threading.Thread:
+def _train_in_background(job, data, models_dir) -> threading.Thread:
     """Train the job's spec as its worker would, reporting to the database."""
 
     def run():
@@ -66,7 +67,7 @@ def _train_in_background(job, data, models_dir, output) -> threading.Thread:
             train(
                 TrainingSpec.model_validate(job.spec),
                 train_file=data,
-                output_dir=output,
+                output_dir=blob_store().path(job_output_key(job.id)),  # where its worker writes
                 reporter=reporter,
                 models_dir=models_dir,
             )
@@ -96,7 +97,7 @@ def test_the_metric_charts_and_the_confusion_matrix_update_while_the_job_runs(pa
     expect(page.locator("#evaluation")).to_be_hidden()  # nothing evaluated yet
     page.evaluate(WATCH_CAPTION)
 
-    thread = _train_in_background(job, data, models_env, tmp_path / "run")
+    thread = _train_in_background(job, data, models_env)
     try:
         chart = page.get_by_test_id("eval-metrics-chart")
         expect(chart).to_have_attribute("data-baseline", "true", timeout=120_000)
@@ -126,7 +127,7 @@ def test_a_run_that_does_not_learn_shows_a_banner_with_the_likely_causes(pages, 
     job, data = _running_classifier_job(db, member, tmp_path, "frozen", max_steps=20, learning_rate=1e-9, eval_steps=5)
     page = pages.sign_in(member.email)
     page.goto(f"/jobs/{job.id}")
-    _train_in_background(job, data, models_env, tmp_path / "run").join()
+    _train_in_background(job, data, models_env).join()
 
     banner = page.get_by_test_id("verdict")
     expect(banner).to_be_visible(timeout=30_000)

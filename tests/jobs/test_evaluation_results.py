@@ -15,6 +15,7 @@ from sqlalchemy import select
 from app.contract.spec import TrainingSpec
 from app.core.blobs import blob_store
 from app.core.tables import JobEvent, JobState
+from app.jobs.artifacts import job_output_key
 from app.jobs.states import transition
 from tests.helpers import TINY_MODEL, add_dataset, add_job
 from worker.database_reporter import DatabaseReporter
@@ -61,7 +62,7 @@ def classifier_job(make_account, models_env, db, tmp_path):
         train(
             TrainingSpec.model_validate(spec),
             train_file=tmp_path / "labels.jsonl",
-            output_dir=tmp_path / "run",
+            output_dir=blob_store().path(job_output_key(job.id)),  # where its worker writes
             reporter=reporter,
             models_dir=models_env,
         )
