@@ -35,13 +35,19 @@ OPENAI_METRICS = [
     ("full_valid_loss", ("eval_loss",)),
     ("full_valid_mean_token_accuracy", ("eval_mean_token_accuracy", "eval_accuracy")),
 ]
-# The result file's columns: OpenAI's first (with its older `train_accuracy`), then what tunelab
-# also records: (column, the metric keys that fill it).
+# The result file's columns: those of OpenAI's result files in their order, its other names, then
+# what tunelab also records: (column, the metric keys that fill it).
 METRIC_COLUMNS = [
     ("step", ()),
     ("train_loss", ("loss",)),
     ("train_accuracy", ("mean_token_accuracy", "accuracy")),
-    *OPENAI_METRICS[1:],
+    ("valid_loss", ("eval_loss",)),
+    ("valid_mean_token_accuracy", ("eval_mean_token_accuracy", "eval_accuracy")),
+    *[
+        column
+        for column in OPENAI_METRICS
+        if column[0] not in ("train_loss", "valid_loss", "valid_mean_token_accuracy")
+    ],
     ("valid_accuracy", ("eval_accuracy", "eval_mean_token_accuracy")),
     ("valid_f1_macro", ("eval_f1_macro",)),
     ("valid_perplexity", ("eval_perplexity",)),
