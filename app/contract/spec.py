@@ -35,6 +35,10 @@ class Objective(str, Enum):
 # Default learning rates per method: adapters tolerate (and need) much larger steps than
 # full fine-tuning. Chosen when the spec leaves `learning_rate` unset ("auto").
 DEFAULT_LEARNING_RATE = {Method.full: 2e-5, Method.lora: 2e-4, Method.qlora: 2e-4}
+# A classifier's head starts from random weights and is trained in full beside the adapters (or
+# the whole model): it needs larger steps than an adapter on a language model to leave chance on
+# a few hundred rows. Chosen when the spec leaves `learning_rate` unset and the data is text+label.
+DEFAULT_CLASSIFIER_LEARNING_RATE = {Method.full: 5e-5, Method.lora: 1e-3, Method.qlora: 1e-3}
 # Preference objectives move a model that already answers well: TRL's defaults (1e-6 for full
 # fine-tuning), and the usual rate of LoRA DPO recipes for adapters.
 DEFAULT_PREFERENCE_LEARNING_RATE = {Method.full: 1e-6, Method.lora: 5e-5, Method.qlora: 5e-5}
@@ -256,7 +260,10 @@ class TrainingSpec(_Strict):
     )
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Stop after this many optimizer steps.")
     learning_rate: float | None = Field(
-        None, gt=0, le=1.0, description="Peak learning rate; empty picks 2e-4 for LoRA/QLoRA, 2e-5 for full."
+        None,
+        gt=0,
+        le=1.0,
+        description="Peak learning rate; empty picks 2e-4 for LoRA/QLoRA, 2e-5 for full (classifiers: 1e-3, 5e-5).",
     )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="How the learning rate decays after warmup."
@@ -295,6 +302,23 @@ class TrainingSpec(_Strict):
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, le=1000, description="Stop when eval loss has not improved for this many evaluations."
+    )
+    load_best_model_at_end: bool = Field(
+        False,
+        description="Make the checkpoint of the best evaluation (by metric_for_best_model) the final weights; "
+        "checkpoints are then saved at every evaluation.",
+    )
+    metric_for_best_model: Literal["eval_loss", "eval_accuracy", "eval_f1_macro", "eval_mean_token_accuracy"] = Field(
+        "eval_loss",
+        description="Which evaluation is the best: eval_loss (lowest), or the highest eval_accuracy / eval_f1_macro "
+        "(classifiers) or eval_mean_token_accuracy (language models).",
+    )
+    learning_check_at: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the run after which a run whose eval metric is no better than the base model's (step "
+        "0), or whose train loss stays at chance, gets a warning.",
     )
     save_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Checkpoint every N steps (default: at each epoch end)."
@@ -352,6 +376,8 @@ class TrainingSpec(_Strict):
             raise ValueError(
                 "kto needs batch_size 2 or more: it compares each answer with another prompt's in its batch"
             )
+        if self.load_best_model_at_end and self.is_preference and self.metric_for_best_model != "eval_loss":
+            raise ValueError(f"{self.objective.value} picks its best checkpoint by eval_loss")
         if self.objective != Objective.sft and self.train_on_prompt:
             raise ValueError(f"train_on_prompt only applies to sft: {self.objective.value} learns from the answers")
         return self
@@ -365,6 +391,12 @@ class TrainingSpec(_Strict):
         """The learning rate an unset `learning_rate` stands for: per method, gentler for preferences."""
         defaults = DEFAULT_LEARNING_RATE if self.objective == Objective.sft else DEFAULT_PREFERENCE_LEARNING_RATE
         return defaults[self.method]
+
+    def for_classifier(self) -> TrainingSpec:
+        """The spec a text+label dataset trains with: an unset learning rate is the classifier's default."""
+        if self.learning_rate is not None or self.is_preference:
+            return self
+        return self.model_copy(update={"learning_rate": DEFAULT_CLASSIFIER_LEARNING_RATE[self.method]})
 
     @property
     def effective_learning_rate(self) -> float:

@@ -1,5 +1,5 @@
 """Jobs side by side: the settings that differ between them (the spec as the worker resolved
-it, and the datasets), and their final metrics. What the compare page shows beside the curves.
+it, and the datasets), and their final and best metrics. What the compare page shows beside the curves.
 
     comparison = compare_jobs(session, access, [12, 15])
     comparison.differing   # [Row("learning_rate", [0.0002, 0.001]), ...]
@@ -76,9 +76,46 @@ def _last_point(session: Session, job: Job, split: str) -> dict[str, Any]:
     return session.scalar(query.order_by(JobMetric.step.desc()).limit(1)) or {}
 
 
+# The evaluation metrics a best is found for: (metric key(s), row name, better).
+BEST_METRICS = [
+    (("eval_loss",), "eval_loss", "lower"),
+    (("eval_mean_token_accuracy", "eval_accuracy"), "eval_accuracy", "higher"),
+    (("eval_f1_macro",), "eval_f1_macro", "higher"),
+]
+
+
+def _best_evaluations(session: Session, job: Job) -> dict[str, tuple[int, float]]:
+    """Per metric of BEST_METRICS, the (step, value) of the job's best evaluation after step 0
+    (the base model's baseline): the earliest of equals."""
+    query = select(JobMetric.step, JobMetric.values).where(
+        JobMetric.job_id == job.id, JobMetric.split == "eval", JobMetric.step > 0
+    )
+    best: dict[str, tuple[int, float]] = {}
+    for step, values in session.execute(query.order_by(JobMetric.step)):
+        for keys, name, better in BEST_METRICS:
+            value = metric_value(values, keys)
+            if value is None:
+                continue
+            if name not in best or (value < best[name][1] if better == "lower" else value > best[name][1]):
+                best[name] = (step, value)
+    return best
+
+
+def best_metrics(session: Session, jobs: list[Job]) -> list[Row]:
+    """Each job's best evaluation per metric, with its step: where a job peaked, which its final
+    metrics do not show once it overfits."""
+    best = [_best_evaluations(session, job) for job in jobs]
+    rows = []
+    for _, name, better in BEST_METRICS:
+        if any(name in each for each in best):
+            rows.append(Row(f"best_{name}", [each[name][1] if name in each else None for each in best], better))
+            rows.append(Row(f"best_{name}_step", [each[name][0] if name in each else None for each in best]))
+    return rows
+
+
 def final_metrics(session: Session, jobs: list[Job]) -> list[Row]:
     """Where each job ended: its losses and accuracies (per token for language models, per row
-    for classifiers), steps, tokens and time."""
+    for classifiers), steps, tokens and time; then its best evaluations (`best_metrics`)."""
     last = [(_last_point(session, job, "train"), _last_point(session, job, "eval")) for job in jobs]
     now = utcnow()
     return [
@@ -93,6 +130,11 @@ def final_metrics(session: Session, jobs: list[Job]) -> list[Row]:
             [metric_value(evals, ("eval_mean_token_accuracy", "eval_accuracy")) for _, evals in last],
             "higher",
         ),
+        *(
+            [Row("eval_f1_macro", [evals.get("eval_f1_macro") for _, evals in last], "higher")]
+            if any(evals.get("eval_f1_macro") is not None for _, evals in last)
+            else []
+        ),
         Row("steps", [job.step for job in jobs]),
         Row("trained_tokens", [job.trained_tokens for job in jobs]),
         Row(
@@ -102,6 +144,7 @@ def final_metrics(session: Session, jobs: list[Job]) -> list[Row]:
                 for job in jobs
             ],
         ),
+        *best_metrics(session, jobs),
     ]
 
 

@@ -22,15 +22,35 @@ from app.core.tables import Artifact, ArtifactKind, Job
 from app.jobs.artifacts import final_weights, merged_model
 from app.jobs.timeline import add_event, metrics
 
-# OpenAI's result-file columns first, then what tunelab also records: (column, the metric keys
-# that fill it, the first present wins). Accuracy is per token for language models, per row
-# for classifiers.
+# OpenAI's metric names, each with the tunelab metric keys that fill it (the first present wins).
+# Accuracy is per token for language models, per row for classifiers. tunelab evaluates on the
+# whole validation set every time, so `valid_*` (OpenAI: a sampled validation batch) and
+# `full_valid_*` (OpenAI: the whole validation set) carry the same figure: that of an evaluation
+# at that step, of the weights saved there; a step without an evaluation has neither.
+OPENAI_METRICS = [
+    ("train_loss", ("loss",)),
+    ("train_mean_token_accuracy", ("mean_token_accuracy", "accuracy")),
+    ("valid_loss", ("eval_loss",)),
+    ("valid_mean_token_accuracy", ("eval_mean_token_accuracy", "eval_accuracy")),
+    ("full_valid_loss", ("eval_loss",)),
+    ("full_valid_mean_token_accuracy", ("eval_mean_token_accuracy", "eval_accuracy")),
+]
+# The result file's columns: those of OpenAI's result files in their order, its other names, then
+# what tunelab also records: (column, the metric keys that fill it).
 METRIC_COLUMNS = [
     ("step", ()),
     ("train_loss", ("loss",)),
     ("train_accuracy", ("mean_token_accuracy", "accuracy")),
     ("valid_loss", ("eval_loss",)),
     ("valid_mean_token_accuracy", ("eval_mean_token_accuracy", "eval_accuracy")),
+    *[
+        column
+        for column in OPENAI_METRICS
+        if column[0] not in ("train_loss", "valid_loss", "valid_mean_token_accuracy")
+    ],
+    ("valid_accuracy", ("eval_accuracy", "eval_mean_token_accuracy")),
+    ("valid_f1_macro", ("eval_f1_macro",)),
+    ("valid_perplexity", ("eval_perplexity",)),
     ("epoch", ("epoch",)),
     ("learning_rate", ("learning_rate",)),
     ("grad_norm", ("grad_norm",)),
@@ -54,6 +74,22 @@ PREFERENCE_COLUMNS = [(f"train_{name}", (name,)) for name in PREFERENCE_METRICS]
 def metric_value(values: dict, keys: tuple[str, ...]):
     """The first of `keys` that the point has a value for, or None."""
     return next((values[key] for key in keys if values.get(key) is not None), None)
+
+
+# A classifier's own figures, under the names of the result file's columns, beside OpenAI's.
+CLASSIFIER_METRICS = [
+    ("train_accuracy", ("accuracy",)),
+    ("valid_accuracy", ("eval_accuracy",)),
+    ("valid_f1_macro", ("eval_f1_macro",)),
+]
+
+
+def openai_metrics(values: dict, preference: bool = False) -> dict[str, float]:
+    """One step's train and eval values under OpenAI's names (a checkpoint's `metrics`); those
+    the step has no value for are left out."""
+    columns = OPENAI_METRICS + CLASSIFIER_METRICS + (PREFERENCE_COLUMNS if preference else [])
+    named = {name: metric_value(values, keys) for name, keys in columns}
+    return {name: value for name, value in named.items() if value is not None}
 
 
 def _number(value) -> str:

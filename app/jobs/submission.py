@@ -112,6 +112,11 @@ def check_submission(session: Session, submission: JobSubmission, team_id: int) 
         )
     if spec.eval_steps is not None and not has_eval:
         raise InvalidField(("spec", "eval_steps"), "evaluation needs a validation dataset or an eval split")
+    if spec.load_best_model_at_end and not has_eval:
+        raise InvalidField(
+            ("spec", "load_best_model_at_end"),
+            "the best checkpoint is found by evaluation: give a validation dataset or an eval split",
+        )
     if submission.parent_job_id is not None:
         check_parent(session, team_id, submission.parent_job_id, spec)
     return dataset

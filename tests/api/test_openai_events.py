@@ -40,8 +40,22 @@ def test_messages_and_metrics_page_together_newest_first_each_once(acme, db):
     ]
     assert described[:4] == [
         ("message", "message 6"),
-        ("metrics", {"step": 6, "train_loss": 1 / 6, "train_accuracy": 1.0, "total_steps": 6}),
-        ("metrics", {"step": 6, "valid_loss": 2 / 6, "valid_accuracy": 6 / 8, "total_steps": 6}),
+        (
+            "metrics",
+            {"step": 6, "train_loss": 1 / 6, "train_mean_token_accuracy": 1.0, "train_accuracy": 1.0, "total_steps": 6},
+        ),
+        (
+            "metrics",
+            {
+                "step": 6,
+                "valid_loss": 2 / 6,
+                "valid_mean_token_accuracy": 6 / 8,
+                "full_valid_loss": 2 / 6,
+                "full_valid_mean_token_accuracy": 6 / 8,
+                "valid_accuracy": 6 / 8,
+                "total_steps": 6,
+            },
+        ),
         ("message", "message 5"),
     ]
     assert [event["message"] for event in whole["data"][1:3]] == [

@@ -131,3 +131,33 @@ def test_trackers_compare_setting_by_setting(acme, db):
     assert differing["integrations.wandb.project"] == ["colours", None]
     assert differing["integrations.wandb.tags"] == [["a", "b"], None]
     assert "integrations" not in differing and "integrations" not in {row["name"] for row in body["equal"]}
+
+
+def test_each_jobs_best_evaluation_after_the_baseline_sits_beside_its_final_one(acme, db):
+    jobs = []
+    for rows, (name, points) in enumerate(
+        (
+            # (step, eval loss, eval accuracy, macro F1): the first overfits after step 20
+            ("overfits", [(0, 0.7, 0.5, 0.33), (10, 0.4, 0.8, 0.79), (20, 0.3, 0.9, 0.9), (30, 0.6, 0.85, 0.84)]),
+            ("steady", [(0, 0.2, 0.95, 0.95), (10, 0.5, 0.7, 0.7), (20, 0.45, 0.75, 0.74), (30, 0.45, 0.75, 0.74)]),
+        ),
+        start=6,
+    ):
+        job = ended_job(db, acme, name=name, spec={}, rows=chat_rows(rows), dataset_name=f"{name}.jsonl", step=30)
+        add_metrics(
+            db,
+            job,
+            [
+                MetricPoint(step, "eval", {"eval_loss": loss, "eval_accuracy": accuracy, "eval_f1_macro": f1})
+                for step, loss, accuracy, f1 in points
+            ],
+        )
+        jobs.append(job)
+    db.commit()
+    metrics = acme.client.get("/api/compare", params={"jobs": [job.id for job in jobs]}).json()["metrics"]
+    assert _row(metrics, "eval_accuracy") == [0.85, 0.75] and _row(metrics, "eval_f1_macro") == [0.84, 0.74]
+    assert _row(metrics, "best_eval_loss") == [0.3, 0.45] and _row(metrics, "best_eval_loss_step") == [20, 20]
+    assert _row(metrics, "best_eval_accuracy") == [0.9, 0.75], "the base model's 0.95 at step 0 is not the run's"
+    assert _row(metrics, "best_eval_accuracy_step") == [20, 20]
+    assert _row(metrics, "best_eval_f1_macro") == [0.9, 0.74]
+    assert next(row for row in metrics if row["name"] == "best_eval_accuracy")["better"] == "higher"

@@ -72,6 +72,11 @@ def test_a_launched_job_is_queued_with_its_spec_and_defaults(acme, dataset, db):
             ["body", "spec", "early_stopping_patience"],
             "needs evaluation",
         ),
+        (
+            {"spec": tiny_spec(load_best_model_at_end=True)},
+            ["body", "spec", "load_best_model_at_end"],
+            "found by evaluation",
+        ),
         ({"spec": tiny_spec(unknown_knob=1)}, ["body", "spec", "unknown_knob"], "Extra inputs are not permitted"),
         ({"dataset_id": 999_999}, ["body", "dataset_id"], "dataset not found"),
         ({"queue": "GPU; rm -rf"}, ["body", "queue"], "should match pattern"),

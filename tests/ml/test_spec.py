@@ -18,6 +18,19 @@ def test_a_model_name_is_all_a_spec_needs():
     assert TrainingSpec(base_model="m", method="full").effective_learning_rate == 2e-5
 
 
+def test_a_classifier_left_at_the_default_learning_rate_gets_the_classifiers_one():
+    assert TrainingSpec(base_model="m").for_classifier().learning_rate == 1e-3
+    assert TrainingSpec(base_model="m", method="full").for_classifier().learning_rate == 5e-5
+    assert TrainingSpec(base_model="m", learning_rate=3e-4).for_classifier().learning_rate == 3e-4, "the user's own"
+    spec = TrainingSpec(base_model="m")
+    assert spec.load_best_model_at_end is False and spec.metric_for_best_model == "eval_loss"
+    assert spec.learning_check_at == 0.5
+    with pytest.raises(ValidationError, match="picks its best checkpoint by eval_loss"):
+        TrainingSpec(
+            base_model="m", objective="dpo", load_best_model_at_end=True, metric_for_best_model="eval_accuracy"
+        )
+
+
 def test_specs_from_before_packing_auto_keep_their_meaning():
     # Stored jobs and API clients said true or false.
     assert TrainingSpec(base_model="m", packing=True).packing == "on"

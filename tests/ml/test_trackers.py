@@ -94,7 +94,7 @@ class TestOneTrackedRun:
         )
         assert run.data.params["learning_rate"] == "0.005"
         eval_loss = tracked_run.reporter.series("eval_loss")
-        assert [step for step, _ in eval_loss] == [4, 6]
+        assert [step for step, _ in eval_loss] == [0, 4, 6]  # 0: the base model, before training
         assert close_to(mlflow_server.metric_history(run.info.run_id, "eval_loss"), eval_loss)
         assert f"MLflow logs to {mlflow_server.url}, experiment colours" in tracked_run.reporter.messages()
 

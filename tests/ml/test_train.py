@@ -190,7 +190,7 @@ def test_reports_metrics_progress_events_and_checkpoints(make_spec, colour_file,
         assert {"loss", "learning_rate", "grad_norm", "epoch", "tokens_per_second", "peak_memory_mb"} <= point.keys()
         assert point["tokens_per_second"] > 0 and point["peak_memory_mb"] > 0
         assert 0 <= point["mean_token_accuracy"] <= 1
-    assert [step for step, m in reporter.metrics if "eval_loss" in m] == every(3, total)
+    assert [step for step, m in reporter.metrics if "eval_loss" in m] == [0, *every(3, total)]  # 0: the baseline
     assert all(0 <= m["eval_mean_token_accuracy"] <= 1 for _, m in reporter.metrics if "eval_loss" in m)
     assert [step for step, _ in reporter.checkpoints] == every(4, total)
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -206,7 +206,7 @@ def test_token_accuracy_rises_as_the_model_learns(make_spec, colour_file, models
     spec = make_spec(max_steps=16, eval_split=0.25, eval_steps=4)
     train(spec, train_file=colour_file, output_dir=tmp_path / "run", reporter=reporter, models_dir=models_dir)
     curve, eval_curve = accuracies(reporter), accuracies(reporter, "eval_mean_token_accuracy")
-    assert len(curve) == len(losses(reporter)) and len(eval_curve) == 4
+    assert len(curve) == len(losses(reporter)) and len(eval_curve) == 5  # the baseline, then steps 4 to 16
     assert all(0 <= value <= 1 for value in curve + eval_curve)
     assert mean(curve[-3:]) > curve[0] + 0.3, curve
     assert eval_curve[-1] > eval_curve[0] + 0.2, eval_curve

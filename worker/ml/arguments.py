@@ -41,7 +41,14 @@ def training_argument_values(
         raise ConfigurationError("early stopping needs evaluation data: set eval_split or give a validation file")
     if spec.eval_steps and not has_eval:
         raise ConfigurationError("eval_steps needs evaluation data: set eval_split or give a validation file")
+    if spec.load_best_model_at_end and not has_eval:
+        raise ConfigurationError(
+            "load_best_model_at_end needs evaluation data: set eval_split or give a validation file"
+        )
     eval_strategy = ("steps" if spec.eval_steps else "epoch") if has_eval else "no"
+    save_steps = spec.save_steps
+    if spec.load_best_model_at_end and not save_steps:
+        save_steps = spec.eval_steps  # a checkpoint at every evaluation, so that the best one has its own
     return dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=spec.batch_size,
@@ -59,8 +66,8 @@ def training_argument_values(
         logging_first_step=True,
         eval_strategy=eval_strategy,
         eval_steps=spec.eval_steps,
-        save_strategy="steps" if spec.save_steps else "epoch",
-        **({"save_steps": spec.save_steps} if spec.save_steps else {}),
+        save_strategy="steps" if save_steps else "epoch",
+        **({"save_steps": save_steps} if save_steps else {}),
         metric_for_best_model="eval_loss" if spec.early_stopping_patience else None,
         greater_is_better=False,
         seed=spec.seed,

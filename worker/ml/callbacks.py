@@ -14,7 +14,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import IGNORE_INDEX, REAL_TOKENS_KEY, Task
-from .reporting import Reporter
+from .evaluation import EvalAccumulator, best_evaluation, perplexity
+from .reporting import Reporter, counted
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -25,7 +26,7 @@ MAX_EPOCH_CHECKPOINTS = 10
 
 # What the reporter hears of the trainer's logs, at a training step and at an evaluation.
 TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "accuracy")
-EVAL_KEYS = ("eval_loss", "eval_mean_token_accuracy", "eval_accuracy")
+EVAL_KEYS = ("eval_loss", "eval_perplexity", "eval_mean_token_accuracy", "eval_accuracy", "eval_f1_macro")
 # The preference trainers' (TRL's) metrics, and the names the reporter hears them under
 # ("eval_" in front at an evaluation).
 PREFERENCE_KEYS = {
@@ -81,17 +82,21 @@ class CountingTrainer(Trainer):
     `state.num_input_tokens_seen` (which checkpoints carry across a resume), and its right
     predictions.
 
-    Accuracy comes, as in TRL's SFTTrainer, from the logits the forward pass made for the loss:
-    one value per batch, averaged over the batches since the last log and logged with the
-    loss: `mean_token_accuracy` for causal LMs, `accuracy` for classifiers (`eval_`-prefixed
-    at an evaluation).
+    Train accuracy comes, as in TRL's SFTTrainer, from the logits the forward pass made for
+    the loss: one value per batch, averaged over the batches since the last log and logged with
+    the loss: `mean_token_accuracy` for causal LMs, `accuracy` for classifiers. An evaluation
+    counts over all its rows instead (`evaluation.EvalAccumulator`): eval_mean_token_accuracy
+    weighted by tokens, or a classifier's eval_accuracy and eval_f1_macro from its confusion
+    matrix; with eval_perplexity from eval_loss.
     """
 
-    def __init__(self, *args, task: Task, **kwargs):
+    def __init__(self, *args, task: Task, class_names: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.accuracy_key = "mean_token_accuracy" if task == Task.causal_lm else "accuracy"
         self._accuracy = token_accuracy if task == Task.causal_lm else row_accuracy
-        self._batch_accuracies: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+        self._batch_accuracies: dict[str, list[torch.Tensor]] = {"train": []}
+        self.task = task
+        self.evaluation = EvalAccumulator(task, class_names)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop(REAL_TOKENS_KEY)
@@ -101,17 +106,21 @@ class CountingTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         with torch.no_grad():
             # Kept on the device: reading it back each step would wait for the GPU.
-            self._batch_accuracies["train" if model.training else "eval"].append(
-                self._accuracy(outputs.logits.detach(), labels)
-            )
+            if model.training:
+                self._batch_accuracies["train"].append(self._accuracy(outputs.logits.detach(), labels))
+            else:
+                self.evaluation.add(outputs.logits.detach(), labels)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        split = "eval" if "eval_loss" in logs else "train" if "loss" in logs else None
-        if split is not None and self._batch_accuracies[split]:
-            key = f"eval_{self.accuracy_key}" if split == "eval" else self.accuracy_key
-            logs[key] = torch.stack(self._batch_accuracies[split]).mean().item()
-            self._batch_accuracies[split].clear()
+        if "eval_loss" in logs:
+            if self.task == Task.causal_lm:
+                logs["eval_perplexity"] = perplexity(logs["eval_loss"])
+            if not self.evaluation.empty:
+                logs.update(self.evaluation.results())
+        elif "loss" in logs and self._batch_accuracies["train"]:
+            logs[self.accuracy_key] = torch.stack(self._batch_accuracies["train"]).mean().item()
+            self._batch_accuracies["train"].clear()
         super().log(logs, start_time)
 
 
@@ -123,10 +132,14 @@ class ReporterCallback(TrainerCallback):
     that resume would pick up.
     """
 
-    def __init__(self, reporter: Reporter, *, keep_checkpoints: int, cuda: bool):
+    def __init__(self, reporter: Reporter, *, keep_checkpoints: int, cuda: bool, keep_best: str | None = None):
         self.reporter = reporter
         self.keep_checkpoints = keep_checkpoints
         self.cuda = cuda
+        # The metric whose best checkpoint is kept from rotation (load_best_model_at_end), if any.
+        self.keep_best = keep_best
+        # The trainer's accumulator, whose classifier details each evaluation's event carries.
+        self.evaluation: EvalAccumulator | None = None
         self.stopped = False
         self._window_start = time.perf_counter()
         self._window_tokens = 0
@@ -148,7 +161,12 @@ class ReporterCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopped:  # the step that stopped was saved already; leave at once
             control.should_save = control.should_evaluate = False
-        elif control.should_save and args.save_strategy == "epoch" and state.global_step < state.max_steps:
+        elif (
+            control.should_save
+            and args.save_strategy == "epoch"
+            and state.global_step < state.max_steps
+            and not self.keep_best  # the best epoch must have its checkpoint
+        ):
             every = math.ceil(state.num_train_epochs / MAX_EPOCH_CHECKPOINTS)
             control.should_save = round(state.epoch) % every == 0
 
@@ -157,7 +175,8 @@ class ReporterCallback(TrainerCallback):
         if "eval_loss" in logs:
             metrics = {key: float(logs[key]) for key in EVAL_KEYS if key in logs}
             metrics.update(preference_metrics(logs, "eval_"))
-            self.reporter.log({**metrics, "epoch": state.epoch}, state.global_step)
+            self.reporter.log({**metrics, "epoch": float(state.epoch or 0.0)}, state.global_step)
+            self._report_classifier_evaluation(state.global_step, metrics)
             return
         if "loss" not in logs:
             return  # the end-of-training summary
@@ -174,6 +193,20 @@ class ReporterCallback(TrainerCallback):
         self.reporter.log(metrics, state.global_step)
         self._restart_window(state)
 
+    def _report_classifier_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        """A classifier's evaluation as an event: its confusion matrix and per-class figures in the data."""
+        details = self.evaluation.last_details if self.evaluation is not None else None
+        if details is None or "eval_accuracy" not in metrics:
+            return
+        self.evaluation.last_details = None
+        rows = sum(map(sum, details["confusion_matrix"]))
+        self.reporter.event(
+            f"{'Baseline (the base model)' if step == 0 else f'Evaluation at step {step}'}: accuracy "
+            f"{metrics['eval_accuracy']:.1%}, macro F1 {metrics.get('eval_f1_macro', 0.0):.3f} on "
+            f"{counted(rows, 'row')}",
+            evaluation={"step": step, **details},
+        )
+
     def on_evaluate(self, args, state, control, **kwargs):
         self._restart_window(state)  # evaluation time does not count against training throughput
 
@@ -186,8 +219,17 @@ class ReporterCallback(TrainerCallback):
         # survive it, or the loss curve would have a hole that no rerun fills.
         self.reporter.flush()
         written.rename(final)
+        best = self._best_step(state)
         for old in checkpoints(Path(args.output_dir))[: -self.keep_checkpoints]:
-            shutil.rmtree(old)
+            if checkpoint_step(old) != best:
+                shutil.rmtree(old)
         self.reporter.event(f"Saved checkpoint at step {state.global_step}", step=state.global_step)
         self.reporter.checkpoint(state.global_step, final)
         self._restart_window(state)
+
+    def _best_step(self, state) -> int | None:
+        """The step of the best evaluation so far, whose checkpoint rotation keeps (load_best_model_at_end)."""
+        if not self.keep_best:
+            return None
+        best = best_evaluation(state.log_history, self.keep_best)
+        return best.step if best else None

@@ -36,8 +36,9 @@ from app.contract.spec import TrainingSpec
 
 from . import data, preference
 from .arguments import training_arguments
-from .callbacks import CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
+from .callbacks import EVAL_KEYS, CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
 from .errors import ConfigurationError, DatasetError, DiskFullError, OutOfMemoryError
+from .evaluation import TASK_METRICS, LearningCheck, best_evaluation
 from .loading import (
     DevicePlan,
     load_model,
@@ -138,6 +139,7 @@ def prepare(
     class_names = data.class_names(rows) if task == data.Task.classification else None
     if class_names is not None and len(class_names) < 2:
         raise DatasetError("a classification dataset needs at least two different labels")
+    spec = _task_defaults(spec, task, reporter)
     tokenize = data.Tokenization(
         tokenizer, max_length=spec.max_seq_length, train_on_prompt=spec.train_on_prompt, class_names=class_names or ()
     )
@@ -210,6 +212,27 @@ def prepare(
         truncated_rows=truncated_rows,
         class_names=class_names,
     )
+
+
+def _task_defaults(spec: TrainingSpec, task: data.Task, reporter: Reporter) -> TrainingSpec:
+    """The spec with the task's defaults where the user left them unset (said in an event), and
+    its best-model metric checked against the task."""
+    if spec.metric_for_best_model not in TASK_METRICS[task]:
+        raise ConfigurationError(
+            f"metric_for_best_model {spec.metric_for_best_model} is not measured for a "
+            f"{'classifier' if task == data.Task.classification else 'language model'}: use one of "
+            f"{', '.join(TASK_METRICS[task])}"
+        )
+    if task != data.Task.classification:
+        return spec
+    chosen = spec.for_classifier()
+    if chosen.learning_rate != spec.learning_rate:
+        reporter.event(
+            f"Classifier defaults: learning rate {chosen.learning_rate:g} (the head is new and trained in full"
+            f"{' beside the adapters' if spec.uses_adapter else ''}; set learning_rate to choose another)",
+            learning_rate=chosen.learning_rate,
+        )
+    return chosen
 
 
 def _load(
@@ -327,7 +350,7 @@ def build_trainer(
         has_eval=prepared.eval_dataset is not None,
         run_name=run_name,
     )
-    callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers)
+    callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers, prepared)
     trainer = CountingTrainer(
         model=prepared.model,
         args=args,
@@ -337,16 +360,30 @@ def build_trainer(
         processing_class=prepared.tokenizer,
         callbacks=callbacks,
         task=prepared.task,
+        class_names=prepared.class_names,
     )
+    callback.evaluation = trainer.evaluation
     trainer.remove_callback(PrinterCallback)
     return trainer, callback
 
 
 def _callbacks(
-    spec: TrainingSpec, plan: DevicePlan, reporter: Reporter, trackers: list[TrainerCallback] = ()
+    spec: TrainingSpec,
+    plan: DevicePlan,
+    reporter: Reporter,
+    trackers: list[TrainerCallback] = (),
+    prepared: Prepared | None = None,
 ) -> tuple[ReporterCallback, list]:
-    callback = ReporterCallback(reporter, keep_checkpoints=spec.keep_checkpoints, cuda=plan.device == "cuda")
+    callback = ReporterCallback(
+        reporter,
+        keep_checkpoints=spec.keep_checkpoints,
+        cuda=plan.device == "cuda",
+        keep_best=spec.metric_for_best_model if spec.load_best_model_at_end else None,
+    )
     callbacks: list[TrainerCallback] = [callback, *trackers]
+    task = prepared.task if prepared is not None else data.Task.causal_lm
+    classes = len(prepared.class_names) if prepared is not None and prepared.class_names else None
+    callbacks.append(LearningCheck(reporter, share=spec.learning_check_at, task=task, num_classes=classes))
     if spec.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     return callback, callbacks
@@ -399,6 +436,9 @@ def train(
             _train_from(trainer, latest, reporter)
             if trainer.eval_dataset is not None and not callback.stopped:
                 _evaluate_at_the_end(trainer)
+                best = _report_best(trainer, spec, reporter)
+                if spec.load_best_model_at_end and best is not None:
+                    _load_best(trainer, best, checkpoint_dir, reporter)
 
     result = _result(trainer, prepared, stopped=callback.stopped, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
     if callback.stopped:
@@ -446,6 +486,10 @@ def _train_from(trainer: Trainer, latest: Path | None, reporter: Reporter) -> No
         return
     if latest is not None:
         reporter.event(f"Resuming from the checkpoint at step {checkpoint_step(latest)}")
+    elif trainer.eval_dataset is not None:
+        # The baseline: where the curves start from. LearningCheck keeps it in the log history.
+        reporter.event("Evaluating the base model before training: the step-0 baseline of every eval curve")
+        trainer.evaluate()
     trainer.train(resume_from_checkpoint=str(latest) if latest else None)
 
 
@@ -479,6 +523,38 @@ def _evaluate_at_the_end(trainer: Trainer) -> None:
         trainer.evaluate()
 
 
+def _report_best(trainer: Trainer, spec: TrainingSpec, reporter: Reporter):
+    """The run's best evaluation by the spec's metric (after step 0), said in an event."""
+    best = best_evaluation(trainer.state.log_history, spec.metric_for_best_model)
+    if best is not None:
+        reporter.event(
+            f"Best evaluation: step {best.step} ({best.metric} {best.value:.4g})",
+            best_step=best.step,
+            best_metric=best.metric,
+            best_value=best.value,
+        )
+    return best
+
+
+def _load_best(trainer: Trainer, best, checkpoint_dir: Path, reporter: Reporter) -> None:
+    """Put the best evaluation's checkpoint weights into the model, for the final artifact."""
+    if best.step == trainer.state.global_step:
+        reporter.event(f"The last step is the best one: its weights are the final ones (step {best.step})")
+        return
+    saved = {checkpoint_step(path): path for path in checkpoints(checkpoint_dir)}
+    if best.step not in saved:
+        reporter.event(
+            f"The best evaluation's checkpoint (step {best.step}) was not kept; the final weights are the last step's",
+            level="warning",
+        )
+        return
+    load_checkpoint_weights(trainer.model, saved[best.step])
+    reporter.event(
+        f"Loaded the best checkpoint (step {best.step}, {best.metric} {best.value:.4g}) as the final weights",
+        best_step=best.step,
+    )
+
+
 def _result(
     trainer: Trainer, prepared: Prepared, *, stopped: bool, output_dir: Path, checkpoint_dir: Path
 ) -> TrainResult:
@@ -502,8 +578,17 @@ def final_metrics(state) -> dict[str, float]:
     last_train = next((entry for entry in reversed(history) if "loss" in entry), {})
     last_eval = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
     metrics = {key: float(last_train[key]) for key in ("loss", "learning_rate", "grad_norm") if key in last_train}
-    if last_eval:
-        metrics["eval_loss"] = float(last_eval["eval_loss"])
+    for key in ("mean_token_accuracy", "accuracy"):
+        if key in last_train:
+            metrics[key] = float(last_train[key])
+    for key in EVAL_KEYS:
+        if key in last_eval:
+            metrics[key] = float(last_eval[key])
+    for metric in ("eval_loss", "eval_mean_token_accuracy", "eval_accuracy", "eval_f1_macro"):
+        best = best_evaluation(history, metric)
+        if best is not None:
+            metrics[f"best_{metric}"] = best.value
+            metrics[f"best_{metric}_step"] = float(best.step)
     metrics["epoch"] = float(state.epoch or 0.0)
     return metrics
 

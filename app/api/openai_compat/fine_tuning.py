@@ -45,6 +45,7 @@ from app.core.errors import InvalidField
 from app.core.tables import Job, JobEvent, JobMetric, JobState, Team, utcnow
 from app.core.worker_registry import served_queues
 from app.jobs.artifacts import checkpoints_before
+from app.jobs.exports import openai_metrics
 from app.jobs.queries import eta_seconds, list_jobs
 from app.jobs.submission import JobSubmission, cancel_job, pause_job, resume_job, submit_job
 from app.jobs.timeline import items_newest_first, values_at
@@ -356,12 +357,6 @@ _METRIC_WORDS = {
 }
 
 
-def _openai_metrics(values: dict[str, Any]) -> dict[str, float]:
-    """tunelab's metric values under OpenAI's names (those it has no name for left out): the
-    metrics of checkpoints and of metrics events alike."""
-    return {name: values[key] for name, key in _CHECKPOINT_METRICS.items() if values.get(key) is not None}
-
-
 def _event_id(job: Job, seq: int) -> str:
     """`ftevent-<job>-<seq>`: a job's events and metric points share its sequence numbers."""
     return f"{EVENT}-{job.id}-{seq}"
@@ -383,7 +378,7 @@ def _event_object(job: Job, item: JobEvent | JobMetric) -> dict[str, Any]:
     if isinstance(item, JobEvent):
         level = _LEVELS.get(item.level, "info")
         return {**event, "level": level, "message": item.message, "data": item.data, "type": "message"}
-    metrics = _openai_metrics(item.values)
+    metrics = openai_metrics(item.values, _is_preference(job))
     steps = f"{item.step}/{job.total_steps}" if job.total_steps else f"{item.step}"
     said = ", ".join(f"{words}={metrics[name]:.4g}" for name, words in _METRIC_WORDS.items() if name in metrics)
     data = {"step": item.step, **metrics, "total_steps": job.total_steps}
@@ -405,33 +400,14 @@ def list_fine_tuning_events(
     return page([_event_object(job, item) for item in rows[:limit]], len(rows) > limit)
 
 
-# The checkpoint metrics OpenAI names, from tunelab's train and eval points of that step.
-_CHECKPOINT_METRICS = {
-    "train_loss": "loss",
-    "train_mean_token_accuracy": "mean_token_accuracy",
-    "valid_loss": "eval_loss",
-    "valid_mean_token_accuracy": "eval_mean_token_accuracy",
-    # A preference job's (DPO, ORPO, KTO) rewards, as OpenAI's result files of DPO jobs would name them.
-    "train_reward_accuracy": "reward_accuracy",
-    "train_reward_margin": "reward_margin",
-    "valid_reward_accuracy": "eval_reward_accuracy",
-    "valid_reward_margin": "eval_reward_margin",
-    "train_reward_chosen": "reward_chosen",
-    "train_reward_rejected": "reward_rejected",
-    "valid_reward_chosen": "eval_reward_chosen",
-    "valid_reward_rejected": "eval_reward_rejected",
-    "train_logp_chosen": "logp_chosen",
-    "train_logp_rejected": "logp_rejected",
-    "valid_logp_chosen": "eval_logp_chosen",
-    "valid_logp_rejected": "eval_logp_rejected",
-    # A classifier's share of rows right (a language model's accuracy is per token, above).
-    "train_accuracy": "accuracy",
-    "valid_accuracy": "eval_accuracy",
-}
-
-
 def _checkpoint_metrics(session, job: Job, step: int) -> dict[str, float]:
-    return {"step": float(step), **_openai_metrics(values_at(session, job, step))}
+    """The checkpoint's metrics under OpenAI's names (see `exports.OPENAI_METRICS`), with a
+    preference job's rewards as OpenAI's result files of DPO jobs would name them."""
+    return {"step": float(step), **openai_metrics(values_at(session, job, step), _is_preference(job))}
+
+
+def _is_preference(job: Job) -> bool:
+    return job.spec.get("objective", "sft") != "sft"
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")

@@ -61,11 +61,11 @@ const charts = (() => {
           label: s.label,
           // A faint series (the raw loss under its smoothed line) stays plainly visible.
           stroke: s.faint ? hexAlpha(s.color || palette[i % palette.length], 0.5) : s.color || palette[i % palette.length],
-          width: s.faint ? 1.5 : s.width || 2,
+          width: s.faint ? 1.5 : s.width ?? 2,
           value: (_u, v) => formatValue(v),
           dash: s.dash,
           spanGaps: true,
-          points: { show: !!s.showPoints, size: 5 },
+          points: { show: !!s.showPoints, size: s.pointSize || 5 },
           show: s.show !== false,
         }))],
       };

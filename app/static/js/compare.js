@@ -52,6 +52,13 @@
     steps: ["Steps", tl.fmt.number],
     trained_tokens: ["Tokens trained", tl.fmt.number],
     duration_s: ["Duration", tl.fmt.duration],
+    eval_f1_macro: ["Eval macro F1 (last)", (x) => (x === null || x === undefined ? "–" : x.toFixed(3))],
+    best_eval_loss: ["Best eval loss", tl.fmt.loss],
+    best_eval_loss_step: ["… at step", setting],
+    best_eval_accuracy: ["Best eval accuracy", percent],
+    best_eval_accuracy_step: ["… at step", setting],
+    best_eval_f1_macro: ["Best eval macro F1", (x) => (x === null || x === undefined ? "–" : x.toFixed(3))],
+    best_eval_f1_macro_step: ["… at step", setting],
   };
   function setting(value) {
     if (value === null || value === undefined) return "–";
@@ -72,7 +79,7 @@
     const head = el("thead", {}, el("tr", {}, el("th", { text: "" }),
       body.jobs.map((job) => el("th", { class: "job-head" },
         el("span", { class: "swatch", style: `background:${colour(job.id)}` }), `#${job.id} ${job.name}`))));
-    const metrics = el("tbody", { "data-testid": "compare-metrics" }, group("Final metrics", body.jobs),
+    const metrics = el("tbody", { "data-testid": "compare-metrics" }, group("Final and best metrics", body.jobs),
       body.metrics.map((row) => {
         const [label, format] = METRICS[row.name] || [row.name, setting];
         const winners = best(row);

@@ -11,6 +11,11 @@
   // A preference job's (DPO, ORPO, KTO) series, train and eval: reward_chosen, eval_reward_margin, ...
   const preference = {};
   const PREFERENCE_KEYS = ["reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected"];
+  // Task metrics at each evaluation (step 0: the base model), and what the chart calls them.
+  const EVAL_METRICS = { eval_accuracy: "accuracy", eval_f1_macro: "macro F1", eval_mean_token_accuracy: "token accuracy" };
+  const evalMetrics = {};
+  const bestMetric = (data.spec_used && data.spec_used.metric_for_best_model) || "eval_loss";
+  let shownEvaluation = null; // the classifier evaluation the confusion matrix shows
   const seenMetric = new Set();
   const seenEvent = new Set();
 
@@ -20,6 +25,7 @@
   const rewardChart = charts.line(document.getElementById("reward-chart"), { height: 190 });
   const rewardAccuracyChart = charts.line(document.getElementById("reward-accuracy-chart"), { height: 190 });
   const logpChart = charts.line(document.getElementById("logp-chart"), { height: 190 });
+  const evalMetricsChart = charts.line(document.getElementById("eval-metrics-chart"), { height: 220 });
   const logScale = document.getElementById("log-scale");
   const smoothing = document.getElementById("smoothing");
 
@@ -33,6 +39,8 @@
     }
     if (point.split === "eval") {
       if (v.eval_loss !== undefined) evals.push([point.step, v.eval_loss]);
+      for (const key of Object.keys(EVAL_METRICS))
+        if (v[key] !== undefined && v[key] !== null) (evalMetrics[key] = evalMetrics[key] || []).push([point.step, v[key]]);
       return;
     }
     if (v.loss !== undefined) train.push([point.step, v.loss]);
@@ -55,9 +63,12 @@
       if (weight > 0) series.push({ label: "train (raw)", points: trainSorted, color: charts.palette[0], faint: true });
       series.push({ label: weight > 0 ? "train (smoothed)" : "train", points: trainSorted.map((p, i) => [p[0], smoothed[i]]), color: charts.palette[0] });
       series.push({ label: "eval", points: sorted(evals), color: charts.palette[1], showPoints: true });
+      const bestLoss = bestMetric === "eval_loss" && best(evals, false);
+      if (bestLoss) series.push(bestMarker(bestLoss));
       document.getElementById("loss-empty").hidden = train.length + evals.length > 0;
       document.getElementById("loss-chart").dataset.points = String(train.length + evals.length);
       lossChart.draw(series, { log: logScale.checked });
+      drawEvalMetrics(sorted);
       lrChart.draw([{ label: "learning rate", points: sorted(lr), color: charts.palette[2] }]);
       tpsChart.draw([{ label: "tokens/s", points: sorted(tps), color: charts.palette[4] }]);
       const shown = Object.keys(preference).length > 0;
@@ -81,6 +92,57 @@
       }
     });
   }
+  /** The best evaluation after step 0 (the earliest of equals), as [step, value], or null. */
+  function best(points, higher) {
+    let found = null;
+    for (const p of points.filter((q) => q[0] > 0).sort((a, b) => a[0] - b[0]))
+      if (!found || (higher ? p[1] > found[1] : p[1] < found[1])) found = p;
+    return found;
+  }
+  const bestMarker = (point) => ({ label: `best (step ${point[0]})`, points: [point], color: charts.palette[7], showPoints: true, pointSize: 11, width: 0 });
+
+  function drawEvalMetrics(sorted) {
+    const keys = Object.keys(EVAL_METRICS).filter((key) => evalMetrics[key]);
+    document.getElementById("evaluation").hidden = keys.length === 0;
+    if (!keys.length) return;
+    const series = keys.map((key, i) => ({ label: EVAL_METRICS[key], points: sorted(evalMetrics[key]), color: charts.palette[[1, 3, 2][i]], showPoints: true }));
+    const marked = evalMetrics[bestMetric] && best(evalMetrics[bestMetric], true);
+    if (marked) series.push(bestMarker(marked));
+    const chart = document.getElementById("eval-metrics-chart");
+    chart.dataset.points = String(keys.reduce((n, key) => n + evalMetrics[key].length, 0));
+    chart.dataset.baseline = String(keys.some((key) => evalMetrics[key].some((p) => p[0] === 0)));
+    evalMetricsChart.draw(series);
+  }
+
+  /** A classifier's latest evaluation: the confusion matrix as a heat map (rows: true label), and per-class figures. */
+  function renderEvaluation(evaluation) {
+    if (shownEvaluation && shownEvaluation.step > evaluation.step) return;
+    shownEvaluation = evaluation;
+    const names = evaluation.class_names, matrix = evaluation.confusion_matrix;
+    const largest = Math.max(1, ...matrix.flat());
+    document.getElementById("confusion-card").hidden = false;
+    document.getElementById("confusion-step").textContent = evaluation.step === 0 ? "the base model (step 0)" : `at step ${evaluation.step}`;
+    document.getElementById("confusion-matrix").replaceChildren(
+      el("thead", {}, el("tr", {}, el("th", { class: "axis", text: "true ↓ predicted →" }), names.map((n) => el("th", { text: n })))),
+      el("tbody", {}, matrix.map((row, i) => el("tr", {}, el("th", { text: names[i] }), row.map((count, j) => {
+        const share = count / largest;
+        const tint = i === j ? "5, 150, 105" : "220, 38, 38"; // right on the diagonal, wrong elsewhere
+        return el("td", { text: String(count), title: `${count} ${names[i]} rows predicted ${names[j]}`,
+          style: `background: rgba(${tint}, ${(0.08 + 0.72 * share).toFixed(2)}); color: ${share > 0.6 ? "#fff" : "inherit"}` });
+      })))));
+    const percent = (x) => `${(x * 100).toFixed(1)}%`;
+    document.getElementById("per-class").replaceChildren(
+      el("thead", {}, el("tr", {}, ["label", "precision", "recall", "F1", "rows"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, evaluation.per_class.map((c) => el("tr", {}, el("td", { text: c.label }), el("td", { text: percent(c.precision) }),
+        el("td", { text: percent(c.recall) }), el("td", { text: c.f1.toFixed(3) }), el("td", { text: String(c.support) })))));
+  }
+
+  function showVerdict(data) {
+    document.getElementById("job-verdict").hidden = false;
+    document.getElementById("job-verdict-reasons").textContent = `At step ${data.step}: ${data.reasons.join("; ")}.`;
+    document.getElementById("job-verdict-causes").replaceChildren(...data.causes.map((c) => el("li", { text: `Likely: ${c}` })));
+  }
+
   logScale.addEventListener("change", drawCharts);
   smoothing.addEventListener("input", drawCharts);
 
@@ -95,6 +157,8 @@
       el("span", { text: event.message }));
     const older = [...list.children].find((li) => Number(li.dataset.seq) < event.seq);
     list.insertBefore(item, older || null);
+    if (event.data && event.data.evaluation) renderEvaluation(event.data.evaluation);
+    if (event.data && event.data.verdict === "not_learning") showVerdict(event.data);
     if (/^Saved checkpoint|^Saved the|^Job (succeeded|cancelled|paused)/.test(event.message)) refreshArtifacts();
   }
 

@@ -29,6 +29,7 @@
     gradient_accumulation_steps: "Gradient accumulation", keep_checkpoints: "Checkpoints kept",
     "preference.beta": "Beta", "preference.loss_type": "DPO loss", "preference.rpo_alpha": "RPO alpha",
     "preference.reference_free": "Reference-free",
+    load_best_model_at_end: "Keep the best checkpoint", metric_for_best_model: "Best by", learning_check_at: "Check learning at (share of run)",
   };
   const label = (path) => {
     if (LABELS[path]) return LABELS[path];
