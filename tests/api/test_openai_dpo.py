@@ -57,8 +57,10 @@ def test_a_dpo_job_from_an_openai_preference_file_runs_to_success(member, live_s
 
     result = client.files.content(done.result_files[0]).text
     rows = list(csv.DictReader(io.StringIO(result)))
-    assert [row["step"] for row in rows] == [str(step) for step in range(1, 9)]
-    assert float(rows[-1]["train_reward_margin"]) > float(rows[0]["train_reward_margin"])
+    # Step 0: the baseline, the starting model evaluated on the held-out pairs before training.
+    assert [row["step"] for row in rows] == [str(step) for step in range(0, 9)]
+    assert rows[0]["valid_reward_accuracy"] != "" and rows[0]["train_loss"] == ""
+    assert float(rows[-1]["train_reward_margin"]) > float(rows[1]["train_reward_margin"])
     assert rows[-1]["valid_reward_accuracy"] != ""
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
@@ -66,7 +68,7 @@ def test_a_dpo_job_from_an_openai_preference_file_runs_to_success(member, live_s
     # A metrics event for each logged step and evaluation, with the rewards under OpenAI's names.
     train = [event.data for event in events if event.type == "metrics" and "train_loss" in event.data]
     valid = [event.data for event in events if event.type == "metrics" and "valid_loss" in event.data]
-    assert [data["step"] for data in train] == list(range(8, 0, -1)) and [data["step"] for data in valid] == [8, 4]
+    assert [data["step"] for data in train] == list(range(8, 0, -1)) and [data["step"] for data in valid] == [8, 4, 0]
     rewards = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen", "logp_rejected")
     assert all(f"train_{name}" in data for data in train for name in rewards)
     assert all(f"valid_{name}" in data for data in valid for name in rewards)
