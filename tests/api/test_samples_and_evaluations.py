@@ -119,7 +119,7 @@ class TestEvaluationOnAnotherDataset:
         assert response.status_code == 422 and "dataset" in response.text
 
     def test_another_teams_job_is_not_found(self, trained):
-        theirs = trained.upload(trained.other_team, chat_rows(4), "mine.jsonl")
+        theirs = trained.upload(trained.other_team, chat_rows(5), "mine.jsonl")
         url = f"/api/jobs/{trained.job_id}/evaluations"
         assert trained.other_team.client.post(url, json={"dataset_id": theirs}).status_code == 404
         assert trained.other_team.client.get(url).status_code == 404

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.core.tables import JobState
 from app.jobs.timeline import add_samples
-from tests.helpers import add_job
+from tests.helpers import add_dataset, add_job, chat_rows
 
 
 def _answers(step: int, answers: dict[str, str]) -> list[dict]:
@@ -17,7 +17,10 @@ def _answers(step: int, answers: dict[str, str]) -> list[dict]:
 
 def test_the_jobs_last_answers_to_the_same_prompts_stand_side_by_side(db, make_account):
     acme = make_account(team="acme")
-    first, second = (add_job(db, acme, JobState.succeeded, name=name) for name in ("low-lr", "high-lr"))
+    dataset = add_dataset(db, acme, chat_rows(6))
+    first, second = (
+        add_job(db, acme, JobState.succeeded, name=name, dataset=dataset) for name in ("low-lr", "high-lr")
+    )
     add_samples(db, first, "base", 0, _answers(1, {"sky?": "zzz", "sea?": "zzz"}))
     add_samples(db, first, "generation", 4, _answers(4, {"sky?": "early", "sea?": "early"}))
     add_samples(db, first, "generation", 8, _answers(8, {"sky?": "The sky is blue.", "sea?": "The sky."}))
