@@ -12,7 +12,7 @@ const jobEvaluations = (() => {
   let poll = null;
 
   function metricText(metrics) {
-    const shown = Object.entries(metrics).filter(([key]) => key.startsWith("eval_") && !/runtime|per_second/.test(key));
+    const shown = Object.entries(metrics).filter(([key]) => key.startsWith("eval_") && !/runtime|per_second|preparation/.test(key));
     return shown.map(([key, value]) => `${key.slice(5).replaceAll("_", " ")} ${fmt.loss(value)}`).join(" · ");
   }
 
