@@ -6,7 +6,8 @@ with the reference answer and the loss of that reference under the model, so a t
 the best and worst rows. The base model's answers come once, before training: the same model
 with its adapter switched off (LoRA, QLoRA), or the weights before the first step (full). A
 classifier lists its misclassified evaluation rows instead. Both are bounded in rows, tokens
-and wall time: evaluation must stay a small share of a run.
+and wall time (a share of the time since the last evaluation): evaluation must stay a small
+share of a run, however often it evaluates.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ GENERATION = "generation"  # a causal LM's answers at an evaluation
 BASE = "base"  # the base model's answers to the same prompts, at step 0
 MISCLASSIFIED = "misclassified"  # a classifier's wrong predictions at an evaluation
 
-# Wall time the samples of one evaluation may take; generation stops where it is then.
+# Wall time the samples of one evaluation may take: this share of the time since the last
+# ones (so that they stay a small part of the run however often it evaluates), at least
+# MIN_TIME_S and at most TIME_LIMIT_S (the base model's, once, get TIME_LIMIT_S). Generation
+# stops where it is then: a late answer is cut short, never waited for.
+TIME_SHARE = 0.05
+MIN_TIME_S = 0.5
 TIME_LIMIT_S = 30.0
 MAX_MISCLASSIFIED = 20
 # A classifier's evaluation rows looked through for misclassified ones, at most.
@@ -143,15 +149,17 @@ class Sampler:
     def kind(self) -> str:
         return GENERATION if self.task == Task.causal_lm else MISCLASSIFIED
 
-    def at_evaluation(self, model) -> list[dict[str, Any]]:
-        return self.answers(model) if self.task == Task.causal_lm else self.misclassified(model)
+    def at_evaluation(self, model, time_limit_s: float | None = None) -> list[dict[str, Any]]:
+        if self.task == Task.causal_lm:
+            return self.answers(model, time_limit_s)
+        return self.misclassified(model, time_limit_s)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def answers(self, model) -> list[dict[str, Any]]:
+    def answers(self, model, time_limit_s: float | None = None) -> list[dict[str, Any]]:
         """Each prompt's greedy answer, with the reference and the model's loss on the reference."""
-        deadline = time.monotonic() + self.time_limit_s
+        deadline = time.monotonic() + (time_limit_s or self.time_limit_s)
         with _inference(model) as device:
             losses = self._losses(model, device)
             answers = self._generate(model, device, deadline)
@@ -199,10 +207,10 @@ class Sampler:
             answers.extend(self._decode(row[ids.shape[1] :].tolist()) for row in out)
         return answers
 
-    def misclassified(self, model) -> list[dict[str, Any]]:
+    def misclassified(self, model, time_limit_s: float | None = None) -> list[dict[str, Any]]:
         """The first evaluation rows the classifier gets wrong: text, predicted and true label, the
         probability it gave its prediction."""
-        deadline = time.monotonic() + self.time_limit_s
+        deadline = time.monotonic() + (time_limit_s or self.time_limit_s)
         wrong: list[dict[str, Any]] = []
         rows = list(range(min(len(self.examples), MAX_SCANNED_ROWS)))
         with _inference(model) as device:
@@ -233,8 +241,10 @@ class SamplesCallback(TrainerCallback):
     def __init__(self, sampler: Sampler, reporter: Reporter) -> None:
         self.sampler = sampler
         self.reporter = reporter
+        self._last_done = time.monotonic()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._last_done = time.monotonic()
         if not self.sampler.prompts or not state.is_world_process_zero:
             return
         if hasattr(model, "disable_adapter"):  # a PeftModel: the base model is the same one, adapter off
@@ -245,10 +255,15 @@ class SamplesCallback(TrainerCallback):
         else:  # a full fine-tune resumed: its base answers were reported when it began
             return
         self.reporter.samples(BASE, 0, rows)
+        self._last_done = time.monotonic()
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
-            self.reporter.samples(self.sampler.kind, state.global_step, self.sampler.at_evaluation(model))
+        if not state.is_world_process_zero:
+            return
+        since = time.monotonic() - self._last_done
+        budget = min(TIME_LIMIT_S, max(MIN_TIME_S, TIME_SHARE * since))
+        self.reporter.samples(self.sampler.kind, state.global_step, self.sampler.at_evaluation(model, budget))
+        self._last_done = time.monotonic()
 
 
 def samples_callbacks(
