@@ -1,5 +1,5 @@
-"""The worker's side of the training library's `Reporter`: metric points, events and
-checkpoints go to the database (and ring the live streams), cancel requests come back.
+"""The worker's side of the training library's `Reporter`: metric points, events, sample
+answers and checkpoints go to the database (and ring the live streams), cancel requests come back.
 
 The training thread never waits on the database to log: points are queued and a flusher
 thread writes them in small batches (a few tens of milliseconds apart), together with the
@@ -30,7 +30,7 @@ from app.core.database import session_scope
 from app.core.live import ring_after_commit, team_channel
 from app.core.tables import ArtifactKind, Job, JobState, utcnow
 from app.jobs.artifacts import forget_rotated_checkpoints, record_artifact
-from app.jobs.timeline import MetricPoint, add_event, add_metrics
+from app.jobs.timeline import MetricPoint, add_event, add_metrics, add_samples
 from app.sweeps.pruning import judge_trial
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,13 @@ class _Event:
 
 
 @dataclass(frozen=True)
+class _Samples:
+    kind: str
+    step: int
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class _Checkpoint:
     step: int
     path: Path
@@ -61,7 +68,7 @@ class DatabaseReporter:
         self.store = store
         self.linger_s = linger_s
         self.heartbeat_s = heartbeat_s
-        self._queue: list[_Event | MetricPoint | _Checkpoint] = []
+        self._queue: list[_Event | MetricPoint | _Samples | _Checkpoint] = []
         self._lock = threading.Lock()  # guards the queue
         self._write_lock = threading.Lock()  # one flush at a time, so batches land in order
         self._wake = threading.Event()
@@ -94,6 +101,9 @@ class DatabaseReporter:
 
     def checkpoint(self, step: int, path: Path) -> None:
         self._put(_Checkpoint(step, path))
+
+    def samples(self, kind: str, step: int, rows: list[dict[str, Any]]) -> None:
+        self._put(_Samples(kind, step, rows))
 
     def should_stop(self) -> bool:
         """Stop when the worker is shutting down, when the job is being cancelled, or when
@@ -185,6 +195,8 @@ class DatabaseReporter:
                 for item in batch:
                     if isinstance(item, _Event):
                         add_event(session, job, item.message, level=item.level, **item.data)
+                    elif isinstance(item, _Samples):
+                        add_samples(session, job, item.kind, item.step, item.rows)
                     elif isinstance(item, _Checkpoint):
                         self._record_checkpoint(session, item)
                 add_metrics(session, job, points)

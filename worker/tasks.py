@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from app.core.queue import DELIVER_WEBHOOK_TASK, EXPORT_GGUF_TASK, MERGE_ADAPTER_TASK, RUN_COMPLETION_TASK, RUN_JOB_TASK
+from app.core.queue import (
+    DELIVER_WEBHOOK_TASK,
+    EVALUATE_JOB_TASK,
+    EXPORT_GGUF_TASK,
+    MERGE_ADAPTER_TASK,
+    RUN_COMPLETION_TASK,
+    RUN_JOB_TASK,
+)
 from app.webhooks import delivery
-from worker import chat_job, gguf_job, merge_job, training_job
+from worker import chat_job, evaluation_job, gguf_job, merge_job, training_job
 from worker.celery_app import celery_app
 
 
@@ -21,6 +28,11 @@ def merge_adapter(job_id: int) -> None:
 @celery_app.task(name=EXPORT_GGUF_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def export_gguf(job_id: int, quantization: str, hub_repo: str | None = None) -> None:
     gguf_job.export_gguf_job(job_id, quantization, hub_repo)
+
+
+@celery_app.task(name=EVALUATE_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def evaluate_job(evaluation_id: int) -> None:
+    evaluation_job.evaluate_job(evaluation_id)
 
 
 @celery_app.task(name=RUN_COMPLETION_TASK, ignore_result=True)

@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.contract.export import GgufQuantization
-from app.core.tables import ArtifactKind, Dataset, Job, JobState, Role
+from app.core.tables import ArtifactKind, Dataset, EvaluationState, Job, JobState, Role
 from app.jobs.queries import eta_seconds, progress
 from app.jobs.workers import WorkersOverview, WorkerView
 
@@ -233,6 +233,39 @@ class MetricOut(BaseModel):
     split: str
     created_at: datetime
     values: dict
+
+
+class SamplesOut(_Out):
+    """The model's answers at one evaluation: `kind` generation (prompt, reference, answer, loss per
+    row), base (the base model's answers, step 0) or misclassified (text, predicted, label, probability)."""
+
+    seq: int
+    step: int
+    kind: str
+    created_at: datetime
+    rows: list[dict]
+
+
+class EvaluationIn(BaseModel):
+    dataset_id: int = Field(description="A dataset of your team to evaluate the job's final weights on.")
+
+
+class EvaluationOut(_Out):
+    id: int
+    job_id: int
+    dataset_id: int | None
+    dataset_name: str | None = None
+    state: EvaluationState
+    metrics: dict
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, evaluation) -> EvaluationOut:
+        out = cls.model_validate(evaluation)
+        out.dataset_name = evaluation.dataset.name if evaluation.dataset else None
+        return out
 
 
 # ---- datasets ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app.api.deps import AccessDep, SessionDep
-from app.jobs.comparison import MAX_JOBS, Row, compare_jobs
+from app.jobs.comparison import MAX_JOBS, Row, compare_jobs, compared_samples
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -50,4 +50,30 @@ def compare(
         differing=_rows(comparison.differing),
         equal=_rows(comparison.equal),
         metrics=_rows(comparison.metrics),
+    )
+
+
+class ComparedPromptOut(BaseModel):
+    prompt: str
+    reference: str
+    answers: list[str | None] = Field(description="One per job: its answer at its last evaluation; null: not asked.")
+    losses: list[float | None] = Field(description="Each job's loss on the reference answer.")
+
+
+class ComparedSamplesOut(BaseModel):
+    jobs: list[ComparedJobOut]
+    prompts: list[ComparedPromptOut]
+
+
+@router.get("/compare/samples", response_model=ComparedSamplesOut)
+def compare_samples(
+    access: AccessDep,
+    session: SessionDep,
+    jobs: Annotated[list[int], Query(min_length=1, max_length=MAX_JOBS, description="The jobs' ids, in order.")],
+) -> ComparedSamplesOut:
+    """The jobs' answers at their last evaluation to the same held-out prompts, side by side."""
+    compared, prompts = compared_samples(session, access, jobs)
+    return ComparedSamplesOut(
+        jobs=[ComparedJobOut(id=job.id, name=job.name, state=job.state.value) for job in compared],
+        prompts=[ComparedPromptOut(**vars(prompt)) for prompt in prompts],
     )

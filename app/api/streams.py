@@ -15,12 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
 from app.accounts.access import access_for
-from app.api.bodies import JobEventOut, JobOut, MetricOut
+from app.api.bodies import JobEventOut, JobOut, MetricOut, SamplesOut
 from app.api.deps import AccessDep, SessionDep, recheck_caller
 from app.config import get_settings
 from app.core.database import session_scope
 from app.core.live import Doorbell, job_channel, team_channel
-from app.core.tables import Job, JobEvent, JobMetric, JobState, utcnow
+from app.core.tables import Job, JobEvent, JobMetric, JobSamples, JobState, utcnow
 from app.core.worker_registry import served_queues
 from app.jobs.queries import jobs_changed_since
 from app.jobs.timeline import items_after
@@ -32,10 +32,13 @@ PAGE = 1000  # items read at once; a full page means more is waiting
 _HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
-def _stream_item(item: JobEvent | JobMetric) -> dict[str, Any]:
+def _stream_item(item: JobEvent | JobMetric | JobSamples) -> dict[str, Any]:
     if isinstance(item, JobMetric):
         payload = MetricOut.model_validate(item, from_attributes=True).model_dump(mode="json")
         return {"id": str(item.seq), "event": "metric", "data": json.dumps(payload)}
+    if isinstance(item, JobSamples):
+        payload = SamplesOut.model_validate(item).model_dump(mode="json")
+        return {"id": str(item.seq), "event": "samples", "data": json.dumps(payload)}
     payload = JobEventOut.model_validate(item).model_dump(mode="json")
     return {"id": str(item.seq), "event": "event", "data": json.dumps(payload)}
 
@@ -94,7 +97,8 @@ async def stream_job(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     after: Annotated[int | None, Query(ge=0, description="Like Last-Event-ID, for clients that cannot set it")] = None,
 ) -> EventSourceResponse:
-    """Server-sent events: every stored metric point (`metric`) and event (`event`) after
+    """Server-sent events: every stored metric point (`metric`), event (`event`) and set of
+    sample answers at an evaluation (`samples`) after
     Last-Event-ID, each with its sequence number as the event id, then the live ones;
     `progress` snapshots of the job as it moves; `end` when the job has finished."""
     job = await run_in_threadpool(access.get, session, Job, job_id)

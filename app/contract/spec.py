@@ -327,6 +327,16 @@ class TrainingSpec(_Strict):
         2, ge=1, le=1000, description="Checkpoints kept on the worker's disk; older ones are deleted as new ones land."
     )
     logging_steps: int = Field(5, ge=1, le=100_000, description="Report metrics every N optimizer steps.")
+    eval_samples: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="At each evaluation, the model's answers to this many fixed held-out prompts, beside the "
+        "reference and the base model's answer (a classifier: its misclassified rows); 0: none.",
+    )
+    eval_sample_max_new_tokens: int = Field(
+        48, ge=1, le=1024, description="Most tokens in each sample answer (generation also stops after 30 s)."
+    )
 
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)

@@ -30,6 +30,7 @@ EMBEDDED_SCHEME = "embedded"  # the embedded broker's URL scheme: app.embedded_b
 RUN_JOB_TASK = "tunelab.run_job"
 MERGE_ADAPTER_TASK = "tunelab.merge_adapter"
 EXPORT_GGUF_TASK = "tunelab.export_gguf"
+EVALUATE_JOB_TASK = "tunelab.evaluate_job"
 RUN_COMPLETION_TASK = "tunelab.run_completion"
 DELIVER_WEBHOOK_TASK = "tunelab.deliver_webhook"
 DEFAULT_QUEUE = "default"
@@ -94,6 +95,11 @@ def enqueue_gguf_export(job_id: int, queue: str, quantization: str, hub_repo: st
     """Convert a finished job's merged model to GGUF (merging first when needed) on a worker of
     the job's own queue, and push it to `hub_repo` when one is named."""
     get_celery().send_task(EXPORT_GGUF_TASK, args=[job_id, quantization, hub_repo], queue=queue)
+
+
+def enqueue_evaluation(evaluation_id: int, queue: str) -> None:
+    """Evaluate a finished job's weights on another dataset, on a worker of the job's own queue."""
+    get_celery().send_task(EVALUATE_JOB_TASK, args=[evaluation_id], queue=queue)
 
 
 def enqueue_completion(completion_id: int) -> None:

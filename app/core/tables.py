@@ -356,6 +356,51 @@ class JobMetric(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JobSamples(Base):
+    """What the model answered at one evaluation (`step`), on the same held-out rows every time:
+    `kind` "generation" (a language model's answers to fixed prompts, beside the reference, each
+    with its loss), "base" (the base model's answers to them, once, at step 0) or
+    "misclassified" (a classifier's wrong predictions). It shares the job's sequence numbers,
+    so the live stream carries it like a metric point."""
+
+    __tablename__ = "job_samples"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "step"), UniqueConstraint("job_id", "seq"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvaluationState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class JobEvaluation(Base):
+    """A finished job's weights evaluated on another dataset, on request, by a worker of the job's queue."""
+
+    __tablename__ = "job_evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    state: Mapped[EvaluationState] = mapped_column(
+        _enum(EvaluationState, "evaluation_state"), default=EvaluationState.queued
+    )
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    dataset: Mapped[Dataset | None] = relationship()
+
+
 class Artifact(Base):
     """A file or directory a job produced, in the blob store: checkpoints, the adapter, the merged model."""
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.accounts.access import TeamAccess
 from app.contract.spec import Method, TrainingSpec
 from app.core.errors import DomainError, NotFound
-from app.core.tables import Dataset, Job, JobMetric, utcnow
+from app.core.tables import Dataset, Job, JobMetric, JobSamples, utcnow
 from app.jobs.exports import metric_value
 
 MAX_JOBS = 12  # as many as the compare page picks
@@ -166,3 +166,34 @@ def compare_jobs(session: Session, access: TeamAccess, job_ids: list[int]) -> Co
     differing = [row for row in rows if any(value != row.values[0] for value in row.values)]
     equal = [row for row in rows if all(value == row.values[0] for value in row.values)]
     return Comparison(jobs, differing, equal, final_metrics(session, jobs))
+
+
+@dataclass(frozen=True)
+class ComparedPrompt:
+    prompt: str
+    reference: str
+    answers: list[str | None]  # one per job: its answer at its last evaluation; None: not asked of it
+    losses: list[float | None]
+
+
+def compared_samples(
+    session: Session, access: TeamAccess, job_ids: list[int]
+) -> tuple[list[Job], list[ComparedPrompt]]:
+    """The jobs' answers at their last evaluation to the same prompts, side by side. Jobs trained
+    on the same evaluation data with the same seed answer the same prompts; a prompt only some
+    were asked has None for the others."""
+    jobs = compare_jobs(session, access, job_ids).jobs
+    prompts: dict[tuple[str, str], ComparedPrompt] = {}
+    for index, job in enumerate(jobs):
+        latest = session.scalar(
+            select(JobSamples)
+            .where(JobSamples.job_id == job.id, JobSamples.kind == "generation")
+            .order_by(JobSamples.step.desc())
+            .limit(1)
+        )
+        for row in latest.rows if latest else []:
+            key = (row["prompt"], row["reference"])
+            if key not in prompts:
+                prompts[key] = ComparedPrompt(row["prompt"], row["reference"], [None] * len(jobs), [None] * len(jobs))
+            prompts[key].answers[index], prompts[key].losses[index] = row["answer"], row["loss"]
+    return jobs, list(prompts.values())

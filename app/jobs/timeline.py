@@ -1,4 +1,4 @@
-"""A job's timeline: its events and metric points, which share one per-job sequence number.
+"""A job's timeline: its events, metric points and sample answers, which share one per-job sequence number.
 
 The sequence (`Job.last_seq`) is handed out by an UPDATE of the job's row. That row lock also
 orders commits, so a stream that has seen sequence n never later meets a smaller one; the
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.core.live import job_channel, ring_after_commit
-from app.core.tables import Job, JobEvent, JobMetric, utcnow
+from app.core.tables import Job, JobEvent, JobMetric, JobSamples, utcnow
 from app.webhooks.events import record_job_event
 
 
@@ -111,8 +111,37 @@ def add_metrics(session: Session, job: Job, points: Iterable[MetricPoint]) -> in
     return len(fresh)
 
 
-def items_after(session: Session, job_id: int, after_seq: int, limit: int = 1000) -> list[JobEvent | JobMetric]:
-    """Events and metric points with a sequence number above `after_seq`, in order."""
+def add_samples(session: Session, job: Job, kind: str, step: int, rows: list[dict[str, Any]]) -> JobSamples | None:
+    """Store the model's answers at one evaluation (see `worker.ml.samples`); a (kind, step) the job
+    has already is kept as it is, so a resumed job never duplicates them."""
+    exists = session.scalar(
+        select(JobSamples.id).where(JobSamples.job_id == job.id, JobSamples.kind == kind, JobSamples.step == step)
+    )
+    if exists is not None:
+        return None
+    clean = [{key: _finite(value) for key, value in row.items()} for row in rows]
+    row = JobSamples(job_id=job.id, seq=_allocate_seq(session, job.id, 1), kind=kind, step=step, rows=clean)
+    session.add(row)
+    ring_after_commit(session, job_channel(job.id))
+    return row
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def samples(session: Session, job: Job, *, kind: str | None = None) -> list[JobSamples]:
+    """The job's sample answers, in step order."""
+    query = select(JobSamples).where(JobSamples.job_id == job.id)
+    if kind:
+        query = query.where(JobSamples.kind == kind)
+    return list(session.scalars(query.order_by(JobSamples.step, JobSamples.seq)))
+
+
+def items_after(
+    session: Session, job_id: int, after_seq: int, limit: int = 1000
+) -> list[JobEvent | JobMetric | JobSamples]:
+    """Events, metric points and sample answers with a sequence number above `after_seq`, in order."""
     events = session.scalars(
         select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq).order_by(JobEvent.seq).limit(limit)
     ).all()
@@ -122,7 +151,13 @@ def items_after(session: Session, job_id: int, after_seq: int, limit: int = 1000
         .order_by(JobMetric.seq)
         .limit(limit)
     ).all()
-    return sorted([*events, *metrics], key=lambda item: item.seq)[:limit]
+    answers = session.scalars(
+        select(JobSamples)
+        .where(JobSamples.job_id == job_id, JobSamples.seq > after_seq)
+        .order_by(JobSamples.seq)
+        .limit(limit)
+    ).all()
+    return sorted([*events, *metrics, *answers], key=lambda item: item.seq)[:limit]
 
 
 def events(session: Session, job: Job, *, after_seq: int = 0, limit: int | None = None) -> list[JobEvent]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
-from app.api.bodies import ArtifactOut, JobEventOut, JobOut, MetricOut
+from app.api.bodies import ArtifactOut, EvaluationOut, JobEventOut, JobOut, MetricOut, SamplesOut
 from app.api.deps import PageAccessDep, SessionDep
 from app.chat.catalog import list_local_models
 from app.contract.formats import OBJECTIVE_FORMATS
@@ -16,6 +16,7 @@ from app.contract.spec import TrainingSpec
 from app.core.tables import Dataset, Job
 from app.datasets.team_datasets import list_datasets
 from app.jobs import artifacts, timeline
+from app.jobs.evaluations import evaluations
 from app.jobs.queries import continuations, list_jobs
 from app.jobs.workers import job_queue_warning
 from app.pages.rendering import in_current_team, page_json, render
@@ -88,6 +89,7 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
         return job
     metrics = timeline.metrics(session, job)
     events = timeline.events(session, job)
+    samples = timeline.samples(session, job)
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     warning = job_queue_warning(session, job)
     data = {
@@ -99,7 +101,9 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
             ArtifactOut.model_validate(a).model_dump(mode="json")
             for a in sorted(artifacts.all_artifacts(session, job.id), key=lambda a: a.step)
         ],
-        "last_seq": max([m.seq for m in metrics] + [e.seq for e in events] + [0]),
+        "samples": [SamplesOut.model_validate(s).model_dump(mode="json") for s in samples],
+        "evaluations": [EvaluationOut.of(e).model_dump(mode="json") for e in evaluations(session, job)],
+        "last_seq": max([m.seq for m in metrics] + [e.seq for e in events] + [s.seq for s in samples] + [0]),
         "can_write": access.roles[job.team_id].can_write,
         "dataset": {"id": dataset.id, "name": dataset.name} if dataset else None,
     }

@@ -58,7 +58,7 @@ def test_a_dpo_job_from_an_openai_preference_file_runs_to_success(member, live_s
     result = client.files.content(done.result_files[0]).text
     rows = list(csv.DictReader(io.StringIO(result)))
     # Step 0: the baseline, the starting model evaluated on the held-out pairs before training.
-    assert [row["step"] for row in rows] == [str(step) for step in range(0, 9)]
+    assert [row["step"] for row in rows] == [str(step) for step in range(9)]
     assert rows[0]["valid_reward_accuracy"] != "" and rows[0]["train_loss"] == ""
     assert float(rows[-1]["train_reward_margin"]) > float(rows[1]["train_reward_margin"])
     assert rows[-1]["valid_reward_accuracy"] != ""

@@ -23,6 +23,8 @@ EXPECTED_TABLES = {
     "jobs",
     "job_events",
     "job_metrics",
+    "job_samples",
+    "job_evaluations",
     "sweeps",
     "artifacts",
     "workers",

@@ -10,7 +10,8 @@ writes checkpoints to `output_dir/checkpoints/step-N/` (a rerun resumes from the
 and the adapter or weights, tokenizer and README.md model card to `output_dir/final/`
 (plus `output_dir/merged/` when the spec asks). `merge_adapter(base_model, adapter_dir,
 output_dir, *, models_dir=None, on_progress=None)` merges an adapter into its base.
-`worker.ml.inference` chats with a base or fine-tuned model (`ModelCache`, `generate_chat`).
+`evaluate_on(spec, *, weights, eval_file, reporter, train_file=None, models_dir=None)` evaluates
+trained weights on another dataset. `worker.ml.inference` chats with a base or fine-tuned model (`ModelCache`, `generate_chat`).
 
 The run is `training_run.py` (with `arguments.py` and `callbacks.py`); what it leaves,
 `saving.py`; the model card, `card.py` and `templates/model_card.md`. TensorBoard event files
@@ -35,6 +36,7 @@ from .reporting import MemoryReporter, Reporter
 from .result import TrainResult
 
 if TYPE_CHECKING:
+    from .dataset_evaluation import evaluate_on
     from .saving import merge_adapter
     from .trackers import TrackerSettings
     from .training_run import train
@@ -51,6 +53,7 @@ __all__ = [
     "TrackerSettings",
     "TrainResult",
     "TrainingError",
+    "evaluate_on",
     "merge_adapter",
     "train",
 ]
@@ -65,6 +68,10 @@ def __getattr__(name: str):
         from .trackers import TrackerSettings
 
         return TrackerSettings
+    if name == "evaluate_on":
+        from .dataset_evaluation import evaluate_on
+
+        return evaluate_on
     if name == "merge_adapter":
         from .saving import merge_adapter
 

@@ -1,7 +1,7 @@
 """How the training library tells the outside world what is happening.
 
 The worker implements `Reporter` (database rows, live pub/sub, cancel flag); the library
-only calls these six methods. `MemoryReporter` keeps everything in lists, for tests and
+only calls these seven methods. `MemoryReporter` keeps everything in lists, for tests and
 the benchmark.
 """
 
@@ -41,6 +41,10 @@ class Reporter(Protocol):
     def should_stop(self) -> bool:
         """Checked every optimizer step; True stops training cleanly, keeping a last checkpoint."""
 
+    def samples(self, kind: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """The model's answers at an evaluation (see `samples.py`): kind "generation" (prompt,
+        reference, answer, loss per row), "base" (the base model's, at step 0) or "misclassified"."""
+
 
 @dataclass
 class MemoryReporter:
@@ -54,6 +58,7 @@ class MemoryReporter:
     # (step, total_steps, time.perf_counter()) of every progress call.
     steps: list[tuple[int, int, float]] = field(default_factory=list)
     epochs: list[float | None] = field(default_factory=list)  # the epoch of every progress call
+    sample_sets: list[tuple[str, int, list[dict[str, Any]]]] = field(default_factory=list)  # (kind, step, rows)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.append((step, dict(metrics)))
@@ -74,6 +79,9 @@ class MemoryReporter:
     def should_stop(self) -> bool:
         last_step = self.steps[-1][0] if self.steps else 0
         return self.stop_at_step is not None and last_step >= self.stop_at_step
+
+    def samples(self, kind: str, step: int, rows: list[dict[str, Any]]) -> None:
+        self.sample_sets.append((kind, step, rows))
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """(step, value) of one metric, in the order logged."""

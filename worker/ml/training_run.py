@@ -50,6 +50,7 @@ from .loading import (
 )
 from .reporting import Reporter, counted
 from .result import COMPLETED, STOPPED, TrainResult
+from .samples import samples_callbacks
 from .saving import merge_adapter, save_final
 from .trackers import TrackerSettings, experiment_trackers
 
@@ -351,6 +352,9 @@ def build_trainer(
         run_name=run_name,
     )
     callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers, prepared)
+    callbacks += samples_callbacks(
+        spec, prepared.tokenizer, prepared.task, prepared.eval_examples, prepared.class_names, reporter
+    )
     trainer = CountingTrainer(
         model=prepared.model,
         args=args,

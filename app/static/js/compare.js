@@ -107,6 +107,7 @@
   async function loadTable() {
     const ids = data.jobs.filter((j) => chosen.has(j.id)).map((j) => j.id);
     const ticket = ++asked;
+    compareSamples.load(ids);
     if (!ids.length) { tableCard.hidden = true; return; }
     const response = await tl.api("GET", `/api/compare?${ids.map((id) => `jobs=${id}`).join("&")}`);
     if (ticket !== asked) return; // a later choice is on its way

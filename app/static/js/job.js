@@ -306,15 +306,18 @@
     stream = new EventSource(tl.teamUrl(`/api/jobs/${job.id}/stream?after=${after}`));
     stream.addEventListener("metric", (e) => { addMetric(JSON.parse(e.data)); drawCharts(); });
     stream.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
+    stream.addEventListener("samples", (e) => jobSamples.add(JSON.parse(e.data)));
     stream.addEventListener("progress", (e) => { job = JSON.parse(e.data); renderJob(); });
-    stream.addEventListener("end", () => { stream.close(); stream = null; refreshArtifacts(); });
+    stream.addEventListener("end", () => { stream.close(); stream = null; refreshArtifacts(); jobEvaluations.show(job, null, data.can_write); });
   }
 
   data.metrics.forEach(addMetric);
   data.events.forEach(addEvent);
+  data.samples.forEach(jobSamples.add);
   document.getElementById("spec").textContent = JSON.stringify(data.spec_used, null, 2);
   renderJob();
   renderDownloads(data.artifacts);
+  jobEvaluations.show(job, data.evaluations, data.can_write);
   drawCharts();
   follow();
   setInterval(renderJob, 30000);
