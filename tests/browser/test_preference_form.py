@@ -55,3 +55,32 @@ def test_choosing_dpo_shows_its_settings_and_the_datasets_that_fit(pages, make_a
     assert job["spec"]["objective"] == "dpo" and job["spec"]["preference"]["beta"] == 0.25
     assert job["spec"]["preference"]["reference_free"] is True
     assert job["dataset_id"] == pairs["id"]
+
+
+def test_a_supervised_job_is_continued_with_dpo_from_the_form(pages, make_account, db):
+    """The usual SFT-then-DPO chain on the pages: "Continue training" on the SFT job, objective DPO."""
+    from app.core.blobs import blob_store
+    from app.core.tables import Artifact, ArtifactKind, JobState
+    from app.jobs.artifacts import job_output_key
+    from tests.helpers import add_dataset, add_job
+
+    member = make_account(team="acme", role="member")
+    sft = add_job(db, member, JobState.succeeded, name="colours sft")
+    key = f"{job_output_key(sft.id)}/final"
+    with blob_store().writer(f"{key}/adapter_config.json") as handle:
+        handle.write(b"{}")
+    db.add(Artifact(job_id=sft.id, kind=ArtifactKind.adapter, step=12, blob_key=key, size_bytes=2, meta={}))
+    db.commit()
+    pairs = add_dataset(db, member, PAIRS, name="pairs.jsonl")
+
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/new?continue={sft.id}")
+    expect(page.locator("#continue-note")).to_contain_text("colours sft")
+    expect(page.locator("#continue-note")).to_contain_text("or DPO on preference pairs (SFT, then DPO)")
+    page.check("input[name='spec.objective'][value='dpo']")
+    expect(page.locator("#dataset")).to_have_value(str(pairs.id))  # the pairs, which DPO trains on
+    page.click("#launch")
+    page.wait_for_url(re.compile(r".*/jobs/\d+$"))
+    job = member.client.get("/api/jobs").json()["data"][0]
+    assert job["parent_job_id"] == sft.id and job["spec"]["objective"] == "dpo"
+    assert job["dataset_id"] == pairs.id

@@ -14,7 +14,9 @@ The reference model:
   counts it). ORPO needs no reference at all.
 - reference-free DPO (`preference.reference_free`) has none either: the reference's
   log-probabilities are taken as 0 (TRL's former `reference_free`), handed to TRL as
-  precomputed ones, so it neither keeps a reference nor runs one.
+  precomputed ones, so it neither keeps a reference nor runs one. (TRL still hashes the weights
+  once as the trainer is built, for its cache of precomputed values: 21 s per billion bf16
+  parameters, measured on a busy 2-core CPU.)
 
 Pairs are batched by length (no padding to the maximum length): TRL's collators pad each batch
 to its longest sequence, and the sampler groups sequences of similar length.

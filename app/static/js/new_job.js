@@ -330,7 +330,7 @@
     const note = document.getElementById("continue-note");
     const weights = data.parent.method === "full" ? "weights" : "adapter";
     note.replaceChildren("Continues ", el("a", { href: `/jobs/${data.parent.id}`, text: `#${data.parent.id} ${data.parent.name}` }),
-      `: training starts from its ${weights} and keeps training it. Choose more epochs or steps, or another dataset.`);
+      `: training starts from its ${weights} and keeps training it. Choose more epochs or steps, another dataset, or DPO on preference pairs (SFT, then DPO).`);
     note.hidden = false;
     document.querySelector("h1").textContent = `Continue training #${data.parent.id}`;
   }
