@@ -99,7 +99,8 @@ def test_a_classifier_lists_its_misclassified_rows_at_each_evaluation(
         models_dir=models_dir,
     )
     sets = reporter.sample_sets
-    assert [(kind, step) for kind, step, _ in sets] == [(MISCLASSIFIED, step) for step in (10, 20, 30, 40)]
+    # Step 0: the untrained head's mistakes, at the baseline evaluation before training.
+    assert [(kind, step) for kind, step, _ in sets] == [(MISCLASSIFIED, step) for step in (0, 10, 20, 30, 40)]
     accuracies = [value for _, value in reporter.series("eval_accuracy")]
     for (_, _, wrong), accuracy in zip(sets, accuracies):
         # 80 held-out rows: the misclassified ones, up to the bound, are those the accuracy counts wrong.
@@ -107,4 +108,4 @@ def test_a_classifier_lists_its_misclassified_rows_at_each_evaluation(
         for row in wrong:
             assert row["predicted"] != row["label"] and {row["predicted"], row["label"]} == {"warm", "cool"}
             assert 0.5 <= row["probability"] <= 1 and row["text"].split()[-1] in warm + cold
-    assert len(sets[-1][2]) < len(sets[0][2]), "the trained head errs less than the barely trained one"
+    assert len(sets[-1][2]) < len(sets[0][2]), "the trained head errs less than the untrained one"

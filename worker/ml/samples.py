@@ -242,28 +242,39 @@ class SamplesCallback(TrainerCallback):
         self.sampler = sampler
         self.reporter = reporter
         self._last_done = time.monotonic()
+        self._base_reported = False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._last_done = time.monotonic()
-        if not self.sampler.prompts or not state.is_world_process_zero:
-            return
-        if hasattr(model, "disable_adapter"):  # a PeftModel: the base model is the same one, adapter off
-            with model.disable_adapter():
-                rows = self.sampler.answers(model)
-        elif state.global_step == 0:  # full fine-tuning, before its first step
-            rows = self.sampler.answers(model)
-        else:  # a full fine-tune resumed: its base answers were reported when it began
-            return
-        self.reporter.samples(BASE, 0, rows)
+        if state.global_step == 0 or hasattr(model, "disable_adapter"):
+            self._report_base(state, model)
+        # else: a full fine-tune resumed; its base answers were reported when it began
         self._last_done = time.monotonic()
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
             return
+        if state.global_step == 0 and self.sampler.task == Task.causal_lm:
+            # The step-0 baseline evaluation, before training: the model is the base model (or
+            # the weights a continued job starts from), so its answers are the base answers.
+            self._report_base(state, model)
+            self._last_done = time.monotonic()
+            return
         since = time.monotonic() - self._last_done
         budget = min(TIME_LIMIT_S, max(MIN_TIME_S, TIME_SHARE * since))
         self.reporter.samples(self.sampler.kind, state.global_step, self.sampler.at_evaluation(model, budget))
         self._last_done = time.monotonic()
+
+    def _report_base(self, state, model) -> None:
+        """The base model's answers, once: with the adapter off for a PeftModel, else the weights as they are."""
+        if self._base_reported or not self.sampler.prompts or not state.is_world_process_zero:
+            return
+        if hasattr(model, "disable_adapter"):  # a PeftModel: the base model is the same one, adapter off
+            with model.disable_adapter():
+                rows = self.sampler.answers(model)
+        else:
+            rows = self.sampler.answers(model)
+        self.reporter.samples(BASE, 0, rows)
+        self._base_reported = True
 
 
 def samples_callbacks(
