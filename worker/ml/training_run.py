@@ -433,7 +433,7 @@ def train(
             prepared, checkpoint_dir, reporter, trackers=tracking.callbacks, run_name=tracking.run_name
         )
         with _training_memory(spec, prepared.plan), _disk_space(checkpoint_dir):
-            _train_from(trainer, latest, reporter, baseline=not spec.is_preference)
+            _train_from(trainer, latest, reporter)
             if trainer.eval_dataset is not None and not callback.stopped:
                 _evaluate_at_the_end(trainer)
                 best = _report_best(trainer, spec, reporter)
@@ -475,11 +475,9 @@ def _stopped_before_loading(output_dir: Path, latest: Path | None) -> TrainResul
     )
 
 
-def _train_from(trainer: Trainer, latest: Path | None, reporter: Reporter, *, baseline: bool = True) -> None:
+def _train_from(trainer: Trainer, latest: Path | None, reporter: Reporter) -> None:
     """Train from the start, or resume from the `latest` checkpoint, or take it as it is when the run ended there.
-    A fresh start with evaluation data first evaluates the base model (the step-0 baseline) when
-    `baseline`: not for preference objectives, whose policy equals its reference at step 0, so
-    that their baseline is known without running it (DPO: loss ln 2, margins 0)."""
+    A fresh start with evaluation data first evaluates the starting weights: the step-0 baseline."""
     if latest is not None and _is_last_step(latest):
         # A job delivered again after it finished. The trainer, resumed there, would run one
         # step past max_steps when the end falls mid-epoch.
@@ -489,7 +487,7 @@ def _train_from(trainer: Trainer, latest: Path | None, reporter: Reporter, *, ba
         return
     if latest is not None:
         reporter.event(f"Resuming from the checkpoint at step {checkpoint_step(latest)}")
-    elif baseline and trainer.eval_dataset is not None:
+    elif trainer.eval_dataset is not None:
         # The baseline: where the curves start from. LearningCheck keeps it in the log history.
         reporter.event("Evaluating the base model before training: the step-0 baseline of every eval curve")
         trainer.evaluate()
