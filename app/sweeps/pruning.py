@@ -63,7 +63,8 @@ def _points(session: Session, job_ids: list[int], metric: str) -> dict[int, Poin
     split, key = _split(metric), ("eval_loss" if metric == "eval_loss" else "loss")
     rows = session.execute(
         select(JobMetric.job_id, JobMetric.step, JobMetric.values)
-        .where(JobMetric.job_id.in_(job_ids), JobMetric.split == split)
+        # Step 0 is the base model's baseline evaluation, the same for every trial: not a trial's own.
+        .where(JobMetric.job_id.in_(job_ids), JobMetric.split == split, JobMetric.step > 0)
         .order_by(JobMetric.job_id, JobMetric.step)
     ).all()
     out: dict[int, Points] = {job_id: [] for job_id in job_ids}

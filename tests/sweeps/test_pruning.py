@@ -77,6 +77,8 @@ def _report_eval(job: Job, step: int, loss: float) -> DatabaseReporter:
 
 def test_a_diverging_trial_is_stopped_by_the_sweep_and_shown_pruned(app, acme, db):
     jobs = _sweep(acme, db, prune=True)
+    # The base model's baseline (step 0) is every trial's starting point, not this trial's best.
+    assert not _report_eval(jobs[2], 0, 0.5).should_stop()
     assert not _report_eval(jobs[2], 1, 9.0).should_stop()  # before the warm-up step: never judged
     reporter = _report_eval(jobs[2], 2, 9.0)
     assert reporter.should_stop()

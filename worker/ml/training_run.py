@@ -480,7 +480,8 @@ def _stopped_before_loading(output_dir: Path, latest: Path | None) -> TrainResul
 
 
 def _train_from(trainer: Trainer, latest: Path | None, reporter: Reporter) -> None:
-    """Train from the start, or resume from the `latest` checkpoint, or take it as it is when the run ended there."""
+    """Train from the start, or resume from the `latest` checkpoint, or take it as it is when the run ended there.
+    A fresh start with evaluation data first evaluates the starting weights: the step-0 baseline."""
     if latest is not None and _is_last_step(latest):
         # A job delivered again after it finished. The trainer, resumed there, would run one
         # step past max_steps when the end falls mid-epoch.
