@@ -335,7 +335,11 @@ class TrainingSpec(_Strict):
         "reference and the base model's answer (a classifier: its misclassified rows); 0: none.",
     )
     eval_sample_max_new_tokens: int = Field(
-        48, ge=1, le=1024, description="Most tokens in each sample answer (generation also stops after 30 s)."
+        48,
+        ge=1,
+        le=1024,
+        description="Most tokens in each sample answer; answers also stop at 5% of the time since the last "
+        "evaluation (0.5-30 s).",
     )
 
     lora: LoraSettings = Field(default_factory=LoraSettings)

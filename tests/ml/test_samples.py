@@ -69,6 +69,13 @@ def test_batched_left_padded_answers_are_the_answers_of_one_prompt_at_a_time(
     alone = sampler.answers(trainer.model)
     assert [row["answer"] for row in batched] == [row["answer"] for row in alone]
     assert [row["loss"] for row in batched] == pytest.approx([row["loss"] for row in alone], rel=1e-4)
+    assert not any(row["cut"] for row in batched), "16 new tokens each, in time"
+
+    # Out of time: the answers stop where they are, and say they were cut short.
+    sampler.batch_size, sampler.max_new_tokens = 8, 1000
+    hurried = sampler.answers(trainer.model, time_limit_s=0.01)
+    assert all(row["cut"] for row in hurried)
+    assert all(len(row["answer"]) < 40 for row in hurried), "a token or a few, not a thousand"
 
 
 def test_no_samples_when_asked_for_none(make_spec, colour_file, models_dir, tmp_path):

@@ -169,9 +169,10 @@ class Sampler:
                 "prompt": self._decode(prompt.prompt),
                 "reference": self._decode(prompt.reference),
                 "answer": answer,
+                "cut": cut,
                 "loss": loss,
             }
-            for prompt, loss, answer in zip(self.prompts, losses, answers)
+            for prompt, loss, (answer, cut) in zip(self.prompts, losses, answers)
         ]
 
     def _losses(self, model, device) -> list[float]:
@@ -190,9 +191,10 @@ class Sampler:
             losses.extend((per_token.sum(1) / counted).tolist())
         return losses
 
-    def _generate(self, model, device, deadline: float) -> list[str]:
-        """Greedy answers, a batch at a time, left-padded; what a batch past the deadline has, it keeps."""
-        answers: list[str] = []
+    def _generate(self, model, device, deadline: float) -> list[tuple[str, bool]]:
+        """Greedy answers, a batch at a time, left-padded, each with whether the deadline cut it
+        short (no end of sequence and fewer than max_new_tokens); a cut answer keeps what it has."""
+        answers: list[tuple[str, bool]] = []
         for batch in _batches(self.prompts, self.batch_size):
             ids, mask = _padded([p.prompt for p in batch], self.pad, left=True, device=device)
             config = GenerationConfig(
@@ -204,7 +206,10 @@ class Sampler:
                 use_cache=True,
             )
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            answers.extend(self._decode(row[ids.shape[1] :].tolist()) for row in out)
+            for row in out:
+                generated = row[ids.shape[1] :].tolist()
+                cut = self.tokenizer.eos_token_id not in generated and len(generated) < self.max_new_tokens
+                answers.append((self._decode(generated), cut))
         return answers
 
     def misclassified(self, model, time_limit_s: float | None = None) -> list[dict[str, Any]]:

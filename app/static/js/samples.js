@@ -26,6 +26,11 @@ const jobSamples = (() => {
     render();
   }
 
+  /** An answer the evaluation's time budget cut short says so. */
+  function cutMark(row) {
+    return row && row.cut ? el("span", { class: "muted cut", text: " …", title: "cut short: the evaluation's time for samples ran out" }) : null;
+  }
+
   function generationRows() {
     const baseByRow = new Map((base ? base.rows : []).map((row) => [row.row, row]));
     const rows = latest ? [...latest.rows] : base.rows.map((row) => ({ ...row, answer: null, loss: null }));
@@ -44,8 +49,8 @@ const jobSamples = (() => {
         return el("tr", { "data-row": row.row },
           el("td", { class: "sample-text", text: row.prompt }),
           el("td", { class: "sample-text", text: row.reference }),
-          el("td", { class: "sample-text answer", text: row.answer ?? "–" }),
-          el("td", { class: "sample-text muted", text: baseRow ? baseRow.answer : "–" }),
+          el("td", { class: "sample-text answer" }, row.answer ?? "–", cutMark(row)),
+          el("td", { class: "sample-text muted" }, baseRow ? baseRow.answer : "–", cutMark(baseRow)),
           el("td", { class: "num" }, fmt.loss(row.loss), " ", mark));
       })));
   }
