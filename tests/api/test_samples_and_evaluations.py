@@ -111,7 +111,7 @@ class TestEvaluationOnAnotherDataset:
         states = [e["data"]["evaluation_state"] for e in events if e["data"].get("evaluation") == evaluation["id"]]
         assert states[0] == "queued" and "running" in states and states[-1] == "succeeded"
         curve = trained.api("GET", "/metrics", params={"split": "eval"}).json()
-        assert [point["step"] for point in curve] == EVAL_STEPS, "the job's own curves stay as training left them"
+        assert [point["step"] for point in curve] == [0, *EVAL_STEPS], "the job's own curves stay as training left them"
 
     def test_another_teams_dataset_is_refused(self, trained):
         theirs = trained.upload(trained.other_team, chat_rows(4), "theirs.jsonl")
