@@ -249,6 +249,11 @@ def run_rank(launch_file: Path) -> int:
 
     die_with_parent()
     launch = Launch(**json.loads(launch_file.read_text()))
+    spec = TrainingSpec.model_validate(launch.spec)
+    if spec.method != Method.qlora:
+        from worker.training_job import keep_bitsandbytes_unloaded
+
+        keep_bitsandbytes_unloaded()  # this process trains one job, without 4-bit layers
     folder = launch_file.parent
     settings = get_settings()
     distributed.start_process_group()
@@ -261,7 +266,7 @@ def run_rank(launch_file: Path) -> int:
     outcome: dict = {}
     try:
         result = ml.train(
-            TrainingSpec.model_validate(launch.spec),
+            spec,
             train_file=Path(launch.train_file),
             eval_file=Path(launch.eval_file) if launch.eval_file else None,
             reporter=reporter,

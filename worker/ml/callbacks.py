@@ -94,6 +94,10 @@ class CountingTrainer(Trainer):
         self._accuracy = token_accuracy if task == Task.causal_lm else row_accuracy
         self._batch_accuracies: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
 
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        distributed.shard_on_cpu_too(self)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop(REAL_TOKENS_KEY)
         if model.training:

@@ -13,9 +13,14 @@ single-device run goes through the same code unchanged.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# A collective that waits this long means a rank is stuck: the group fails (and the job goes back
+# to the queue) instead of hanging for torch's default half hour.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 def in_group() -> bool:
@@ -43,7 +48,7 @@ def start_process_group() -> str:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     return backend
 
 
@@ -69,6 +74,39 @@ def total_across_ranks(count: int) -> int:
     total = torch.tensor([count], dtype=torch.int64, device=_device())
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return int(total.item())
+
+
+def shard_on_cpu_too(trainer) -> None:
+    """Give a CPU run asked to shard (`fsdp` in its arguments) the FSDP it asked for.
+
+    accelerate keeps its FSDP plugin for GPU-like devices only: on CPU processes (its MULTI_CPU
+    state) it drops the plugin and wraps the model in DDP. torch's FSDP2 (`fully_shard`) runs on
+    CPU over gloo all the same, so the plugin is put back into accelerate's state before the
+    model is prepared: the sharding, the wrap policy and the whole-model checkpoints stay
+    accelerate's and torch's. A no-op on GPUs, where accelerate keeps the plugin itself."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if trainer.args.fsdp_plugin_args is None or trainer.is_fsdp_enabled:
+        return
+    state = trainer.accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state.distributed_type = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+    gather = trainer.accelerator.get_state_dict
+
+    def whole_state_dict(model, unwrap: bool = True):
+        # On CPU accelerate's full state dict comes back still sharded (DTensors): gather each
+        # weight whole (every rank, in the same order) into a tensor of its own.
+        from torch.distributed.tensor import DTensor
+
+        return {
+            name: value.full_tensor().clone() if isinstance(value, DTensor) else value
+            for name, value in gather(model, unwrap).items()
+        }
+
+    trainer.accelerator.get_state_dict = whole_state_dict
 
 
 def barrier() -> None:
