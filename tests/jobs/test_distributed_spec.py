@@ -105,8 +105,8 @@ def test_fsdp_splits_the_training_state_across_devices_and_ddp_does_not():
     ddp = estimate_memory(LLAMA_8B, spec(num_devices=8, parallelism="ddp", **full))
     fsdp = estimate_memory(LLAMA_8B, spec(num_devices=8, parallelism="fsdp", **full))
     offload = estimate_memory(LLAMA_8B, spec(num_devices=8, parallelism="fsdp", fsdp={"cpu_offload": True}, **full))
-    # A full fine-tune of 8B needs ~16 bytes a weight on one device: over 120 GiB.
-    assert one.total_bytes > 120 * GIB
+    # A full fine-tune of 8B needs ~12 bytes a weight and its activations: more than an 80 GB card.
+    assert one.total_bytes > 80 * GIB
     assert ddp.total_bytes > one.total_bytes  # a whole model each, and its gradient buckets
     assert fsdp.parts["AdamW states (fp32), 1/8 shard"] == pytest.approx(one.parts["AdamW states (fp32)"] / 8)
     assert fsdp.total_bytes < 40 * GIB < one.total_bytes, "sharded over 8 GPUs it fits a 40 GB card"
