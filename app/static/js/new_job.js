@@ -28,6 +28,8 @@
     max_grad_norm: "Max gradient norm", early_stopping_patience: "Early stopping patience",
     gradient_accumulation_steps: "Gradient accumulation", keep_checkpoints: "Checkpoints kept",
     "preference.beta": "Beta", "preference.loss_type": "DPO loss", "preference.rpo_alpha": "RPO alpha",
+    "num_devices": "Devices", "fsdp.auto_wrap": "FSDP wrap", "fsdp.cpu_offload": "FSDP CPU offload",
+    "fsdp.activation_checkpointing": "FSDP activation checkpointing",
   };
   const label = (path) => {
     if (LABELS[path]) return LABELS[path];
