@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # Workers and job recovery.
     worker_heartbeat_s: float = Field(10.0, gt=0, description="How often a worker says it is alive.")
     worker_stale_after_s: float = Field(60.0, gt=0, description="A job whose worker is silent this long is retried.")
+    worker_cpu_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="CPU processes (gloo) a worker without GPU trains one job on; set by `tunelab worker --cpu-processes`.",
+    )
     db_outage_tolerance_s: float = Field(
         120.0, ge=0, description="A training worker waits this long for an unreachable database before giving up."
     )

@@ -115,13 +115,16 @@ class WorkerProcesses:
         self.queue = queue
         self.processes = []
 
-    def start(self, timeout: float = 60, *, queue: str | None = None, max_tasks_per_child: int | None = 1):
+    def start(
+        self, timeout: float = 60, *, queue: str | None = None, max_tasks_per_child: int | None = 1, devices: int = 1
+    ):
         """A worker on this test's queue (or `queue`); max_tasks_per_child=None keeps its pool
-        process, as `tunelab worker` does for inference workers."""
-
+        process, as `tunelab worker` does for inference workers. `devices`: the CPU processes it
+        owns, as `tunelab worker --cpu-processes` gives them (it takes jobs needing up to that many)."""
         from sqlalchemy import select
 
         from app.core.database import session_scope
+        from app.core.queue import device_queues
         from app.core.tables import WorkerProcess
 
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
@@ -139,12 +142,12 @@ class WorkerProcesses:
                 "--concurrency",
                 "1",
                 "--queues",
-                queue or self.queue,
+                ",".join(device_queues(queue or self.queue, devices)),
                 "--hostname",
                 name,
                 *recycle,
             ],
-            env=child_env(),
+            env=child_env(TUNELAB_WORKER_CPU_PROCESSES=str(devices)),
             start_new_session=True,
         )
         self.processes.append(process)

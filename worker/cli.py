@@ -81,16 +81,20 @@ def _say_if_root() -> None:
         )
 
 
-def _worker_command(queues: str, concurrency: int | None = None, *, banner: bool = True) -> list[str]:
+def _worker_command(queues: str, concurrency: int | None = None, *, banner: bool = True, devices: int = 1) -> list[str]:
     """The Celery worker for `queues`. A worker that only answers chat keeps its process, and
     so its loaded models; any other replaces its process after every task, which returns all
     of a training job's memory. `banner=False` leaves out Celery's start-up banner (one is enough
-    when a command starts several workers)."""
+    when a command starts several workers). A training worker that owns several `devices` also
+    takes the jobs of its queues that need up to that many (`app.core.queue.device_queues`)."""
     from app.config import get_settings
+    from app.core.queue import device_queues
 
     settings = get_settings()
     # Chat and webhook workers keep their processes; a training worker's is replaced after every job.
     recycle = not set(queues.split(",")) <= {settings.inference_queue, settings.webhooks_queue}
+    if recycle and devices > 1:
+        queues = ",".join(name for queue in queues.split(",") for name in device_queues(queue, devices))
     if concurrency is None:  # webhook deliveries mostly wait on other servers: a few at a time
         concurrency = 4 if queues == settings.webhooks_queue else 1
     return [
@@ -219,25 +223,46 @@ def serve(host: str, port: int, worker: bool, run_migrations: bool) -> None:
     show_default=True,
     help="'auto' (every visible GPU), 'none' (one CPU worker), or a list like '0,1'.",
 )
-def worker_command(queues: str, gpus: str) -> None:
-    """Run workers: one worker process per GPU, each taking one job at a time. With
-    `--queues inference` they answer chat requests, keeping the models they load; with
-    `--queues webhooks --gpus none` one process delivers webhooks, four at a time."""
+@click.option(
+    "--gpus-per-worker",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="GPUs each worker owns: it takes jobs needing up to that many, one job at a time.",
+)
+@click.option(
+    "--cpu-processes",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="No GPU: one worker that owns this many CPU processes (gloo) and takes jobs needing up to that many.",
+)
+def worker_command(queues: str, gpus: str, gpus_per_worker: int, cpu_processes: int | None) -> None:
+    """Run workers: one worker process per GPU (or per --gpus-per-worker GPUs), each taking one
+    job at a time. With `--queues inference` they answer chat requests, keeping the models they
+    load; with `--queues webhooks --gpus none` one process delivers webhooks, four at a time."""
+    if cpu_processes is not None:
+        gpus = "none"
     devices = _gpu_list(gpus)
+    if len(devices) % gpus_per_worker:
+        _fail(f"--gpus-per-worker {gpus_per_worker} does not divide the {len(devices)} GPUs ({', '.join(devices)})")
     _say_if_root()
     commands = []
-    for device in devices or [None]:
+    groups = [",".join(devices[i : i + gpus_per_worker]) for i in range(0, len(devices), gpus_per_worker)]
+    owned = gpus_per_worker if devices else (cpu_processes or 1)
+    for device in groups or [None]:
         env = dict(os.environ)
-        if device is not None:
+        if device is None:
+            env["TUNELAB_WORKER_CPU_PROCESSES"] = str(owned)
+        else:
             env["CUDA_VISIBLE_DEVICES"] = device
             # The indices are nvidia-smi's (and NVML's), in PCI bus order; CUDA counts fastest
             # first unless told otherwise, which differs on a machine with mixed GPUs.
             env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         commands.append((device, env))
     if len(commands) == 1:
-        os.execvpe(sys.executable, _worker_command(queues), commands[0][1])
+        os.execvpe(sys.executable, _worker_command(queues, devices=owned), commands[0][1])
     processes = [
-        subprocess.Popen(_worker_command(queues, banner=index == 0), env=env)
+        subprocess.Popen(_worker_command(queues, banner=index == 0, devices=owned), env=env)
         for index, (_device, env) in enumerate(commands)
     ]
     click.echo(f"started {len(processes)} workers on GPUs {', '.join(d for d, _ in commands)}")

@@ -142,8 +142,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def cpu_entry() -> dict:
-    """The machine's CPU and memory, for a worker without a GPU: what it really runs on."""
+def cpu_entry(processes: int = 1) -> dict:
+    """The machine's CPU and memory, for a worker without a GPU: what it really runs on, and the
+    training processes (CPU "devices") it runs a job on."""
     memory = _meminfo()
     total = memory.get("MemTotal")
     available = memory.get("MemAvailable")
@@ -151,6 +152,7 @@ def cpu_entry() -> dict:
         "kind": CPU,
         "name": _cpu_name()[:200],
         "cores": os.cpu_count() or 1,
+        "processes": processes,
         "memory_used_bytes": total - available if total is not None and available is not None else None,
         "memory_total_bytes": total,
         "utilization_percent": None,
@@ -158,5 +160,7 @@ def cpu_entry() -> dict:
 
 
 def read_devices() -> list[dict]:
-    """The GPUs this worker process sees, or its CPU when it sees none."""
-    return gpu_entries(read_gpus()) or [cpu_entry()]
+    """The GPUs this worker process sees, or its CPU (with its training processes) when it sees none."""
+    from app.config import get_settings
+
+    return gpu_entries(read_gpus()) or [cpu_entry(get_settings().worker_cpu_processes)]

@@ -17,7 +17,7 @@ from app.config import get_settings
 from app.contract.spec import Method, TrainingSpec
 from app.core.blobs import BlobStore, blob_store
 from app.core.database import session_scope
-from app.core.queue import enqueue_job
+from app.core.queue import devices_of, enqueue_job
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
 from app.core.worker_registry import set_current_job
 from app.jobs.artifacts import final_weights, job_output_key, record_artifact, record_tracking_files
@@ -25,6 +25,7 @@ from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from app.sweeps.scheduling import after_trial
 from worker.database_reporter import DatabaseReporter
+from worker.distributed_job import Launch, RankFailure, train_on_devices
 from worker.ml.reporting import counted
 
 log = logging.getLogger(__name__)
@@ -156,24 +157,27 @@ def run_job(job_id: int) -> None:
         train_file = _input_file(store, claimed.dataset_key, "training")
         eval_file = _input_file(store, claimed.validation_key, "validation") if claimed.validation_key else None
         start_from = _parent_weights(store, claimed)
-        result = ml.train(
-            claimed.spec,
-            train_file=train_file,
-            eval_file=eval_file,
-            reporter=reporter,
-            output_dir=store.path(job_output_key(job_id)),
-            models_dir=settings.models_path,
-            dataset_name=claimed.dataset_name,
-            start_from=start_from,
-            start_from_name=f"job #{claimed.parent_job_id}" if start_from else None,
-            trackers=ml.TrackerSettings(
-                run_name=claimed.run_name,
-                wandb_api_key=settings.wandb_api_key.get_secret_value() if settings.wandb_api_key else None,
-                wandb_base_url=settings.wandb_base_url,
-                mlflow_tracking_uri=settings.mlflow_tracking_uri,
-            ),
-        )
-    except ml.DiskFullError as failure:  # the machine's fault, not the job's: try again from the checkpoint
+        if claimed.spec.distributed:
+            result = _train_on_devices(claimed, store, reporter, train_file, eval_file, start_from)
+        else:
+            result = ml.train(
+                claimed.spec,
+                train_file=train_file,
+                eval_file=eval_file,
+                reporter=reporter,
+                output_dir=store.path(job_output_key(job_id)),
+                models_dir=settings.models_path,
+                dataset_name=claimed.dataset_name,
+                start_from=start_from,
+                start_from_name=f"job #{claimed.parent_job_id}" if start_from else None,
+                trackers=ml.TrackerSettings(
+                    run_name=claimed.run_name,
+                    wandb_api_key=settings.wandb_api_key.get_secret_value() if settings.wandb_api_key else None,
+                    wandb_base_url=settings.wandb_base_url,
+                    mlflow_tracking_uri=settings.mlflow_tracking_uri,
+                ),
+            )
+    except (ml.DiskFullError, RankFailure) as failure:  # the machine's fault, not the job's: resume it
         error, retry = str(failure), True
     except (ml.TrainingError, JobInputError) as failure:
         error = str(failure)
@@ -192,6 +196,22 @@ def run_job(job_id: int) -> None:
                 _show_on_worker_row(session, None)
         except Exception:  # the database is gone: the row goes stale, and the page says so
             log.exception("could not clear the job from this worker's row")
+
+
+def _train_on_devices(claimed: Claimed, store: BlobStore, reporter, train_file, eval_file, start_from):
+    """The job on `spec.num_devices` processes (torchrun); rank 0 reports through its own reporter."""
+    launch = Launch(
+        job_id=claimed.job_id,
+        spec=claimed.spec.model_dump(mode="json"),
+        train_file=str(train_file),
+        output_dir=str(store.path(job_output_key(claimed.job_id))),
+        eval_file=str(eval_file) if eval_file else None,
+        dataset_name=claimed.dataset_name,
+        start_from=str(start_from) if start_from else None,
+        start_from_name=f"job #{claimed.parent_job_id}" if start_from else None,
+        run_name=claimed.run_name,
+    )
+    return train_on_devices(launch, reporter)
 
 
 def _advance_sweep(job_id: int) -> None:
@@ -255,9 +275,9 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                 requeue = True
         except IllegalTransition as race:
             log.warning("job %s: could not record the outcome (%s)", job_id, race)
-        queue = job.queue
+        queue, devices = job.queue, devices_of(job.spec)
     if requeue:
-        enqueue_job(job_id, queue)
+        enqueue_job(job_id, queue, devices)
 
 
 def _record_tracking(session, job: Job, store: BlobStore, result) -> None:

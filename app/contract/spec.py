@@ -69,6 +69,17 @@ class Packing(str, Enum):
     off = "off"
 
 
+class Parallelism(str, Enum):
+    """How a job of several devices splits its work. `ddp`: every device holds the whole model and
+    trains on its share of each batch; `fsdp`: the weights, gradients and optimizer states are
+    sharded across the devices (FSDP full-shard); `auto`: DDP when the model fits one device with
+    the method, else FSDP (decided on the worker, which knows its devices)."""
+
+    auto = "auto"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -101,6 +112,25 @@ class QuantizationSettings(_Strict):
         description="Dtype the 4-bit weights are dequantized to for matmuls; auto follows the training precision.",
     )
     double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+
+
+class FsdpSettings(_Strict):
+    """The FSDP settings that matter; the defaults suit Llama-style models. Used when a job of
+    several devices runs sharded (parallelism `fsdp`, or `auto` choosing it)."""
+
+    auto_wrap: Literal["decoder_layer", "none"] = Field(
+        "decoder_layer",
+        description="decoder_layer: each decoder layer (the model's own no-split block) is its own shard unit; "
+        "none: the whole model is one unit (gathered whole at every step: only for small models).",
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="Keep the sharded weights and optimizer states in CPU memory between uses: slower, less GPU memory.",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each wrapped layer's activations in the backward pass (FSDP's gradient checkpointing).",
+    )
 
 
 # W&B project and entity names: what its site allows, kept to what is safe in an environment variable.
@@ -342,6 +372,19 @@ class TrainingSpec(_Strict):
         "evaluation (0.5-30 s).",
     )
 
+    num_devices: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Devices (GPUs, or CPU processes) one job trains on at once, one process each (torchrun); "
+        "batch_size is per device.",
+    )
+    parallelism: Parallelism = Field(
+        Parallelism.auto,
+        description="With several devices: ddp (a whole model on each), fsdp (sharded), or auto (ddp when it fits).",
+    )
+    fsdp: FsdpSettings = Field(default_factory=FsdpSettings)
+
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
@@ -394,7 +437,38 @@ class TrainingSpec(_Strict):
             raise ValueError(f"{self.objective.value} picks its best checkpoint by eval_loss")
         if self.objective != Objective.sft and self.train_on_prompt:
             raise ValueError(f"train_on_prompt only applies to sft: {self.objective.value} learns from the answers")
+        self._check_parallelism()
         return self
+
+    def _check_parallelism(self) -> None:
+        """The combinations of devices, method and objective that are refused, and why."""
+        if self.num_devices == 1:
+            if self.parallelism != Parallelism.auto:
+                raise ValueError(
+                    f"parallelism {self.parallelism.value} splits a job across devices: set num_devices to 2 or more"
+                )
+            return
+        if self.is_preference:
+            raise ValueError(
+                f"{self.objective.value} trains on one device only for now: set num_devices to 1 "
+                "(its reference model is not yet split across devices)"
+            )
+        if self.method == Method.qlora and self.parallelism == Parallelism.fsdp:
+            raise ValueError(
+                "qlora cannot be sharded with fsdp here: bitsandbytes' 4-bit weights shard only when stored in the "
+                "compute dtype on CUDA, which tunelab does not set up; use parallelism ddp (each device holds the "
+                "whole 4-bit base, small already) or lora with fsdp"
+            )
+        if self.parallelism == Parallelism.fsdp and self.gradient_checkpointing:
+            raise ValueError(
+                "with fsdp, set fsdp.activation_checkpointing instead of gradient_checkpointing (FSDP recomputes "
+                "its wrapped layers itself)"
+            )
+
+    @property
+    def distributed(self) -> bool:
+        """Trained by several processes (torchrun), one per device."""
+        return self.num_devices > 1
 
     def integration(self, kind: str) -> WandbSettings | MlflowSettings | None:
         """The settings of the `kind` integration ("wandb", "mlflow"), or None when not asked for."""
@@ -441,6 +515,10 @@ class TrainingSpec(_Strict):
             del used["quantization"]
         if not self.uses_adapter:
             del used["lora"]
+        if not self.distributed:
+            del used["num_devices"], used["parallelism"], used["fsdp"]
+        elif self.parallelism == Parallelism.ddp:
+            del used["fsdp"]
         if not self.is_preference:
             del used["preference"]
         else:

@@ -81,8 +81,25 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: int, queue: str = DEFAULT_QUEUE) -> None:
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+def devices_of(spec: dict) -> int:
+    """The devices a job (its stored spec) trains on at once."""
+    return int(spec.get("num_devices") or 1)
+
+
+def device_queue(queue: str, num_devices: int = 1) -> str:
+    """The broker queue of a job of `queue` that needs `num_devices` devices: the queue itself for
+    one, `queue.N-devices` for more. Only a worker that owns N devices takes from the latter."""
+    return queue if num_devices <= 1 else f"{queue}.{num_devices}-devices"
+
+
+def device_queues(queue: str, devices: int) -> list[str]:
+    """The broker queues a worker owning `devices` devices takes `queue`'s jobs from: those of
+    every job that fits it, one device up to all of them."""
+    return [device_queue(queue, count) for count in range(1, devices + 1)]
+
+
+def enqueue_job(job_id: int, queue: str = DEFAULT_QUEUE, num_devices: int = 1) -> None:
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=device_queue(queue, num_devices))
 
 
 def enqueue_merge(job_id: int, queue: str) -> None:

@@ -10,6 +10,12 @@ answer and its mismatched baseline), and full fine-tuning with DPO or KTO keeps 
 the model as its reference (adapters use the base model with the adapter switched off instead;
 reference-free DPO has none).
 
+A job on several devices is estimated for its busiest device. DDP keeps a whole model on each
+(plus a bucket of gradients it all-reduces); FSDP full-shard splits the weights, gradients and
+AdamW states across the devices and gathers one wrapped layer at a time (two with prefetch), or
+the whole model when nothing is wrapped; with CPU offload the shards live in CPU memory. `auto`
+is estimated as DDP, which the worker picks when it fits.
+
 A classifier has no LM logits: it scores each row once per class, where a causal LM scores
 every token against the whole vocabulary (for a 128k vocabulary that is most of the memory).
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.chat.catalog import BaseModelInfo
-from app.contract.spec import Method, TrainingSpec
+from app.contract.spec import Method, Parallelism, TrainingSpec
 
 GIB = 1024**3
 CUDA_CONTEXT_BYTES = 0.6 * GIB
@@ -116,7 +122,9 @@ def estimate_memory(model: BaseModelInfo, spec: TrainingSpec, *, classes: int | 
         else:
             parts["base weights (bf16)"] = 2 * params
         parts["LoRA weights, gradients, AdamW (fp32)"] = 16 * trainable
-    if spec.gradient_checkpointing:
+    if spec.distributed:
+        _split_across_devices(parts, spec, params=params, trainable=trainable, layers=layers)
+    if spec.gradient_checkpointing or (spec.distributed and spec.fsdp.activation_checkpointing):
         parts["activations (checkpointed)"] = tokens * hidden * (2 * layers + ACTIVATION_BYTES_PER_HIDDEN)
     else:
         parts["activations"] = tokens * hidden * layers * ACTIVATION_BYTES_PER_HIDDEN
@@ -126,3 +134,31 @@ def estimate_memory(model: BaseModelInfo, spec: TrainingSpec, *, classes: int | 
         parts["class scores (fp32, with their gradient)"] = spec.batch_size * classes * 4 * 2
     parts["CUDA context and allocator slack"] = CUDA_CONTEXT_BYTES
     return MemoryEstimate(parts=parts, trainable_parameters=trainable)
+
+
+# The parts that FSDP shards: the model's weights and what training keeps per trainable weight.
+_SHARDED_PARTS = (
+    "weights (bf16)",
+    "gradients (bf16)",
+    "AdamW states (fp32)",
+    "base weights (bf16)",
+    "base weights (4-bit)",
+    "LoRA weights, gradients, AdamW (fp32)",
+)
+
+
+def _split_across_devices(
+    parts: dict[str, float], spec: TrainingSpec, *, params: int, trainable: int, layers: int
+) -> None:
+    """`parts` (one device's, unsplit) as the busiest of `spec.num_devices` devices holds them."""
+    devices = spec.num_devices
+    if spec.parallelism != Parallelism.fsdp:
+        # DDP: a whole model per device, and its gradients once more in the all-reduce buckets.
+        parts["DDP gradient buckets"] = (2 if spec.method == Method.full else 4) * trainable
+        return
+    for name in _SHARDED_PARTS:
+        if name in parts:
+            parts[f"{name}, 1/{devices} shard"] = 0.0 if spec.fsdp.cpu_offload else parts[name] / devices
+            del parts[name]
+    gathered_layers = min(2, layers) / layers if spec.fsdp.auto_wrap == "decoder_layer" else 1.0
+    parts["gathered weights (bf16, for the layer at work)"] = 2 * params * gathered_layers

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.core.database import session_scope
-from app.core.queue import enqueue_job, job_ids_in_broker
+from app.core.queue import device_queue, devices_of, enqueue_job, job_ids_in_broker
 from app.core.tables import Job, JobState, utcnow
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from app.jobs.timeline import add_event
@@ -103,11 +103,11 @@ def resend_lost_messages() -> list[int]:
     cutoff = utcnow() - LOST_MESSAGE_AFTER
     with session_scope() as session:
         queued = session.execute(
-            select(Job.id, Job.queue).where(Job.state == JobState.queued, Job.updated_at < cutoff)
+            select(Job.id, Job.queue, Job.spec).where(Job.state == JobState.queued, Job.updated_at < cutoff)
         ).all()
-    by_queue: dict[str, list[int]] = {}
-    for job_id, queue in queued:
-        by_queue.setdefault(queue, []).append(job_id)
+    by_queue: dict[str, list[int]] = {}  # by the broker queue the job's message goes to
+    for job_id, queue, spec in queued:
+        by_queue.setdefault(device_queue(queue, devices_of(spec)), []).append(job_id)
     resent: list[int] = []
     for queue, job_ids in by_queue.items():
         held = job_ids_in_broker(queue)
@@ -125,7 +125,7 @@ def resend_lost_messages() -> list[int]:
                     level="warning",
                 )
                 job.updated_at = utcnow()
-            enqueue_job(job_id, queue)
+            enqueue_job(job_id, queue)  # the broker queue already
             resent.append(job_id)
     return resent
 
@@ -134,14 +134,14 @@ def reap_orphans() -> list[int]:
     """Requeue the jobs whose worker is gone (or fail those that crashed too often). Returns
     the requeued ids."""
     settings = get_settings()
-    requeue: list[tuple[int, str]] = []
+    requeue: list[tuple[int, str, int]] = []
     with session_scope() as session:
         for job in find_orphans(session, stale_after_s=settings.worker_stale_after_s):
             try:
                 if recover_orphan(session, job, max_attempts=settings.job_max_attempts):
-                    requeue.append((job.id, job.queue))
+                    requeue.append((job.id, job.queue, devices_of(job.spec)))
             except IllegalTransition:
                 continue  # someone else got there first
-    for job_id, queue in requeue:
-        enqueue_job(job_id, queue)
-    return [job_id for job_id, _ in requeue]
+    for job_id, queue, devices in requeue:
+        enqueue_job(job_id, queue, devices)
+    return [job_id for job_id, _, _ in requeue]

@@ -19,7 +19,7 @@ from app.contract.formats import CLASSIFICATION, objective_misfit
 from app.contract.spec import TrainingSpec
 from app.core.blobs import blob_store
 from app.core.errors import Conflict, InvalidField
-from app.core.queue import commit_then_enqueue, enqueue_job
+from app.core.queue import commit_then_enqueue, devices_of, enqueue_job
 from app.core.tables import Dataset, Job, JobState
 from app.jobs.artifacts import checkpoints, final_weights, merged_model
 from app.jobs.memory_estimate import estimate_memory, gpu_targets
@@ -203,7 +203,7 @@ def _enqueue(session: Session, job: Job) -> None:
     """Commit the queued job and hand it to the workers; Unavailable (and the job failed) when the broker is down."""
     commit_then_enqueue(
         session,
-        lambda: enqueue_job(job.id, job.queue),
+        lambda: enqueue_job(job.id, job.queue, devices_of(job.spec)),
         on_failure=lambda: transition(session, job, JobState.failed, error=_BROKER_DOWN),
         message="the job queue is unreachable; the job was not started",
     )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.config import get_settings
-from app.core.queue import queue_length
+from app.core.queue import device_queue, devices_of, queue_length
 from app.core.tables import Job, JobState, WorkerProcess, utcnow
 from app.core.worker_registry import live_workers_query, served_queues
 
@@ -181,8 +181,15 @@ def queue_warning(job: Job, served: set[str]) -> str | None:
     """What to tell about a queued job that no live worker would take, given the queues the live
     workers serve (`served_queues`); None when a worker serves its queue or it is not queued.
     Computed on every view, so it goes away as soon as a worker for the queue starts."""
-    if job.state != JobState.queued or job.queue in served:
+    devices = devices_of(job.spec)
+    if job.state != JobState.queued or device_queue(job.queue, devices) in served:
         return None
+    if devices > 1:
+        return (
+            f"No live worker with {devices} devices serves the queue '{job.queue}': the job waits until one "
+            f"starts (tunelab worker --queues {job.queue} --gpus-per-worker {devices}, or --cpu-processes "
+            f"{devices} on a machine without GPU)."
+        )
     return (
         f"No live worker serves the queue '{job.queue}': the job waits until one starts "
         f"(tunelab worker --queues {job.queue})."

@@ -4,10 +4,13 @@ can be revoked; owners manage their team's members."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 from tests.helpers import TINY_MODEL, chat_rows, jsonl
 
 
@@ -95,3 +98,19 @@ def test_a_classification_dataset_gets_classifier_defaults_on_the_new_job_page(p
     page.select_option("#dataset", str(reviews["id"]))
     page.select_option("#dataset", str(chats["id"]))
     expect(packing).to_have_value("on")
+
+
+def test_a_job_on_two_devices_is_launched_from_the_form_and_waits_for_a_worker_that_owns_two(pages, make_account, db):
+    member = make_account(team="acme", role="member")
+    member.client.post("/api/datasets", files={"file": ("c.jsonl", jsonl(chat_rows(6)))})
+    page = pages.sign_in(member.email)
+    page.goto("/jobs/new")
+    page.select_option("select[name='spec.base_model']", TINY_MODEL)
+    page.fill("input[name='spec.num_devices']", "2")
+    page.select_option("select[name='spec.parallelism']", "ddp")
+    page.locator("#devices-section").screenshot(path=str(DOCS / "new-job-devices.png"))
+    page.click("#launch")
+    page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    expect(page.get_by_text("No live worker with 2 devices serves the queue 'default'")).to_be_visible()
+    job = member.client.get("/api/jobs").json()["data"][0]
+    assert job["spec"]["num_devices"] == 2 and job["spec"]["parallelism"] == "ddp"

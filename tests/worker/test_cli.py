@@ -159,6 +159,37 @@ def test_a_worker_given_a_gpu_index_sees_that_gpu_in_nvidia_smis_order(db, setti
         process.wait(timeout=60)
 
 
+def test_a_worker_with_cpu_processes_advertises_them_and_takes_jobs_needing_up_to_that_many(db, settings_env):
+    import signal
+    import time
+
+    from app.core.tables import WorkerProcess
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("TUNELAB_", "PATH", "HOME", "LANG", "PYTHON"))}
+    process = subprocess.Popen(
+        [TUNELAB, "worker", "--cpu-processes", "2", "--queues", "cli-cpu-test"], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        row = None
+        while row is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.3)
+            db.expire_all()
+            row = db.scalar(select(WorkerProcess).where(WorkerProcess.pid == process.pid))
+        assert row is not None, "the worker did not come up"
+        assert row.queues == "cli-cpu-test,cli-cpu-test.2-devices", "one- and two-device jobs, not more"
+        assert [(device["kind"], device["processes"]) for device in row.devices] == [("cpu", 2)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_gpus_per_worker_must_divide_the_gpus(run):
+    result = run("worker", "--gpus", "0,1,2", "--gpus-per-worker", "2")
+    assert result.returncode == 1
+    assert "--gpus-per-worker 2 does not divide the 3 GPUs (0, 1, 2)" in result.stderr
+
+
 def test_token_create_without_a_database_says_so_in_one_line_and_creates_nothing(run, tmp_path, monkeypatch):
     """Run outside the directory `tunelab serve` uses: no embedded database there yet."""
     missing = tmp_path / "elsewhere" / "data"

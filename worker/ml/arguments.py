@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from app.contract.spec import TrainingSpec
+from app.contract.spec import Parallelism, TrainingSpec
 
 from .errors import ConfigurationError
 from .loading import DevicePlan
@@ -84,4 +84,27 @@ def training_argument_values(
         report_to="none",  # the trackers' callbacks are added guarded (trackers.py), not by name
         run_name=run_name,
         disable_tqdm=True,
+        **distributed_arguments(spec, plan),
     )
+
+
+def distributed_arguments(spec: TrainingSpec, plan: DevicePlan) -> dict:
+    """How the Trainer splits a run of several processes: DDP, or FSDP2 through accelerate with
+    the spec's FSDP settings (whole-model checkpoints, which resume and load as they are).
+    `spec.parallelism` is resolved by then (`auto` is the launcher's to decide)."""
+    if not spec.distributed:
+        return {}
+    backend = {"ddp_backend": "nccl" if plan.device == "cuda" else "gloo"}
+    if spec.parallelism != Parallelism.fsdp:
+        return {**backend, "ddp_find_unused_parameters": False}
+    return {
+        **backend,
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP" if spec.fsdp.auto_wrap == "decoder_layer" else "NO_WRAP",
+            "cpu_offload": spec.fsdp.cpu_offload,
+            "activation_checkpointing": spec.fsdp.activation_checkpointing,
+            "state_dict_type": "FULL_STATE_DICT",
+        },
+    }

@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import distributed
 from .data import IGNORE_INDEX, REAL_TOKENS_KEY, Task
 from .evaluation import EvalAccumulator, best_evaluation, perplexity
 from .reporting import Reporter, counted
@@ -98,10 +99,15 @@ class CountingTrainer(Trainer):
         self.task = task
         self.evaluation = EvalAccumulator(task, class_names)
 
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        distributed.shard_on_cpu_too(self)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop(REAL_TOKENS_KEY)
         if model.training:
-            self.state.num_input_tokens_seen += real_tokens
+            # Every rank's tokens, once: the count is the run's, whichever rank saves the state.
+            self.state.num_input_tokens_seen += distributed.total_across_ranks(real_tokens)
         labels = inputs["labels"]
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         with torch.no_grad():
@@ -153,7 +159,8 @@ class ReporterCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.reporter.progress(state.global_step, state.max_steps, state.epoch)
-        if state.global_step < state.max_steps and self.reporter.should_stop():
+        # All ranks take the same decision at the same step (rank 0 reads the cancel flag).
+        if state.global_step < state.max_steps and distributed.agree_to_stop(self.reporter.should_stop()):
             self.stopped = True
             control.should_training_stop = True
             control.should_save = True
@@ -211,6 +218,13 @@ class ReporterCallback(TrainerCallback):
         self._restart_window(state)  # evaluation time does not count against training throughput
 
     def on_save(self, args, state, control, **kwargs):
+        distributed.barrier()  # every rank has written its part of the checkpoint
+        if distributed.is_main_process():
+            self._publish_checkpoint(args, state)
+        distributed.barrier()  # no rank goes on before the checkpoint is whole under its final name
+        self._restart_window(state)
+
+    def _publish_checkpoint(self, args, state) -> None:
         written = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         final = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         if final.exists():
@@ -225,7 +239,6 @@ class ReporterCallback(TrainerCallback):
                 shutil.rmtree(old)
         self.reporter.event(f"Saved checkpoint at step {state.global_step}", step=state.global_step)
         self.reporter.checkpoint(state.global_step, final)
-        self._restart_window(state)
 
     def _best_step(self, state) -> int | None:
         """The step of the best evaluation so far, whose checkpoint rotation keeps (load_best_model_at_end)."""

@@ -1,6 +1,7 @@
 """What an evaluation measures, and what the run's evaluations say about it.
 
-`EvalAccumulator` adds each evaluation batch's counts up on the device, so evaluation never
+`EvalAccumulator` adds each evaluation batch's counts up on the device (and, in a run on
+several devices, over the ranks, each of which evaluated its share), so evaluation never
 holds the logits of the whole eval set: right and trained tokens for a causal LM, a confusion
 matrix for a classifier (scikit-learn turns it into accuracy, macro F1 and per-class precision,
 recall and F1 at the end).
@@ -24,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from .data import IGNORE_INDEX, Task
+from .distributed import summed_across_ranks
 from .reporting import Reporter
 
 # Metrics where a higher value is the better one; every other (eval_loss) is better lower.
@@ -79,10 +81,16 @@ class EvalAccumulator:
         """The evaluation's metrics (eval_-prefixed), then a fresh start for the next one. A
         classifier's confusion matrix and per-class figures go to `last_details`."""
         if self.task == Task.causal_lm:
-            trained = int(self._trained)
-            metrics = {"eval_mean_token_accuracy": int(self._right) / trained if trained else 0.0}
+            right, trained = summed_across_ranks(
+                torch.stack([torch.as_tensor(self._right), torch.as_tensor(self._trained)])
+            ).tolist()
+            metrics = {"eval_mean_token_accuracy": right / trained if trained else 0.0}
         else:
-            confusion = self._confusion.cpu().numpy() if self._confusion is not None else np.zeros((0, 0), int)
+            confusion = (
+                summed_across_ranks(self._confusion).cpu().numpy()
+                if self._confusion is not None
+                else np.zeros((0, 0), int)
+            )
             metrics, self.last_details = classification_report(confusion, self.class_names)
         self.reset()
         return metrics

@@ -293,4 +293,9 @@ def samples_callbacks(
     """The samples callback of a run that evaluates and asks for samples; none otherwise."""
     if not spec.eval_samples or not eval_examples:
         return []
+    if spec.distributed:
+        # Rank 0 alone would generate, and a sharded (FSDP) model cannot run a forward pass
+        # without every rank: the other ranks would wait in vain.
+        reporter.event("No sample answers in a run on several devices: its evaluations give the metrics only")
+        return []
     return [SamplesCallback(Sampler.of(spec, tokenizer, task, eval_examples, class_names), reporter)]

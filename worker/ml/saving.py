@@ -29,10 +29,18 @@ def save_final(
     trainer: Trainer, prepared: Prepared, final_dir: Path, dataset_name: str, metrics: Mapping[str, float]
 ) -> Path:
     """The trained adapter or weights, the tokenizer, the class names of a classifier and the model card,
-    written aside and moved to `final_dir` whole."""
+    written aside and moved to `final_dir` whole. In a run of several processes every rank takes
+    part in gathering the weights (FSDP) and rank 0 alone writes one ordinary folder."""
+    from . import distributed
+
     staging = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    if distributed.is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()
     trainer.save_model(str(staging))
+    if not distributed.is_main_process():
+        distributed.barrier()  # until rank 0 has moved the folder into place
+        return final_dir
     prepared.tokenizer.save_pretrained(staging)
     if prepared.class_names:
         write_class_names(staging, prepared.class_names)
@@ -45,7 +53,9 @@ def save_final(
             class_names=prepared.class_names,
         )
     )
-    return replace_dir(staging, final_dir)
+    replace_dir(staging, final_dir)
+    distributed.barrier()
+    return final_dir
 
 
 def merge_adapter(

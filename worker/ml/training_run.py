@@ -34,7 +34,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from app.contract.spec import TrainingSpec
 
-from . import data, preference
+from . import data, distributed, preference
 from .arguments import training_arguments
 from .callbacks import EVAL_KEYS, CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
 from .errors import ConfigurationError, DatasetError, DiskFullError, OutOfMemoryError
@@ -416,7 +416,7 @@ def train(
     if not resume:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     latest = (checkpoints(checkpoint_dir) or [None])[-1]
-    if reporter.should_stop():
+    if distributed.agree_to_stop(reporter.should_stop()):
         return _stopped_before_loading(output_dir, latest)
 
     dataset_name = dataset_name or Path(train_file).name
@@ -458,7 +458,7 @@ def train(
     with _disk_space(checkpoint_dir):
         result.final_dir = save_final(trainer, prepared, output_dir / "final", dataset_name, result.metrics)
     reporter.event("Saved the adapter (PEFT format)" if spec.uses_adapter else "Saved the model weights")
-    if spec.merge_adapter:
+    if spec.merge_adapter and distributed.is_main_process():
         del trainer, prepared  # the merge loads the base model again
         _release_memory()
         result.merged_dir = merge_adapter(

@@ -18,7 +18,8 @@
   function deviceItem(device) {
     const title = device.kind === "gpu"
       ? `GPU ${device.index}: ${device.name}`
-      : `CPU: ${device.name}${device.cores ? ` (${device.cores} cores)` : ""}`;
+      : `CPU: ${device.name}${device.cores ? ` (${device.cores} cores)` : ""}`
+        + (device.processes > 1 ? ` · ${device.processes} training processes` : "");
     const utilization = device.utilization_percent !== null && device.utilization_percent !== undefined
       ? el("small", { class: "muted", text: ` · ${device.utilization_percent}% busy` }) : null;
     return el("li", { class: `device device-${device.kind}` }, el("span", { text: title }), utilization, memory(device));
