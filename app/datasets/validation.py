@@ -22,7 +22,18 @@ from typing import Any
 
 import orjson
 
-from app.contract.formats import CLASSIFICATION, FEEDBACK, FORMAT_TITLES, REQUIRED_KEYS, detect_format
+from app.contract.formats import (
+    CLASSIFICATION,
+    FEEDBACK,
+    FORMAT_TITLES,
+    QUESTION_ANSWERING,
+    REQUIRED_KEYS,
+    TOKEN_CLASSIFICATION,
+    detect_format,
+    entity_spans,
+    row_answers,
+    row_tags,
+)
 
 from .hints import describe
 from .lines import LineSplitter
@@ -224,6 +235,12 @@ class DatasetValidator:
             self._stats.add_label(row["label"])
         elif fmt == FEEDBACK:
             self._stats.add_label("good" if row["label"] else "bad")
+        elif fmt == TOKEN_CLASSIFICATION:
+            tags = row_tags(row)
+            for entity, _, _ in entity_spans(tags) if tags and type(tags[0]) is str else ():
+                self._stats.add_count("entities", entity)
+        elif fmt == QUESTION_ANSWERING:
+            self._stats.add_count("answers", "answered" if row_answers(row) else "unanswerable")
 
     # -- the file's format -------------------------------------------------------------------
 
