@@ -15,6 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import IGNORE_INDEX, REAL_TOKENS_KEY, Task
 from .reporting import Reporter
+from .task_metrics import task_eval_metrics
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -157,6 +158,7 @@ class ReporterCallback(TrainerCallback):
         if "eval_loss" in logs:
             metrics = {key: float(logs[key]) for key in EVAL_KEYS if key in logs}
             metrics.update(preference_metrics(logs, "eval_"))
+            metrics.update(task_eval_metrics(logs))  # NER, QA and seq2seq (task_training.TaskTrainer)
             self.reporter.log({**metrics, "epoch": state.epoch}, state.global_step)
             return
         if "loss" not in logs:
