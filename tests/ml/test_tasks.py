@@ -214,22 +214,41 @@ def test_long_contexts_are_cut_into_overlapping_windows_that_keep_the_answer(tas
             assert tokenizer.decode(features.input_ids[window][s : e + 1]) == "paris"
 
 
-def test_seq2seq_on_a_tiny_t5_learns_targets_and_reloads(make_spec, task_models, tmp_path, monkeypatch):
+def test_seq2seq_lora_on_a_tiny_t5_learns_and_its_adapter_reloads(make_spec, task_models, tmp_path, monkeypatch):
     from peft import AutoPeftModelForSeq2SeqLM
     from transformers import AutoTokenizer
 
     from worker.ml.seq2seq import generate
 
-    spec = make_spec(base_model=T5, max_steps=60, learning_rate=1e-2, batch_size=8, eval_split=0.25, eval_steps=30)
+    spec = make_spec(base_model=T5, max_steps=60, learning_rate=5e-3, batch_size=8, eval_split=0.25, eval_steps=30)
     run = Trained(spec, seq2seq_rows(48), tmp_path, task_models, Task.seq2seq)
     rouge = run.series("eval_rougeL")
-    assert len(rouge) == 2 and rouge[-1] == 1.0 and run.before["rougeL"] < 0.5, (run.before, rouge)
+    assert len(rouge) == len(run.series("eval_rouge1")) == 2
+    assert rouge[-1] > run.before["rougeL"] + 0.5, (run.before, rouge)
+    assert "rougeL" in (run.result.final_dir / "README.md").read_text()
 
     monkeypatch.chdir(task_models)
     reloaded = AutoPeftModelForSeq2SeqLM.from_pretrained(run.result.final_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run.result.final_dir)
     assert run.score(reloaded, tokenizer)["rougeL"] == rouge[-1]
-    assert generate(reloaded, tokenizer, ["what colour is the sky", "what colour is the snow"]) == ["blue", "white"]
+    inputs = ["what colour is the sky", "what colour is the snow"]
+    merged = reloaded.merge_and_unload()
+    assert generate(merged, tokenizer, inputs, max_new_tokens=8) == generate(
+        reloaded, tokenizer, inputs, max_new_tokens=8
+    )
+
+
+def test_seq2seq_full_fine_tuning_of_a_tiny_t5_writes_the_targets(make_spec, task_models, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from worker.ml.seq2seq import generate
+
+    spec = make_spec(base_model=T5, method="full", max_steps=40, learning_rate=3e-3, batch_size=8, eval_split=0.25)
+    run = Trained(spec, seq2seq_rows(48), tmp_path, task_models, Task.seq2seq)
+    assert run.result.metrics["eval_rougeL"] == 1.0 and run.before["rougeL"] < 0.5, (run.before, run.result.metrics)
+    model = AutoModelForSeq2SeqLM.from_pretrained(run.result.final_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run.result.final_dir)
+    assert generate(model, tokenizer, ["what colour is the sky", "what colour is the snow"]) == ["blue", "white"]
 
 
 def test_prompt_completion_rows_train_an_encoder_decoder(make_spec, task_models, tmp_path):

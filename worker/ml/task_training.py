@@ -257,7 +257,15 @@ def score(task: Task, model, tokenizer, examples: list[Any], max_length: int) ->
     if task == Task.question_answering:
         answers = token_tasks.predict_answers(model, tokenizer, [(e.question, e.context) for e in examples], max_length)
         return task_metrics.squad_scores([[text for text, _ in e.answers] for e in examples], [a.text for a in answers])
-    generated = seq2seq.generate(model, tokenizer, [e.source for e in examples], max_length=max_length)
+    # Room for twice the longest target: an untrained model would otherwise ramble to MAX_NEW_TOKENS.
+    longest = max(len(ids) for ids in tokenizer(text_target=[e.target for e in examples])["input_ids"])
+    generated = seq2seq.generate(
+        model,
+        tokenizer,
+        [e.source for e in examples],
+        max_length=max_length,
+        max_new_tokens=min(seq2seq.MAX_NEW_TOKENS, 2 * longest + 8),
+    )
     return task_metrics.rouge_scores([e.target for e in examples], generated)
 
 
