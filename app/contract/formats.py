@@ -81,6 +81,10 @@ PAIRED_FORMATS = frozenset({PREFERENCE_OPENAI, PREFERENCE_SHAREGPT, PREFERENCE})
 PREFERENCE_FORMATS = PAIRED_FORMATS | {FEEDBACK}
 # Formats that train a head of their own (a tagger, a span extractor, an encoder-decoder).
 TASK_FORMATS = frozenset({TOKEN_CLASSIFICATION, QUESTION_ANSWERING, SEQ2SEQ})
+# The metrics their evaluations log, "eval_" in front (per-type F1 of NER: "f1_" and the type):
+# seqeval's entity-level scores, SQuAD's exact match and F1, ROUGE F-measures.
+TASK_METRIC_NAMES = ("precision", "recall", "f1", "exact_match", "rouge1", "rouge2", "rougeL")
+TASK_EVAL_PREFIXES = tuple(f"eval_{name}" for name in TASK_METRIC_NAMES)
 # The formats each training objective (the spec's `objective`) learns from.
 OBJECTIVE_FORMATS = {
     "sft": CAUSAL_LM_FORMATS | {CLASSIFICATION} | TASK_FORMATS,

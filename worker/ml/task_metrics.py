@@ -13,14 +13,12 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 
-# The names of the metrics of the three tasks (per-type F1 is "f1_" and the type).
-TASK_METRIC_NAMES = ("precision", "recall", "f1", "exact_match", "rouge1", "rouge2", "rougeL")
-_EVAL_PREFIXES = tuple(f"eval_{name}" for name in TASK_METRIC_NAMES)
+from app.contract.formats import TASK_EVAL_PREFIXES
 
 
 def task_eval_metrics(logs: Mapping[str, float]) -> dict[str, float]:
     """The task metrics of a log entry at an evaluation (eval_f1, eval_f1_PER, eval_exact_match...)."""
-    return {key: float(value) for key, value in logs.items() if key.startswith(_EVAL_PREFIXES)}
+    return {key: float(value) for key, value in logs.items() if key.startswith(TASK_EVAL_PREFIXES)}
 
 
 def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:

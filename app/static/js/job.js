@@ -11,6 +11,11 @@
   // A preference job's (DPO, ORPO, KTO) series, train and eval: reward_chosen, eval_reward_margin, ...
   const preference = {};
   const PREFERENCE_KEYS = ["reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected"];
+  // A tagger's, question answerer's or seq2seq job's evaluation metrics (eval_f1, eval_f1_PER, eval_exact_match,
+  // eval_rougeL, ...), each a series, charted together (fractions from 0 to 1).
+  const taskMetrics = {};
+  const TASK_METRIC = /^eval_(precision|recall|f1|exact_match|rouge)/;
+  const TASK_NOTES = { f1: "entity-level (seqeval) for NER, SQuAD's for QA", exact_match: "SQuAD exact match and F1", rouge1: "ROUGE F-measures" };
   const seenMetric = new Set();
   const seenEvent = new Set();
 
@@ -20,6 +25,7 @@
   const rewardChart = charts.line(document.getElementById("reward-chart"), { height: 190 });
   const rewardAccuracyChart = charts.line(document.getElementById("reward-accuracy-chart"), { height: 190 });
   const logpChart = charts.line(document.getElementById("logp-chart"), { height: 190 });
+  const taskChart = charts.line(document.getElementById("task-chart"), { height: 220 });
   const logScale = document.getElementById("log-scale");
   const smoothing = document.getElementById("smoothing");
 
@@ -33,6 +39,9 @@
     }
     if (point.split === "eval") {
       if (v.eval_loss !== undefined) evals.push([point.step, v.eval_loss]);
+      for (const [name, value] of Object.entries(v)) {
+        if (TASK_METRIC.test(name)) (taskMetrics[name] = taskMetrics[name] || []).push([point.step, value]);
+      }
       return;
     }
     if (v.loss !== undefined) train.push([point.step, v.loss]);
@@ -60,6 +69,15 @@
       lossChart.draw(series, { log: logScale.checked });
       lrChart.draw([{ label: "learning rate", points: sorted(lr), color: charts.palette[2] }]);
       tpsChart.draw([{ label: "tokens/s", points: sorted(tps), color: charts.palette[4] }]);
+      const taskNames = Object.keys(taskMetrics).sort();
+      document.getElementById("task-charts").hidden = !taskNames.length;
+      if (taskNames.length) {
+        const note = Object.keys(TASK_NOTES).find((key) => taskMetrics[`eval_${key}`]);
+        document.getElementById("task-chart-note").textContent = note ? TASK_NOTES[note] : "";
+        const chart = document.getElementById("task-chart");
+        chart.dataset.series = taskNames.join(" ");
+        taskChart.draw(taskNames.map((name, i) => ({ label: name.slice(5), points: sorted(taskMetrics[name]), color: charts.palette[i % charts.palette.length], showPoints: true })));
+      }
       const shown = Object.keys(preference).length > 0;
       document.getElementById("preference-charts").hidden = !shown;
       if (shown) {
