@@ -5,6 +5,8 @@ playground marking the entities of a typed sentence. Screenshots go to docs/."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import uuid
@@ -86,6 +88,11 @@ class TestNamedEntitiesInTheBrowser:
         expect(chart).to_have_attribute("data-series", re.compile(r"\beval_f1\b.*\beval_f1_PER\b"))
         expect(page.locator("#task-chart-note")).to_contain_text("seqeval")
         shot(page, "job-ner-f1")
+        # The result file: a column per task metric, filled at each evaluation (steps 15, 30, 45, 60).
+        rows = list(csv.DictReader(io.StringIO(page.request.get(f"/api/jobs/{job_id}/metrics.csv").text())))
+        evaluated = [row for row in rows if row["valid_f1"]]
+        assert [int(row["step"]) for row in evaluated] == [15, 30, 45, 60]
+        assert all(row["valid_f1_PER"] and row["valid_precision"] and row["valid_recall"] for row in evaluated)
 
         page.goto(f"/playground?job={job_id}")
         expect(page.locator("#predict-panel")).to_be_visible()
