@@ -63,7 +63,7 @@ def run_completion(completion_id: int) -> None:
         claimed = completions.claim(session, completion_id, worker_identity(os.getpid()))
     if claimed is None:
         return
-    answer = _classify if claimed.request.get("kind") == completions.CLASSIFY else _chat
+    answer = {completions.CLASSIFY: _classify, completions.PREDICT: _predict}.get(claimed.request.get("kind"), _chat)
     try:
         weights = blob_store().path(claimed.weights_key) if claimed.weights_key else None
         record = answer(claimed, weights)
@@ -110,3 +110,15 @@ def _classify(claimed: completions.Claimed, weights: Path | None):
         prompt_tokens=reply.tokens,
         truncated=reply.truncated,
     )
+
+
+def _predict(claimed: completions.Claimed, weights: Path | None):
+    """The tagger's entities, the answer span, or the generated target; returns how to record it."""
+    from worker.ml import InferenceError
+    from worker.ml.task_inference import predict
+
+    if weights is None:
+        raise InferenceError("a base model has no trained head: pick a tagger, question answering or seq2seq job")
+    with model_cache().task_model(claimed.base_model, weights) as model:
+        result = predict(model, claimed.request)
+    return partial(completions.finish_prediction, result=result)

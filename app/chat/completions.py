@@ -1,9 +1,11 @@
 """Chat completions: a request the app stores and an inference worker answers. The data
 functions behind the chat API and the worker; no HTTP here.
 
-A request is of one of two kinds, through the same queue and states: a chat
-(`{"messages", "sampling", "fit_context"}`, answered with text), or the labelling of a text by
-a classifier job's model (`{"kind": "classify", "text"}`, answered with `probabilities`).
+A request is of one of three kinds, through the same queue and states: a chat
+(`{"messages", "sampling", "fit_context"}`, answered with text), the labelling of a text by
+a classifier job's model (`{"kind": "classify", "text"}`, answered with `probabilities`), or a
+prediction of a tagger, question answerer or encoder-decoder job's model (`{"kind": "predict",
+"text"}` or `{"kind": "predict", "question", "context"}`, answered with its result as JSON text).
 
 The worker writes the text into the request's row as it is generated and rings the
 completion's doorbell; the app follows the row (`follow`) and streams what is new. The
@@ -22,6 +24,7 @@ that goes away cancels its request, and the worker stops generating at its next 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,7 +35,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
-from app.chat.model_names import ModelNotFound, finished_job_model, is_classifier, resolve
+from app.chat.model_names import ModelNotFound, finished_job_model, is_classifier, job_task, resolve
 from app.config import get_settings
 from app.core.database import session_scope
 from app.core.errors import Conflict, DomainError, NotFound, Unavailable
@@ -61,6 +64,7 @@ COMPLETION_STATES = StateMachine(
 # or nobody is waiting for it any more), then deleted.
 KEEP = timedelta(hours=1)
 CLASSIFY = "classify"  # the request kind of a text to label; a request without a kind is a chat
+PREDICT = "predict"  # the request kind of a tagger's, question answerer's or encoder-decoder's input
 
 
 def create(
@@ -116,11 +120,28 @@ def start_classification(session: Session, access: TeamAccess, job_id: int, text
     job = access.get(session, Job, job_id)
     if not is_classifier(session, job):
         raise Conflict("this job's model chats: it was not trained to label text", code="not_a_classifier")
+    return _enqueue_for_job(session, access, job, {"kind": CLASSIFY, "text": text}, what="classifier")
+
+
+def start_prediction(session: Session, access: TeamAccess, job_id: int, inputs: dict[str, str]) -> int:
+    """Have an inference worker run the tagger, question answerer or encoder-decoder job `job_id`
+    trained on `inputs` ("text", or "question" and "context"); errors as `start_classification`."""
+    job = access.get(session, Job, job_id)
+    if job_task(session, job) is None:
+        raise Conflict(
+            "this job's model chats or labels text: it was not trained to tag, answer from a context or write a target",
+            code="not_a_task_model",
+        )
+    return _enqueue_for_job(session, access, job, {"kind": PREDICT, **inputs}, what="model")
+
+
+def _enqueue_for_job(session: Session, access: TeamAccess, job: Job, request: dict[str, Any], *, what: str) -> int:
+    """A request for the model a finished job left (its final weights, or a stopped job's last checkpoint)."""
     if not job.state.is_terminal:
-        raise Conflict(f"the job is {job.state.value}: its classifier can be tried once it has finished")
+        raise Conflict(f"the job is {job.state.value}: its {what} can be tried once it has finished")
     weights = final_weights(session, job)
     if weights is None:
-        raise Conflict("the job left no classifier to try: it saved no weights")
+        raise Conflict(f"the job left no {what} to try: it saved no weights")
     model = finished_job_model(session, job, session.get(Team, job.team_id).name)
     return _enqueue(
         session,
@@ -129,7 +150,7 @@ def start_classification(session: Session, access: TeamAccess, job_id: int, text
         model=model,
         base_model=job.base_model,
         weights_key=weights.blob_key,
-        request={"kind": CLASSIFY, "text": text},
+        request=request,
     )
 
 
@@ -243,6 +264,20 @@ def finish_classification(
     )
 
 
+def finish_prediction(session: Session, completion_id: int, *, result: dict[str, Any]) -> bool:
+    """A prediction's answer (entities, an answer span, a generated target), kept as JSON text."""
+    return _move(
+        session,
+        completion_id,
+        _SUCCEEDED,
+        only_from=(_RUNNING,),
+        text=json.dumps(result),
+        finish_reason="stop",
+        prompt_tokens=0,
+        completion_tokens=0,
+    )
+
+
 def fail(
     session: Session, completion_id: int, error: str, *, only_from: tuple[CompletionState, ...] = UNFINISHED
 ) -> bool:
@@ -330,15 +365,30 @@ async def classify(session: Session, access: TeamAccess, job_id: int, text: str)
     worker has answered (see `start_classification` for the errors; Unavailable when no worker
     takes it in time, DomainError 500 when it fails)."""
     completion_id = await to_thread.run_sync(start_classification, session, access, job_id, text)
+    progress = await _answered(completion_id, "classification")
+    if progress.probabilities is None:
+        raise DomainError("the classification came back without labels", 500, code="classification_failed")
+    labels = sorted(progress.probabilities.items(), key=lambda item: item[1], reverse=True)
+    return Classification(labels, progress.prompt_tokens or 0, progress.finish_reason == "length")
+
+
+async def _answered(completion_id: int, what: str) -> Progress:
+    """The request once finished; Unavailable when no worker took it, DomainError 500 when it failed."""
     updates = follow(completion_id)
     try:
         async for progress in updates:
             pass
     finally:
         await updates.aclose()
-    if progress.state != _SUCCEEDED or progress.probabilities is None:
+    if progress.state != _SUCCEEDED:
         if not progress.started:
             raise Unavailable(progress.error or "the request was not answered", code="no_inference_worker")
-        raise DomainError(progress.error or "the classification was cancelled", 500, code="classification_failed")
-    labels = sorted(progress.probabilities.items(), key=lambda item: item[1], reverse=True)
-    return Classification(labels, progress.prompt_tokens or 0, progress.finish_reason == "length")
+        raise DomainError(progress.error or f"the {what} was cancelled", 500, code=f"{what}_failed")
+    return progress
+
+
+async def predict(session: Session, access: TeamAccess, job_id: int, inputs: dict[str, str]) -> dict[str, Any]:
+    """What the tagger, question answerer or encoder-decoder of job `job_id` makes of `inputs`, once
+    an inference worker has answered (errors as `classify`)."""
+    completion_id = await to_thread.run_sync(start_prediction, session, access, job_id, inputs)
+    return json.loads((await _answered(completion_id, "prediction")).text)

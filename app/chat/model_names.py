@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.accounts.access import TeamAccess
 from app.accounts.teams import teams_by_id
 from app.chat import catalog
-from app.contract.formats import CLASSIFICATION
+from app.contract.formats import CLASSIFICATION, TASK_FORMATS
 from app.core.tables import Artifact, ArtifactKind, Dataset, Job, JobState, Team
 from app.jobs.artifacts import FINAL_KINDS, final_weights
 
@@ -116,12 +116,22 @@ def is_classifier(session: Session, job: Job) -> bool:
     )
 
 
+def job_task(session: Session, job: Job) -> str | None:
+    """The task format a job trained a tagger, question answerer or encoder-decoder on (its
+    dataset's format: token_classification, question_answering, seq2seq), else None."""
+    if job.dataset_id is None:
+        return None
+    found = session.scalar(select(Dataset.format).where(Dataset.id == job.dataset_id))
+    return found if found in TASK_FORMATS else None
+
+
 @dataclass(frozen=True)
 class FinishedModel:
     job: Job
     model: str  # its name, as chat and classification take it
     checkpoint: bool  # the job did not succeed: the model is its last checkpoint
     classifier: bool  # it labels text (classify), it does not chat
+    task: str | None = None  # a task format: it tags, answers from a context or writes a target (predict)
 
 
 def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) -> list[FinishedModel]:
@@ -138,7 +148,10 @@ def finished_job_models(session: Session, access: TeamAccess, limit: int = 200) 
     for job, dataset_format in session.execute(query):
         model = finished_job_model(session, job, names[job.team_id])
         if model is not None:
-            found.append(FinishedModel(job, model, job.state != JobState.succeeded, dataset_format == CLASSIFICATION))
+            task = dataset_format if dataset_format in TASK_FORMATS else None
+            found.append(
+                FinishedModel(job, model, job.state != JobState.succeeded, dataset_format == CLASSIFICATION, task)
+            )
     return found
 
 

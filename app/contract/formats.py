@@ -16,7 +16,14 @@ preference_openai         {"input": {"messages": [...], "tools"?}, "preferred_ou
 preference_sharegpt       {"conversations": [...], "chosen": {"from", "value"}, "rejected": {...}, "system"?, "tools"?}
 preference                {"prompt": ..., "chosen": ..., "rejected": ...} (strings, or message lists), "tools"?
 feedback                  {"prompt": ..., "completion": ..., "label": true | false} (KTO's unpaired form)
+token_classification      {"tokens": [...], "tags": [...]} (or "ner_tags"; BIO tags as strings, or integers)
+question_answering        {"question", "context", "answers": {"text": [...], "answer_start": [...]}} (SQuAD; or "answer")
+seq2seq                   {"input": ..., "target": ...} (or "source" / "target"), for encoder-decoder models
 ========================  =====================================================
+
+The last three train other heads than a language model's: token classification (NER, tagged
+per word), extractive question answering (an answer span of the context; no answer at all is
+allowed, as in SQuAD 2), and an encoder-decoder that writes the target for the input.
 
 The last four are preference data (DPO, ORPO, KTO): a prompt, then a preferred and a rejected
 answer, or one answer with a thumbs up or down. They are tried before the others, whose keys
@@ -47,6 +54,9 @@ PREFERENCE_OPENAI = "preference_openai"
 PREFERENCE_SHAREGPT = "preference_sharegpt"
 PREFERENCE = "preference"
 FEEDBACK = "feedback"
+TOKEN_CLASSIFICATION = "token_classification"
+QUESTION_ANSWERING = "question_answering"
+SEQ2SEQ = "seq2seq"
 
 FORMATS = (
     CHAT,
@@ -59,6 +69,9 @@ FORMATS = (
     PREFERENCE_SHAREGPT,
     PREFERENCE,
     FEEDBACK,
+    TOKEN_CLASSIFICATION,
+    QUESTION_ANSWERING,
+    SEQ2SEQ,
 )
 # Formats trained as causal language modelling; classification trains a sequence classifier.
 CAUSAL_LM_FORMATS = frozenset({CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, TEXT})
@@ -66,9 +79,15 @@ CAUSAL_LM_FORMATS = frozenset({CHAT, SHAREGPT, PROMPT_COMPLETION, INSTRUCTION, T
 # answers with a label (KTO only).
 PAIRED_FORMATS = frozenset({PREFERENCE_OPENAI, PREFERENCE_SHAREGPT, PREFERENCE})
 PREFERENCE_FORMATS = PAIRED_FORMATS | {FEEDBACK}
+# Formats that train a head of their own (a tagger, a span extractor, an encoder-decoder).
+TASK_FORMATS = frozenset({TOKEN_CLASSIFICATION, QUESTION_ANSWERING, SEQ2SEQ})
+# The metrics their evaluations log, "eval_" in front (per-type F1 of NER: "f1_" and the type):
+# seqeval's entity-level scores, SQuAD's exact match and F1, ROUGE F-measures.
+TASK_METRIC_NAMES = ("precision", "recall", "f1", "exact_match", "rouge1", "rouge2", "rougeL")
+TASK_EVAL_PREFIXES = tuple(f"eval_{name}" for name in TASK_METRIC_NAMES)
 # The formats each training objective (the spec's `objective`) learns from.
 OBJECTIVE_FORMATS = {
-    "sft": CAUSAL_LM_FORMATS | {CLASSIFICATION},
+    "sft": CAUSAL_LM_FORMATS | {CLASSIFICATION} | TASK_FORMATS,
     "dpo": PAIRED_FORMATS,
     "orpo": PAIRED_FORMATS,
     "kto": PREFERENCE_FORMATS,
@@ -99,6 +118,9 @@ FORMAT_TITLES = {
     PREFERENCE_SHAREGPT: "Preference pairs (ShareGPT)",
     PREFERENCE: "Preference pairs (prompt / chosen / rejected)",
     FEEDBACK: "Feedback (prompt / completion / label)",
+    TOKEN_CLASSIFICATION: "Tagged tokens (NER)",
+    QUESTION_ANSWERING: "Question answering (SQuAD)",
+    SEQ2SEQ: "Input / target (seq2seq)",
 }
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -124,12 +146,26 @@ _FORMAT_KEYS: tuple[tuple[str, frozenset[str]], ...] = (
     (SHAREGPT, frozenset({"conversations"})),
     (PROMPT_COMPLETION, frozenset({"prompt", "completion"})),
     (INSTRUCTION, frozenset({"instruction", "output"})),
+    (TOKEN_CLASSIFICATION, frozenset({"tokens", "tags"})),
+    (QUESTION_ANSWERING, frozenset({"question", "context", "answers"})),
+    (SEQ2SEQ, frozenset({"input", "target"})),
     (CLASSIFICATION, frozenset({"text", "label"})),
     (TEXT, frozenset({"text"})),
 )
 
 
 REQUIRED_KEYS: dict[str, frozenset[str]] = dict(_FORMAT_KEYS)
+# Other names of the same keys, as other tools write them (Hugging Face's CoNLL "ner_tags", a
+# flat "answer" string, "source" for the input): tried after the keys above.
+_ALTERNATIVE_FORMAT_KEYS: tuple[tuple[str, frozenset[str]], ...] = (
+    (TOKEN_CLASSIFICATION, frozenset({"tokens", "ner_tags"})),
+    (QUESTION_ANSWERING, frozenset({"question", "context", "answer"})),
+    (SEQ2SEQ, frozenset({"source", "target"})),
+)
+# Every set of keys that makes each format.
+FORMAT_KEY_SETS: dict[str, tuple[frozenset[str], ...]] = {
+    fmt: tuple(keys for name, keys in _FORMAT_KEYS + _ALTERNATIVE_FORMAT_KEYS if name == fmt) for fmt in REQUIRED_KEYS
+}
 # Row keys that `to_canonical` reads besides the required ones.
 OPTIONAL_KEYS: dict[str, frozenset[str]] = {
     CHAT: frozenset({"tools"}),
@@ -142,6 +178,9 @@ OPTIONAL_KEYS: dict[str, frozenset[str]] = {
     PREFERENCE_SHAREGPT: frozenset({"system", "tools"}),
     PREFERENCE: frozenset({"tools"}),
     FEEDBACK: frozenset({"tools"}),
+    TOKEN_CLASSIFICATION: frozenset({"tokens", "ner_tags"}),
+    QUESTION_ANSWERING: frozenset({"answer"}),
+    SEQ2SEQ: frozenset({"source"}),
 }
 # Keys of a chat message that `to_canonical` reads. "weight" is OpenAI's per-assistant-message
 # switch: 0 keeps the message as context but does not train on it.
@@ -152,6 +191,9 @@ def detect_format(row: dict[str, Any]) -> str | None:
     """The format a row's keys say it is, or None when no format's keys are all present."""
     keys = row.keys()
     for name, needed in _FORMAT_KEYS:
+        if needed <= keys:
+            return name
+    for name, needed in _ALTERNATIVE_FORMAT_KEYS:
         if needed <= keys:
             return name
     return None
@@ -227,9 +269,35 @@ class Preference:
 
 
 @dataclass
+class TaggedTokens:
+    """Token classification: one tag per token (BIO strings, or integers written as strings)."""
+
+    tokens: list[str]
+    tags: list[str]
+
+
+@dataclass
+class Answered:
+    """Extractive question answering: `answers` are (text, character start in the context);
+    none for a question the context does not answer (SQuAD 2)."""
+
+    question: str
+    context: str
+    answers: list[tuple[str, int]]
+
+
+@dataclass
+class SourceTarget:
+    """Sequence to sequence: an encoder-decoder reads `source` and learns to write `target`."""
+
+    source: str
+    target: str
+
+
+@dataclass
 class Canonical:
     format: str
-    example: Conversation | PlainText | Labeled | Preference
+    example: Conversation | PlainText | Labeled | Preference | TaggedTokens | Answered | SourceTarget
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -354,6 +422,61 @@ def _preference(row: dict[str, Any], fmt: str) -> Preference:
     return Preference(prompt=prompt, chosen=sides[0], label=bool(row["label"]), tools=tools)
 
 
+def row_tags(row: dict[str, Any]) -> list[Any]:
+    """A token classification row's tags, under "tags" or Hugging Face's "ner_tags"."""
+    return row["tags"] if "tags" in row else row["ner_tags"]
+
+
+def bio_parts(tag: str) -> tuple[str, str] | None:
+    """("B", "PER") for "B-PER", ("O", "") for "O"; None for a tag that is not BIO (IOB2)."""
+    if tag == "O":
+        return ("O", "")
+    if len(tag) > 2 and tag[0] in "BI" and tag[1] == "-":
+        return (tag[0], tag[2:])
+    return None
+
+
+def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """The entities of a row's BIO tags as (type, first token, last token + 1): each "B-X"
+    starts one, the "I-X" after it continue it (an "I-X" after anything else starts one too,
+    as seqeval reads it)."""
+    spans: list[tuple[str, int, int]] = []
+    current: tuple[str, int] | None = None
+    for index, tag in enumerate([*tags, "O"]):
+        parts = bio_parts(tag) or ("O", "")
+        if current is not None and (parts[0] != "I" or parts[1] != current[0]):
+            spans.append((current[0], current[1], index))
+            current = None
+        if parts[0] == "B" or (parts[0] == "I" and current is None):
+            current = (parts[1], index)
+    return spans
+
+
+def row_answers(row: dict[str, Any]) -> list[tuple[str, int]]:
+    """A QA row's answers as (text, start): SQuAD's "answers", or a flat "answer" string placed at
+    its first occurrence in the context (an empty one: no answer). Validation checked they are there."""
+    if "answers" in row:
+        answers = row["answers"]
+        return list(zip(answers["text"], answers["answer_start"], strict=True))
+    answer = row["answer"]
+    return [(answer, row["context"].find(answer))] if answer else []
+
+
+def source_target(row: dict[str, Any], fmt: str) -> SourceTarget:
+    """The input and target an encoder-decoder trains on: seq2seq rows, and prompt / completion or
+    instruction rows (the instruction and its input as the source)."""
+    if fmt == SEQ2SEQ:
+        return SourceTarget(str(row["input"] if "input" in row else row["source"]), str(row["target"]))
+    if fmt == PROMPT_COMPLETION:
+        return SourceTarget(str(row["prompt"]), str(row["completion"]))
+    if fmt == INSTRUCTION:
+        source = str(row["instruction"])
+        if row.get("input"):
+            source = f"{source}\n\n{row['input']}"
+        return SourceTarget(source, str(row["output"]))
+    raise ValueError(f"{fmt} rows have no input and target")
+
+
 def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
     """One validated row in the canonical shape the training library renders."""
     fmt = fmt or detect_format(row)
@@ -387,6 +510,12 @@ def to_canonical(row: dict[str, Any], fmt: str | None = None) -> Canonical:
         example = PlainText(text=str(row["text"]))
     elif fmt in PREFERENCE_FORMATS:
         example = _preference(row, fmt)
+    elif fmt == TOKEN_CLASSIFICATION:
+        example = TaggedTokens(tokens=[str(token) for token in row["tokens"]], tags=[str(tag) for tag in row_tags(row)])
+    elif fmt == QUESTION_ANSWERING:
+        example = Answered(question=str(row["question"]), context=str(row["context"]), answers=row_answers(row))
+    elif fmt == SEQ2SEQ:
+        example = source_target(row, fmt)
     else:
         raise ValueError(f"unknown dataset format: {fmt!r}")
     return Canonical(format=fmt, example=example)

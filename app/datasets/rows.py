@@ -24,6 +24,7 @@ from app.contract.formats import (
     CHAT_ROLES,
     CLASSIFICATION,
     FEEDBACK,
+    FORMAT_KEY_SETS,
     FORMAT_TITLES,
     FORMATS,
     INSTRUCTION,
@@ -32,10 +33,14 @@ from app.contract.formats import (
     PREFERENCE_OPENAI,
     PREFERENCE_SHAREGPT,
     PROMPT_COMPLETION,
+    QUESTION_ANSWERING,
     REQUIRED_KEYS,
+    SEQ2SEQ,
     SHAREGPT,
     SHAREGPT_ROLES,
     TEXT,
+    TOKEN_CLASSIFICATION,
+    bio_parts,
     detect_format,
     sharegpt_tools,
 )
@@ -60,8 +65,9 @@ _TURN_KEYS = frozenset({"from", "value"})
 
 _EXPECTED_KEYS = (
     'a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", '
-    '"instruction" and "output" (Alpaca), "text" (with "label" for classification), or a preference pair: '
-    '"prompt", "chosen" and "rejected"'
+    '"instruction" and "output" (Alpaca), "text" (with "label" for classification), a preference pair: '
+    '"prompt", "chosen" and "rejected", "tokens" and "tags" (NER), "question", "context" and "answers" (SQuAD), '
+    'or "input" and "target" (seq2seq)'
 )
 
 
@@ -621,6 +627,119 @@ def _check_feedback(row: dict[str, Any], problems: Problems) -> RowMeasure:
     return length, [*roles, "assistant"]
 
 
+# -- token classification, question answering, seq2seq -------------------------------------
+
+
+def _check_tokens(tokens: Any, problems: Problems) -> int:
+    """Characters of a row's "tokens", a non-empty list of words (each non-empty: a word that
+    the tokenizer turns into nothing would lose its tag)."""
+    if type(tokens) is not list:
+        problems.append(f'"tokens" must be a list of words, not {describe(tokens)}')
+        return 0
+    if not tokens:
+        problems.append('"tokens" is an empty list')
+        return 0
+    length = 0
+    for number, token in enumerate(tokens, 1):
+        if type(token) is not str:
+            problems.append(f"token {number} must be a string, not {describe(token)}")
+            return length
+        if not token or token.isspace():
+            problems.append(f"token {number} is {_emptiness(token)}: every token is a word that carries a tag")
+            return length
+        length += len(token) + 1
+    return length
+
+
+def _check_bio(key: str, tags: list[str], problems: Problems) -> None:
+    """BIO (IOB2) tags: "O", "B-TYPE" or "I-TYPE", and an "I-TYPE" only after a "B-TYPE" or "I-TYPE"."""
+    previous = ("O", "")
+    for number, tag in enumerate(tags, 1):
+        parts = bio_parts(tag)
+        if parts is None:
+            problems.append(
+                f'{key} {number} "{shown(tag)}" is not a BIO tag: tags are "O", "B-TYPE" (an entity\'s first token) '
+                'or "I-TYPE" (the tokens after it)'
+            )
+            return
+        if parts[0] == "I" and (previous[0] == "O" or previous[1] != parts[1]):
+            after = "starts the row" if number == 1 else f'follows "{shown(tags[number - 2])}"'
+            problems.append(
+                f'{key} {number} "{shown(tag)}" {after}: an entity starts with "B-{shown(parts[1])}" (IOB2), '
+                f'and "I-{shown(parts[1])}" only continues one'
+            )
+            return
+        previous = parts
+
+
+def _check_token_classification(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    length = _check_tokens(row["tokens"], problems)
+    key = "tags" if "tags" in row else "ner_tags"
+    tags = row[key]
+    if type(tags) is not list:
+        problems.append(f'"{key}" must be a list of tags, one per token, not {describe(tags)}')
+        return length, None
+    tokens = row["tokens"]
+    if type(tokens) is list and tokens and len(tags) != len(tokens):
+        problems.append(f'"{key}" has {len(tags)} tags for {len(tokens)} tokens: every token needs one tag')
+        return length, None
+    kinds = {type(tag) for tag in tags}
+    if kinds == {str}:
+        _check_bio(key[:-1].replace("_", " "), tags, problems)
+    elif kinds == {int}:
+        if min(tags) < 0:
+            problems.append(f'"{key}" holds a negative number: integer tags are the indices of the tag names, from 0')
+    elif tags:
+        problems.append(f'"{key}" must be all strings ("B-PER", "O"...) or all integers, not a mix or other values')
+    return length, None
+
+
+def _check_question_answering(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    length = _string_field(row, "question", problems) + _string_field(row, "context", problems)
+    context = row["context"]
+    if type(context) is not str:
+        return length, None
+    if "answers" not in row:
+        answer = row["answer"]
+        if type(answer) is not str:
+            problems.append(
+                f'"answer" must be a string (empty when the context holds no answer), not {describe(answer)}'
+            )
+        elif answer and answer not in context:
+            problems.append(f'"answer" "{shown(answer)}" does not occur in the context: it must be a span of it')
+        return length, None
+    answers = row["answers"]
+    if type(answers) is not dict or not {"text", "answer_start"} <= answers.keys():
+        problems.append(
+            f'"answers" must be an object like {{"text": [...], "answer_start": [...]}}, not {describe(answers)}'
+        )
+        return length, None
+    texts, starts = answers["text"], answers["answer_start"]
+    if type(texts) is not list or type(starts) is not list or len(texts) != len(starts):
+        problems.append('"answers" needs "text" and "answer_start" as lists of the same length (both empty: no answer)')
+        return length, None
+    for number, (text, start) in enumerate(zip(texts, starts), 1):
+        if type(text) is not str or not text.strip():
+            problems.append(f"answer {number}: the text must be a non-empty string, not {describe(text)}")
+        elif type(start) is not int or start < 0:
+            problems.append(
+                f'answer {number}: "answer_start" must be a character position (0 or more), not {describe(start)}'
+            )
+        elif context[start : start + len(text)] != text:
+            found = context.find(text)
+            where = f"it occurs at {found}" if found >= 0 else "it does not occur in the context at all"
+            problems.append(
+                f'answer {number} "{shown(text)}" is not at character {start} of the context ({where}); '
+                '"answer_start" counts characters from 0'
+            )
+    return length, None
+
+
+def _check_seq2seq(row: dict[str, Any], problems: Problems) -> RowMeasure:
+    source = "input" if "input" in row else "source"
+    return _string_field(row, source, problems) + _string_field(row, "target", problems), None
+
+
 _CHECKERS: dict[str, Callable[[dict[str, Any], Problems], RowMeasure]] = {
     CHAT: _check_chat,
     SHAREGPT: _check_sharegpt,
@@ -632,6 +751,9 @@ _CHECKERS: dict[str, Callable[[dict[str, Any], Problems], RowMeasure]] = {
     PREFERENCE_SHAREGPT: _check_preference_sharegpt,
     PREFERENCE: _check_preference,
     FEEDBACK: _check_feedback,
+    TOKEN_CLASSIFICATION: _check_token_classification,
+    QUESTION_ANSWERING: _check_question_answering,
+    SEQ2SEQ: _check_seq2seq,
 }
 
 
@@ -689,7 +811,10 @@ def unknown_format_problems(row: dict[str, Any]) -> Problems:
             return [f"no dataset format has the keys {quoted(row)}: {_EXPECTED_KEYS}"]
         intended = max(overlaps, key=lambda overlap: overlap[0])[1]  # max keeps the first of equals
     problems = []
-    for key in sorted(REQUIRED_KEYS[intended] - row.keys()):
+    # The keys missing from the set of the intended format's keys that the row comes closest to
+    # ({"question", "answer"} misses "context", not "answers" too).
+    closest_keys = min(FORMAT_KEY_SETS[intended], key=lambda keys: len(keys - present))
+    for key in sorted(closest_keys - row.keys()):
         typo = next((found for found, meant in corrections.items() if meant == key), None)
         if typo:
             problems.append(f'missing key "{key}" (found "{shown(typo)}": did you mean "{key}"?)')

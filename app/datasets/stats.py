@@ -193,6 +193,8 @@ class DatasetStats:
         self._roles: Counter[str] = Counter()
         self._labels: Counter[str] = Counter()
         self._labels_complete = True
+        # Counts of the task formats: "entities" per type (NER), "answers" answered / unanswerable (QA).
+        self._counts: dict[str, Counter[str]] = {}
         self._pending_chars = array("q")
         self._pending_role_sequences: dict[tuple[str, ...], int] = {}
         self._chosen = Distribution()
@@ -219,6 +221,12 @@ class DatasetStats:
             self._labels[label] += 1
         else:
             self._labels_complete = False
+
+    def add_count(self, kind: str, key: str) -> None:
+        """One more `key` under `kind` (entity types are few, like labels: bounded the same way)."""
+        counts = self._counts.setdefault(kind, Counter())
+        if key in counts or len(counts) < MAX_DISTINCT_LABELS:
+            counts[key] += 1
 
     def fold_when_due(self) -> None:
         """Fold once FOLD_ROWS rows are pending (call it after each batch of rows)."""
@@ -267,6 +275,8 @@ class DatasetStats:
                 "rejected_chars": self._rejected.summary(),
                 "chosen_longer": self._chosen_longer,
             }
+        for kind, counts in self._counts.items():
+            stats[kind] = dict(counts.most_common())
         if self._labels:
             stats["labels"] = dict(self._labels.most_common())
             stats["labels_complete"] = self._labels_complete

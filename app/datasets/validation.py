@@ -27,8 +27,13 @@ from app.contract.formats import (
     FEEDBACK,
     FORMAT_TITLES,
     PAIRED_FORMATS,
+    QUESTION_ANSWERING,
     REQUIRED_KEYS,
+    TOKEN_CLASSIFICATION,
     detect_format,
+    entity_spans,
+    row_answers,
+    row_tags,
     to_canonical,
 )
 
@@ -235,6 +240,12 @@ class DatasetValidator:
         elif fmt in PAIRED_FORMATS:
             pair = to_canonical(row, fmt).example
             self._stats.add_pair(answer_chars(pair.chosen), answer_chars(pair.rejected))
+        elif fmt == TOKEN_CLASSIFICATION:
+            tags = row_tags(row)
+            for entity, _, _ in entity_spans(tags) if tags and type(tags[0]) is str else ():
+                self._stats.add_count("entities", entity)
+        elif fmt == QUESTION_ANSWERING:
+            self._stats.add_count("answers", "answered" if row_answers(row) else "unanswerable")
 
     # -- the file's format -------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from app.chat.catalog import find_model
 from app.chat.model_names import is_classifier
 from app.config import get_settings
 from app.contract.export import GgufQuantization, gguf_refusal
+from app.contract.formats import TASK_EVAL_PREFIXES
 from app.contract.spec import Method
 from app.core.errors import Conflict, InvalidField
 from app.core.queue import commit_then_enqueue, enqueue_gguf_export, enqueue_merge
@@ -71,6 +72,13 @@ PREFERENCE_COLUMNS = [(f"train_{name}", (name,)) for name in PREFERENCE_METRICS]
 ]
 
 
+def task_columns(points) -> list[tuple[str, tuple[str, ...]]]:
+    """A tagger's, question answerer's or seq2seq job's evaluation metrics, a column each when the
+    job has them: valid_f1, valid_f1_PER..., valid_exact_match, valid_rougeL."""
+    names = sorted({key for values in points for key in values if key.startswith(TASK_EVAL_PREFIXES)})
+    return [(f"valid_{name[5:]}", (name,)) for name in names]
+
+
 def metric_value(values: dict, keys: tuple[str, ...]):
     """The first of `keys` that the point has a value for, or None."""
     return next((values[key] for key in keys if values.get(key) is not None), None)
@@ -102,6 +110,7 @@ def metrics_csv(session: Session, job: Job) -> str:
     for point in metrics(session, job):
         by_step.setdefault(point.step, {}).update(point.values)
     columns = METRIC_COLUMNS + (PREFERENCE_COLUMNS if job.spec.get("objective", "sft") != "sft" else [])
+    columns += task_columns(by_step.values())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([column for column, _ in columns])

@@ -1,6 +1,8 @@
 """The playground: pick a finished job and hold a conversation with its model and with the base
 model side by side, the answers streaming (through /v1/chat/completions); or, for a classifier
-job, type a text and see the probability of each label (through /api/jobs/{id}/classify)."""
+job, type a text and see the probability of each label (through /api/jobs/{id}/classify); or,
+for a tagger, question answerer or encoder-decoder job, see the entities of a sentence, the
+answer span of a question in a context, or the generated target (through /api/jobs/{id}/predict)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def playground(request: Request, access: PageAccessDep, session: SessionDep, job
             "model": found.model,
             "checkpoint": found.checkpoint,
             "classifier": found.classifier,
+            "task": found.task,
         }
         for found in finished_job_models(session, access)
     ]

@@ -339,20 +339,29 @@ def test_sharegpt_row_errors(validate, row, expected):
         (b'{"text": "a"}', b'{"txt": "b"}', ['missing key "text" (found "txt": did you mean "text"?)']),
         (
             b'{"text": "a"}',
-            b'{"question": "a", "answer": "b"}',
+            b'{"query": "a", "reply": "b"}',
             [
                 (
-                    'no dataset format has the keys "question", "answer": a row needs "messages" (chat), '
+                    'no dataset format has the keys "query", "reply": a row needs "messages" (chat), '
                     '"conversations" (ShareGPT), "prompt" and "completion", "instruction" and "output" (Alpaca), '
-                    '"text" (with "label" for classification), or a preference pair: "prompt", "chosen" and "rejected"'
+                    '"text" (with "label" for classification), a preference pair: "prompt", "chosen" and "rejected", '
+                    '"tokens" and "tags" (NER), "question", "context" and "answers" (SQuAD), or "input" and "target" '
+                    "(seq2seq)"
                 )
+            ],
+        ),
+        (
+            b'{"text": "a"}',
+            b'{"question": "a", "answer": "b"}',
+            [
+                'missing key "context" (Question answering (SQuAD) rows need "answers", "context", "question")',
             ],
         ),
         (
             b'{"text": "a"}',
             b"{}",
             [
-                'the row is an empty object: a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", "instruction" and "output" (Alpaca), "text" (with "label" for classification), or a preference pair: "prompt", "chosen" and "rejected"'
+                'the row is an empty object: a row needs "messages" (chat), "conversations" (ShareGPT), "prompt" and "completion", "instruction" and "output" (Alpaca), "text" (with "label" for classification), a preference pair: "prompt", "chosen" and "rejected", "tokens" and "tags" (NER), "question", "context" and "answers" (SQuAD), or "input" and "target" (seq2seq)'
             ],
         ),
         (b'{"text": "a"}', b'"just a string"', ['the line is a string, not a JSON object like {"messages": [...]}']),

@@ -17,6 +17,7 @@ from . import distributed
 from .data import IGNORE_INDEX, REAL_TOKENS_KEY, Task
 from .evaluation import EvalAccumulator, best_evaluation, perplexity
 from .reporting import Reporter, counted
+from .task_metrics import task_eval_metrics
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -182,6 +183,7 @@ class ReporterCallback(TrainerCallback):
         if "eval_loss" in logs:
             metrics = {key: float(logs[key]) for key in EVAL_KEYS if key in logs}
             metrics.update(preference_metrics(logs, "eval_"))
+            metrics.update(task_eval_metrics(logs))  # NER, QA and seq2seq (task_training.TaskTrainer)
             self.reporter.log({**metrics, "epoch": float(state.epoch or 0.0)}, state.global_step)
             self._report_classifier_evaluation(state.global_step, metrics)
             return

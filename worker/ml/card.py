@@ -10,6 +10,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from app.contract.spec import TrainingSpec
 
+from .data import Task
+from .loading import AUTO_CLASSES
+
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     undefined=StrictUndefined,
@@ -27,7 +30,10 @@ def model_card(
     data_summary: Mapping[str, object],
     metrics: Mapping[str, float],
     class_names: list[str] | None = None,
+    task: Task = Task.causal_lm,
 ) -> str:
+    """`class_names`: a classifier's classes, or a token classifier's tags; `task` picks the
+    transformers class the card loads the weights with."""
     return _templates.get_template("model_card.md").render(
         spec=spec,
         adapter=spec.uses_adapter,
@@ -35,5 +41,6 @@ def model_card(
         data_summary=data_summary,
         metrics=metrics,
         class_names=class_names,
+        auto_class=AUTO_CLASSES[task],
         hyperparameters=json.dumps(spec.model_dump(mode="json"), indent=2),
     )

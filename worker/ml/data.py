@@ -50,11 +50,26 @@ REAL_TOKENS_KEY = "real_tokens"
 
 
 class Task(str, Enum):
-    """What a dataset trains: a causal LM, or a sequence classifier (text+label rows).
-    Not a dataset format: `app.contract.formats.CLASSIFICATION` is the text+label format."""
+    """What a dataset trains: a causal LM, a sequence classifier (text+label rows), a token
+    classifier (tagged tokens), an extractive question answerer, or an encoder-decoder
+    (seq2seq; see `task_training.py` for the last three). Not a dataset format:
+    `app.contract.formats.CLASSIFICATION` is the text+label format."""
 
     causal_lm = "causal_lm"
     classification = "classification"
+    token_classification = "token_classification"
+    question_answering = "question_answering"
+    seq2seq = "seq2seq"
+
+
+# The tasks of the task formats (a head of their own), and the formats an encoder-decoder reads
+# as input and target.
+FORMAT_TASKS = {
+    formats.TOKEN_CLASSIFICATION: Task.token_classification,
+    formats.QUESTION_ANSWERING: Task.question_answering,
+    formats.SEQ2SEQ: Task.seq2seq,
+}
+SEQ2SEQ_FORMATS = frozenset({formats.SEQ2SEQ, formats.PROMPT_COMPLETION, formats.INSTRUCTION})
 
 
 # Used when a tokenizer has no chat template of its own. Its markers are plain text to
@@ -113,11 +128,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def task_of(rows: Sequence[dict[str, Any]]) -> Task:
-    """causal_lm for chat, sharegpt, prompt/completion, instruction and text rows; classification for text+label."""
+def task_of(rows: Sequence[dict[str, Any]], *, encoder_decoder: bool = False) -> Task:
+    """causal_lm for chat, sharegpt, prompt/completion, instruction and text rows; classification for text+label;
+    the task of a task format (tagged tokens, QA, seq2seq). With `encoder_decoder` (the base model is one),
+    seq2seq for input/target, prompt/completion and instruction rows."""
     found = {formats.detect_format(row) for row in rows}
     if found & formats.PREFERENCE_FORMATS:
         raise DatasetError("this is preference data: train it with the objective dpo, orpo or kto, not sft")
+    if encoder_decoder and found <= SEQ2SEQ_FORMATS:
+        return Task.seq2seq
+    if found & formats.TASK_FORMATS:
+        if len(found) > 1:
+            titles = ", ".join(sorted(formats.FORMAT_TITLES[fmt] for fmt in found))
+            raise DatasetError(f"a dataset holds one format, and this one mixes {titles}")
+        return FORMAT_TASKS[found.pop()]
     if found <= formats.CAUSAL_LM_FORMATS:
         return Task.causal_lm
     if found == {formats.CLASSIFICATION}:

@@ -38,7 +38,7 @@ from app.contract.spec import Sampling
 
 from .data import CHATML_TEMPLATE
 from .errors import InferenceError
-from .loading import classifier_kwargs, load_tokenizer, read_class_names, resolve_model
+from .loading import classifier_kwargs, load_tokenizer, read_class_names, resolve_model, saved_task
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,26 @@ class ModelCache:
             loaded = self._cached(key, weights_dir, load)
             max_positions = getattr(loaded.model.config, "max_position_embeddings", None)
             yield ClassifierModel(loaded.model, loaded.tokenizer, class_names, max_positions)
+
+    @contextmanager
+    def task_model(self, base_model: str, weights_dir: Path) -> Iterator[Any]:
+        """The token classifier, question answerer or encoder-decoder a job left in `weights_dir`
+        (see `task_inference`), cached like the others. Raises ModelNotFoundError, InferenceError."""
+        from .task_inference import TaskModel, load_task_model
+
+        with self._lock:
+            if not weights_dir.is_dir():
+                raise InferenceError("the fine-tuned weights are no longer in the store")
+            base = resolve_model(base_model, self.models_dir)
+            adapter = (weights_dir / "adapter_config.json").is_file()
+            key = "task:" + (_adapter_name(weights_dir) if adapter else str(weights_dir.resolve()))
+
+            def load(device, dtype):
+                model, tokenizer, _task = load_task_model(base, weights_dir, device, dtype)
+                return _Loaded(model, tokenizer)
+
+            loaded = self._cached(key, weights_dir, load)
+            yield TaskModel(loaded.model, loaded.tokenizer, saved_task(weights_dir))
 
     @contextmanager
     def use(self, base_model: str, weights_dir: Path | None = None) -> Iterator[ChatModel]:

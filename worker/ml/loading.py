@@ -141,7 +141,7 @@ def peft_config_for(spec: TrainingSpec, task: Task):
     """LoRA (or DoRA) settings for lora and qlora, None for full fine-tuning."""
     if not spec.uses_adapter:
         return None
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig
 
     lora = spec.lora
     return LoraConfig(
@@ -151,8 +151,42 @@ def peft_config_for(spec: TrainingSpec, task: Task):
         target_modules=lora.target_modules,
         use_dora=lora.use_dora,
         bias="none",
-        task_type=TaskType.SEQ_CLS if task == Task.classification else TaskType.CAUSAL_LM,
+        task_type=PEFT_TASK_TYPES[task],
+        # The new head is trained in full (PEFT's modules_to_save): "all-linear" must not put LoRA on it too.
+        exclude_modules=HEAD_MODULES.get(task),
     )
+
+
+# The head modules that PEFT trains in full for these tasks.
+HEAD_MODULES = {Task.token_classification: ["classifier", "score"], Task.question_answering: ["qa_outputs"]}
+
+
+# PEFT's name for each task (it picks the PeftModel class, and the head it trains in full).
+PEFT_TASK_TYPES = {
+    Task.causal_lm: "CAUSAL_LM",
+    Task.classification: "SEQ_CLS",
+    Task.token_classification: "TOKEN_CLS",
+    Task.question_answering: "QUESTION_ANS",
+    Task.seq2seq: "SEQ_2_SEQ_LM",
+}
+
+
+def auto_model_class(task: Task):
+    """The transformers Auto class that puts `task`'s head on a base model."""
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[task])
+
+
+AUTO_CLASSES = {
+    Task.causal_lm: "AutoModelForCausalLM",
+    Task.classification: "AutoModelForSequenceClassification",
+    Task.token_classification: "AutoModelForTokenClassification",
+    Task.question_answering: "AutoModelForQuestionAnswering",
+    Task.seq2seq: "AutoModelForSeq2SeqLM",
+}
+# Tasks whose head has a label per class: the class (or tag) names go into the model's config.
+LABELLED_TASKS = frozenset({Task.classification, Task.token_classification})
 
 
 def load_model(
@@ -170,7 +204,7 @@ def load_model(
     sit on a base loaded directly in the training precision, or in 4 bits for qlora.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+    from transformers import set_seed
 
     quantization = quantization_config_for(spec, plan)
     kwargs: dict = {
@@ -180,13 +214,12 @@ def load_model(
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": torch.cuda.current_device() if plan.device == "cuda" else "cpu"}
-    if task == Task.classification:
-        auto_class = AutoModelForSequenceClassification
+    if task in LABELLED_TASKS:
         kwargs.update(classifier_kwargs(class_names, pad_token_id))
-    else:
-        auto_class = AutoModelForCausalLM
+    if task not in (Task.causal_lm, Task.classification) and plan.attention == "sdpa":
+        del kwargs["attn_implementation"]  # encoders without SDPA (T5) take their own default
 
-    model = auto_class.from_pretrained(source, **kwargs)
+    model = auto_model_class(task).from_pretrained(source, **kwargs)
     # Training never decodes; without a KV cache, transformers derives the packed-sequence
     # (block-diagonal) mask from position ids.
     model.config.use_cache = False
@@ -237,6 +270,27 @@ def classifier_kwargs(class_names: list[str], pad_token_id: int) -> dict:
         "label2id": {name: i for i, name in enumerate(class_names)},
         "pad_token_id": pad_token_id,
     }
+
+
+def saved_task(directory: Path) -> Task:
+    """The task trained weights in `directory` were trained for: an adapter's PEFT task type, or
+    the head a full model's config names (`BertForTokenClassification`...); a causal LM by default."""
+    adapter_config = directory / "adapter_config.json"
+    if adapter_config.exists():
+        task_type = json.loads(adapter_config.read_text()).get("task_type")
+        return next((task for task, name in PEFT_TASK_TYPES.items() if name == task_type), Task.causal_lm)
+    config = directory / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
+    heads = {
+        "ForTokenClassification": Task.token_classification,
+        "ForQuestionAnswering": Task.question_answering,
+        "ForConditionalGeneration": Task.seq2seq,
+        "ForSequenceClassification": Task.classification,
+    }
+    for suffix, task in heads.items():
+        if any(name.endswith(suffix) for name in architectures):
+            return task
+    return Task.classification if read_class_names(directory) else Task.causal_lm
 
 
 def write_class_names(directory: Path, class_names: list[str]) -> None:

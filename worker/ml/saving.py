@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .card import model_card
-from .loading import CLASS_NAMES_FILE, classifier_kwargs, read_class_names, resolve_model, write_class_names
+from .data import Task
+from .loading import (
+    CLASS_NAMES_FILE,
+    LABELLED_TASKS,
+    auto_model_class,
+    classifier_kwargs,
+    read_class_names,
+    resolve_model,
+    saved_task,
+    write_class_names,
+)
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -51,6 +61,7 @@ def save_final(
             data_summary=prepared.data_summary(),
             metrics=metrics,
             class_names=prepared.class_names,
+            task=getattr(prepared, "task", Task.causal_lm),  # a preference run trains a causal LM
         )
     )
     replace_dir(staging, final_dir)
@@ -75,18 +86,16 @@ def merge_adapter(
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     say = on_progress or (lambda _message: None)
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     kwargs: dict = {"dtype": "auto", "device_map": {"": 0} if torch.cuda.is_available() else None}
-    class_names = read_class_names(adapter_dir)
-    if class_names:
-        auto_class = AutoModelForSequenceClassification
-        kwargs.update(classifier_kwargs(class_names, tokenizer.pad_token_id))
-    else:
-        auto_class = AutoModelForCausalLM
+    task = saved_task(adapter_dir)
+    auto_class = auto_model_class(task)
+    if task in LABELLED_TASKS:
+        kwargs.update(classifier_kwargs(read_class_names(adapter_dir), tokenizer.pad_token_id))
     say(f"Loading the base model {base_model}")
     base = auto_class.from_pretrained(resolve_model(base_model, models_dir), **kwargs)
     say("Merging the adapter into the base weights")

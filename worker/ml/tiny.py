@@ -424,3 +424,110 @@ def make_tiny_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# -- encoders and encoder-decoders ------------------------------------------------------------
+
+# Capitalised names the word-piece tokenizers also learn, for tagged (NER) and QA test data.
+NAMES = ["Ada", "Grace", "Alan", "Marie", "Paris", "London", "Rome", "Berlin", "Acme", "Globex", "Initech"]
+
+
+def _wordpiece_tokenizer(special_tokens: tuple[str, ...], single: str, pair: str | None, *, vocab_size: int, seed: int):
+    """A lower-casing word-piece tokenizer (BERT's kind) trained on the spot; `single` and `pair` are
+    its post-processor templates ("[CLS] $A [SEP]"), which add the special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.WordPiece(unk_token=special_tokens[1]))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False)
+    corpus = _corpus(seed) + [" ".join(random.Random(seed + i).choices(NAMES, k=6)) for i in range(200)]
+    backend.train_from_iterator(corpus, trainer=trainer)
+    used = {token for token in special_tokens if token in single or (pair and token in pair)}
+    backend.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(token, backend.token_to_id(token)) for token in sorted(used)]
+    )
+    return backend
+
+
+def make_encoder_tokenizer(*, vocab_size: int = 600, seed: int = 0):
+    """BERT's tokenizer, trained on the spot: word pieces, "[CLS] question [SEP] context [SEP]"."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _wordpiece_tokenizer(
+        ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        "[CLS] $A [SEP]",
+        "[CLS] $A [SEP] $B:1 [SEP]:1",
+        vocab_size=vocab_size,
+        seed=seed,
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+
+
+def make_tiny_encoder(
+    path: Path, *, seed: int = 0, vocab_size: int = 600, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
+) -> Path:
+    """A random-weight BERT (the base model, "BertModel", as encoders are published) and its
+    tokenizer at `path`: token classification and question answering put their heads on it."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer = make_encoder_tokenizer(vocab_size=vocab_size, seed=seed)
+    config = AutoConfig.for_model(
+        "bert",
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_tiny_seq2seq(
+    path: Path, *, seed: int = 0, vocab_size: int = 600, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
+) -> Path:
+    """A random-weight T5 encoder-decoder and a word-piece tokenizer that ends every text with "</s>"."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+
+    backend = _wordpiece_tokenizer(("<pad>", "<unk>", "</s>"), "$A </s>", None, vocab_size=vocab_size, seed=seed)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>", model_max_length=512
+    )
+    config = AutoConfig.for_model(
+        "t5",
+        vocab_size=len(tokenizer),
+        d_model=hidden_size,
+        d_kv=hidden_size // num_heads,
+        d_ff=4 * hidden_size,
+        num_layers=num_layers,
+        num_decoder_layers=num_layers,
+        num_heads=num_heads,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

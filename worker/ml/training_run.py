@@ -34,7 +34,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from app.contract.spec import TrainingSpec
 
-from . import data, distributed, preference
+from . import data, distributed, preference, task_training
 from .arguments import training_arguments
 from .callbacks import EVAL_KEYS, CountingTrainer, ReporterCallback, checkpoint_step, checkpoints
 from .errors import ConfigurationError, DatasetError, DiskFullError, OutOfMemoryError
@@ -52,6 +52,7 @@ from .reporting import Reporter, counted
 from .result import COMPLETED, STOPPED, TrainResult
 from .samples import samples_callbacks
 from .saving import merge_adapter, save_final
+from .task_metrics import task_eval_metrics
 from .trackers import TrackerSettings, experiment_trackers
 
 
@@ -119,7 +120,7 @@ def prepare(
     dataset_name: str | None = None,
     start_from: Path | None = None,
     start_from_name: str | None = None,
-) -> Prepared | PreparedPreference:
+) -> Prepared | PreparedPreference | task_training.PreparedTask:
     """Tokenizer, data (tokenized, split, packed) and model, with an event for each.
     `dataset_name` is what events call the training file (default: its file name).
     `start_from`: a folder of trained weights (an adapter in PEFT format, or a full model's
@@ -136,7 +137,21 @@ def prepare(
         return PreparedPreference(spec, plan, tokenizer, model, train, evaluation)
 
     rows = data.read_jsonl(Path(train_file))
-    task = data.task_of(rows)
+    task = task_training.task_for(rows, source, spec.base_model)
+    if task in task_training.HEAD_TASKS:
+        return task_training.prepare(
+            spec,
+            plan=plan,
+            tokenizer=tokenizer,
+            task=task,
+            rows=rows,
+            eval_rows=data.read_jsonl(Path(eval_file)) if eval_file is not None else None,
+            reporter=reporter,
+            dataset_name=dataset_name or Path(train_file).name,
+            load=lambda task, tags: _load(
+                spec, plan, source, tokenizer, reporter, task, tags, start_from, start_from_name
+            ),
+        )
     class_names = data.class_names(rows) if task == data.Task.classification else None
     if class_names is not None and len(class_names) < 2:
         raise DatasetError("a classification dataset needs at least two different labels")
@@ -318,7 +333,7 @@ def _dataset(examples: data.Examples, *, pack: bool, max_length: int):
 
 
 def build_trainer(
-    prepared: Prepared | PreparedPreference,
+    prepared: Prepared | PreparedPreference | task_training.PreparedTask,
     checkpoint_dir: Path,
     reporter: Reporter,
     *,
@@ -341,6 +356,19 @@ def build_trainer(
             reporter=reporter,
             callbacks=callbacks,
         )
+        trainer.remove_callback(PrinterCallback)
+        return trainer, callback
+    if isinstance(prepared, task_training.PreparedTask):
+        args = training_arguments(
+            spec,
+            prepared.plan,
+            checkpoint_dir,
+            packed=False,
+            has_eval=prepared.evaluation is not None,
+            run_name=run_name,
+        )
+        callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers)
+        trainer = task_training.build_trainer(prepared, args, callbacks)
         trainer.remove_callback(PrinterCallback)
         return trainer, callback
     args = training_arguments(
@@ -594,6 +622,7 @@ def final_metrics(state) -> dict[str, float]:
         if best is not None:
             metrics[f"best_{metric}"] = best.value
             metrics[f"best_{metric}_step"] = float(best.step)
+    metrics.update(task_eval_metrics(last_eval))
     metrics["epoch"] = float(state.epoch or 0.0)
     return metrics
 

@@ -58,6 +58,8 @@
   const composition = [];
   for (const [role, count] of Object.entries(stats.roles || {})) composition.push([`${role} messages`, fmt.number(count)]);
   for (const [label, count] of Object.entries(stats.labels || {}).slice(0, 20)) composition.push([`label “${label}”`, fmt.number(count)]);
+  for (const [type, count] of Object.entries(stats.entities || {}).slice(0, 20)) composition.push([`${type} entities`, fmt.number(count)]);
+  for (const [kind, count] of Object.entries(stats.answers || {})) composition.push([`${kind} questions`, fmt.number(count)]);
   composition.push(["format", data.formats[dataset.format] || dataset.format]);
   document.getElementById("composition").replaceChildren(...composition.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
 
@@ -118,6 +120,18 @@
 
   function renderRow(row) {
     if (isPreference(row)) return renderPreference(row);
+    if (Array.isArray(row.tokens)) return tl.taggedTokens(row.tokens, (row.tags || row.ner_tags).map(String));
+    if ("question" in row && "context" in row) {
+      const answers = row.answers ? row.answers.text.map((t, i) => ({ start: row.answers.answer_start[i], text: t }))
+        : row.answer ? [{ start: row.context.indexOf(row.answer), text: row.answer }] : [];
+      return el("dl", { class: "fields" }, el("dt", { text: "question" }), el("dd", { text: row.question }),
+        el("dt", { text: "context" }), el("dd", {}, tl.markedSpan(row.context, answers[0])),
+        answers.length ? null : el("dd", { class: "muted", text: "no answer in the context" }));
+    }
+    if ("target" in row) {
+      return el("dl", { class: "fields" }, el("dt", { text: "input" }), el("dd", { text: row.input ?? row.source }),
+        el("dt", { text: "target" }), el("dd", { text: row.target }));
+    }
     if (row.messages) {
       return el("div", {}, toolList(row.tools), bubbles(row.messages.map((m) => ({ role: m.role, content: text(m.content),
         extra: m.tool_calls ? JSON.stringify(m.tool_calls.map((c) => c.function || c)) : null }))));

@@ -16,6 +16,12 @@
   const evalMetrics = {};
   const bestMetric = (data.spec_used && data.spec_used.metric_for_best_model) || "eval_loss";
   let shownEvaluation = null; // the classifier evaluation the confusion matrix shows
+  // A tagger's, question answerer's or seq2seq job's evaluation metrics (eval_f1, eval_f1_PER, eval_exact_match,
+  // eval_rougeL, ...), each a series, charted together (fractions from 0 to 1).
+  const taskMetrics = {};
+  const TASK_METRIC = /^eval_(precision|recall|f1|exact_match|rouge)(?!_macro$)/; // a classifier's macro F1 has its own chart
+  // What the chart shows, by the first of these metrics the job logs (QA logs f1 too: its note comes first).
+  const TASK_NOTES = { exact_match: "SQuAD exact match and F1", rouge1: "ROUGE F-measures", f1: "entity-level (seqeval), overall and per type" };
   const seenMetric = new Set();
   const seenEvent = new Set();
 
@@ -26,6 +32,7 @@
   const rewardAccuracyChart = charts.line(document.getElementById("reward-accuracy-chart"), { height: 190 });
   const logpChart = charts.line(document.getElementById("logp-chart"), { height: 190 });
   const evalMetricsChart = charts.line(document.getElementById("eval-metrics-chart"), { height: 220 });
+  const taskChart = charts.line(document.getElementById("task-chart"), { height: 220 });
   const logScale = document.getElementById("log-scale");
   const smoothing = document.getElementById("smoothing");
 
@@ -41,6 +48,9 @@
       if (v.eval_loss !== undefined) evals.push([point.step, v.eval_loss]);
       for (const key of Object.keys(EVAL_METRICS))
         if (v[key] !== undefined && v[key] !== null) (evalMetrics[key] = evalMetrics[key] || []).push([point.step, v[key]]);
+      for (const [name, value] of Object.entries(v)) {
+        if (TASK_METRIC.test(name)) (taskMetrics[name] = taskMetrics[name] || []).push([point.step, value]);
+      }
       return;
     }
     if (v.loss !== undefined) train.push([point.step, v.loss]);
@@ -71,6 +81,15 @@
       drawEvalMetrics(sorted);
       lrChart.draw([{ label: "learning rate", points: sorted(lr), color: charts.palette[2] }]);
       tpsChart.draw([{ label: "tokens/s", points: sorted(tps), color: charts.palette[4] }]);
+      const taskNames = Object.keys(taskMetrics).sort();
+      document.getElementById("task-charts").hidden = !taskNames.length;
+      if (taskNames.length) {
+        const note = Object.keys(TASK_NOTES).find((key) => taskMetrics[`eval_${key}`]);
+        document.getElementById("task-chart-note").textContent = note ? TASK_NOTES[note] : "";
+        const chart = document.getElementById("task-chart");
+        chart.dataset.series = taskNames.join(" ");
+        taskChart.draw(taskNames.map((name, i) => ({ label: name.slice(5), points: sorted(taskMetrics[name]), color: charts.palette[i % charts.palette.length], showPoints: true })));
+      }
       const shown = Object.keys(preference).length > 0;
       document.getElementById("preference-charts").hidden = !shown;
       if (shown) {

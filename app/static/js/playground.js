@@ -3,7 +3,9 @@
    that whole history to /v1/chat/completions, streamed as OpenAI's server-sent chunks, with
    `fit_context` so that a conversation longer than the model reads loses its oldest turns
    (the answer's usage says how many; the page says so and forgets them). For a classifier job:
-   a text and the probability of each label, from /api/jobs/{id}/classify.
+   a text and the probability of each label, from /api/jobs/{id}/classify. For a tagger (NER),
+   question answering or seq2seq job: the sentence with its entities marked, the answer marked in
+   its context with its score, or the generated target, from /api/jobs/{id}/predict.
    The browser's session authenticates; the CSRF token goes in a header. */
 "use strict";
 
@@ -30,9 +32,15 @@
   let running = null;
   let turnCount = 0;
 
+  // A tagger's, question answerer's or encoder-decoder's job (its dataset's format): what it is called,
+  // what its panel is headed, and its button.
+  const TASK_NAMES = { token_classification: "NER", question_answering: "question answering", seq2seq: "seq2seq" };
+  const TASK_ACTIONS = { token_classification: "Find the entities", question_answering: "Answer from a context", seq2seq: "Write the target" };
+  const TASK_BUTTONS = { token_classification: "Tag", question_answering: "Answer", seq2seq: "Generate" };
+
   select.replaceChildren(...data.jobs.map((job) => el("option", {
     value: job.id,
-    text: `#${job.id} ${job.name}${job.classifier ? " (classifier)" : ""}${job.checkpoint ? ` (${job.state}: its last checkpoint)` : ""}`,
+    text: `#${job.id} ${job.name}${job.classifier ? " (classifier)" : job.task ? ` (${TASK_NAMES[job.task]})` : ""}${job.checkpoint ? ` (${job.state}: its last checkpoint)` : ""}`,
   })));
   if (data.chosen) select.value = data.chosen;
   const chosenJob = () => data.jobs.find((job) => String(job.id) === select.value);
@@ -207,15 +215,68 @@
     }
   });
 
-  // ---- the job: a chat or a classifier ----
+  // ---- a tagger's entities, an answer in its context, a generated target ----
+
+  const predictPanel = document.getElementById("predict-panel");
+  const predictForm = document.getElementById("predict-form");
+  const predictButton = document.getElementById("predict-send");
+  const predictResult = document.getElementById("predict-result");
+  const question = document.getElementById("predict-question");
+
+  function showPrediction(answer, inputs) {
+    if (answer.task === "token_classification") {
+      const types = [...new Set(answer.entities.map((e) => e.type))];
+      return predictResult.replaceChildren(tl.taggedTokens(answer.tokens, answer.tags),
+        el("p", { class: "muted small", text: answer.entities.length ? `${answer.entities.length} entities: ${types.join(", ")}` : "no entity found" }));
+    }
+    if (answer.task === "question_answering") {
+      const found = answer.answer !== "";
+      return predictResult.replaceChildren(
+        el("p", {}, el("strong", { text: found ? "Answer: " : "No answer in the context" }), found ? el("span", { class: "answer-text", text: answer.answer }) : null,
+          el("span", { class: "muted small", text: ` · score ${(answer.score * 100).toFixed(1)}%` })),
+        el("p", { class: "context" }, tl.markedSpan(inputs.context, found ? { start: answer.start, text: answer.answer } : null)));
+    }
+    predictResult.replaceChildren(el("p", {}, el("strong", { text: "Output: " }), el("span", { class: "generated", text: answer.target })));
+  }
+
+  predictForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const job = chosenJob();
+    const text = document.getElementById("predict-text").value;
+    const inputs = job.task === "question_answering" ? { question: question.value, context: text } : { text };
+    predictButton.disabled = true;
+    try {
+      const response = await tl.api("POST", `/api/jobs/${job.id}/predict`, inputs);
+      if (response.ok) showPrediction(response.data, inputs);
+      else predictResult.replaceChildren(el("p", { class: "field-error", text: tl.errorText(response.data) }));
+    } catch (error) {
+      predictResult.replaceChildren(el("p", { class: "field-error", text: error.message }));
+    } finally {
+      predictButton.disabled = false;
+    }
+  });
+
+  // ---- the job: a chat, a classifier, or a task model ----
 
   function showJob() {
     const job = chosenJob();
     newConversation();
     result.replaceChildren();
-    chatPanel.hidden = job.classifier;
+    predictResult.replaceChildren();
+    const chats = !job.classifier && !job.task;
+    chatPanel.hidden = !chats;
     classifyPanel.hidden = !job.classifier;
-    for (const field of form.querySelectorAll(".chat-only")) field.hidden = job.classifier;
+    predictPanel.hidden = !job.task;
+    for (const field of form.querySelectorAll(".chat-only")) field.hidden = !chats;
+    if (job.task) {
+      const qa = job.task === "question_answering";
+      document.getElementById("predict-title").firstChild.textContent = `${TASK_ACTIONS[job.task]} `;
+      document.getElementById("model-task").textContent = job.model;
+      document.getElementById("predict-question-field").hidden = !qa;
+      question.required = qa;
+      document.getElementById("predict-text-label").textContent = qa ? "Context" : job.task === "seq2seq" ? "Input" : "Sentence";
+      predictButton.textContent = TASK_BUTTONS[job.task];
+    }
     sides[0].model.textContent = job.model;
     sides[1].model.textContent = job.base_model;
     document.getElementById("model-classifier").textContent = job.model;

@@ -148,6 +148,30 @@ const tl = (() => {
     });
   }
 
+  // Tagged words with their BIO entities marked (a "B-PER" and the "I-PER" after it make one
+  // mark labelled PER); words with other tags are shown as they are.
+  function taggedTokens(tokens, tags) {
+    const parts = [];
+    for (let i = 0; i < tokens.length;) {
+      const bio = /^[BI]-(.+)$/.exec(tags[i] || "");
+      if (!bio) { parts.push(`${tokens[i++]} `); continue; }
+      let end = i + 1;
+      while (end < tokens.length && tags[end] === `I-${bio[1]}`) end++;
+      parts.push(el("mark", { class: "entity", "data-entity": bio[1], title: bio[1] }, tokens.slice(i, end).join(" "),
+        el("small", { text: bio[1] })), " ");
+      i = end;
+    }
+    return el("p", { class: "tagged" }, parts);
+  }
+
+  // `text` with the span {start, text} marked (an answer in its context), or plain without one.
+  function markedSpan(text, span, title = "answer") {
+    if (!span || span.start < 0) return el("span", { text });
+    const end = span.start + span.text.length;
+    return el("span", { class: "context" }, text.slice(0, span.start),
+      el("mark", { class: "answer", title }, text.slice(span.start, end)), text.slice(end));
+  }
+
   let toastTimer = null;
   function toast(message, kind = "info") {
     const node = document.getElementById("toast");
@@ -163,5 +187,8 @@ const tl = (() => {
     if (event.target.matches("select[data-autosubmit]")) event.target.form.submit();
   });
 
-  return { api, errorText, pageData, el, fmt, badge, progressBar, sparkline, smooth, toast, csrf, team, headers, teamUrl };
+  return {
+    api, errorText, pageData, el, fmt, badge, progressBar, sparkline, smooth, toast, csrf, team, headers, teamUrl,
+    taggedTokens, markedSpan,
+  };
 })();
