@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -85,6 +86,20 @@ def chat_rows(count: int = 48) -> list[dict]:
                 {"role": "user", "content": f"What colour is the {names[i % 6]}?"},
                 {"role": "assistant", "content": f"The {names[i % 6]} is {things[names[i % 6]]}."},
             ]
+        }
+        for i in range(count)
+    ]
+
+
+def warm_and_cool_rows(count: int = 64, seed: int = 0) -> list[dict]:
+    """Text+label rows a tiny classifier learns: a few filler words and one warm or cold word."""
+    rng = random.Random(seed)
+    warm, cold = ["sun", "fire", "summer", "hot"], ["snow", "ice", "winter", "cold"]
+    filler = ["the", "a", "day", "was", "very", "and", "today", "really"]
+    return [
+        {
+            "text": " ".join(rng.sample(filler, 4) + [rng.choice(warm if i % 2 else cold)]),
+            "label": "warm" if i % 2 else "cool",
         }
         for i in range(count)
     ]

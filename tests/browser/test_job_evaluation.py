@@ -6,7 +6,6 @@ run that does not learn."""
 from __future__ import annotations
 
 import json
-import random
 import threading
 from pathlib import Path
 
@@ -19,24 +18,11 @@ from app.core.tables import JobState
 from app.jobs.artifacts import job_output_key
 from app.jobs.states import transition
 from tests.browser.conftest import screenshot
-from tests.helpers import TINY_MODEL, add_dataset, add_job
+from tests.helpers import TINY_MODEL, add_dataset, add_job, warm_and_cool_rows
 from worker.database_reporter import DatabaseReporter
 from worker.ml import train
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def label_rows(count: int = 64, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    warm, cold = ["sun", "fire", "summer", "hot"], ["snow", "ice", "winter", "cold"]
-    filler = ["the", "a", "day", "was", "very", "and", "today", "really"]
-    return [
-        {
-            "text": " ".join(rng.sample(filler, 4) + [rng.choice(warm if i % 2 else cold)]),
-            "label": "warm" if i % 2 else "cool",
-        }
-        for i in range(count)
-    ]
 
 
 @pytest.fixture
@@ -45,7 +31,7 @@ def member(make_account):
 
 
 def _running_classifier_job(db, member, tmp_path, name: str, **spec):
-    rows = label_rows()
+    rows = warm_and_cool_rows()
     dataset = add_dataset(db, member, rows, name="labels.jsonl")
     job = add_job(db, member, JobState.queued, name=name, dataset=dataset)
     job.spec = TrainingSpec(

@@ -5,7 +5,6 @@ and two jobs' differing settings and final metrics beside their curves."""
 
 from __future__ import annotations
 
-import random
 import re
 import uuid
 from dataclasses import dataclass
@@ -15,22 +14,9 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from tests.browser.conftest import Pages, screenshot
-from tests.helpers import TINY_MODEL, Account, SharedServices, chat_rows, jsonl, wait_for
+from tests.helpers import TINY_MODEL, Account, SharedServices, chat_rows, jsonl, wait_for, warm_and_cool_rows
 
 CONTEXT = 256  # the tiny model's context here: a few long turns overflow it
-
-
-def warm_and_cool_rows(count: int = 64) -> list[dict]:
-    rng = random.Random(0)
-    warm, cold = ["sun", "fire", "summer", "hot"], ["snow", "ice", "winter", "cold"]
-    filler = ["the", "a", "day", "was", "very", "and", "today", "really"]
-    return [
-        {
-            "text": " ".join(rng.sample(filler, 4) + [rng.choice(warm if i % 2 else cold)]),
-            "label": "warm" if i % 2 else "cool",
-        }
-        for i in range(count)
-    ]
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 
 import pytest
 from sqlalchemy import select
@@ -17,29 +16,16 @@ from app.core.blobs import blob_store
 from app.core.tables import JobEvent, JobState
 from app.jobs.artifacts import job_output_key
 from app.jobs.states import transition
-from tests.helpers import TINY_MODEL, add_dataset, add_job
+from tests.helpers import TINY_MODEL, add_dataset, add_job, warm_and_cool_rows
 from worker.database_reporter import DatabaseReporter
 from worker.ml import train
-
-
-def label_rows(count: int = 48, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    warm, cold = ["sun", "fire", "summer", "hot"], ["snow", "ice", "winter", "cold"]
-    filler = ["the", "a", "day", "was", "very", "and", "today", "really"]
-    return [
-        {
-            "text": " ".join(rng.sample(filler, 4) + [rng.choice(warm if i % 2 else cold)]),
-            "label": "warm" if i % 2 else "cool",
-        }
-        for i in range(count)
-    ]
 
 
 @pytest.fixture
 def classifier_job(make_account, models_env, db, tmp_path):
     """A classifier job trained for 12 steps, evaluated every 4 on 12 held-out rows."""
     acme = make_account(team="acme", role="member")
-    rows = label_rows()
+    rows = warm_and_cool_rows(48)
     dataset = add_dataset(db, acme, rows, name="labels.jsonl")
     job = add_job(db, acme, JobState.queued, dataset=dataset)
     spec = {

@@ -4,10 +4,9 @@ and a classifier's misclassified rows."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
+from tests.helpers import warm_and_cool_rows
 from worker.ml import MemoryReporter, samples, train
 from worker.ml.samples import BASE, GENERATION, MAX_MISCLASSIFIED, MISCLASSIFIED, Sampler
 from worker.ml.training_run import build_trainer, prepare
@@ -90,13 +89,8 @@ def test_a_classifier_lists_its_misclassified_rows_at_each_evaluation(
     make_spec, write_jsonl, models_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(samples, "MIN_TIME_S", samples.TIME_LIMIT_S)  # every row looked at, however busy the machine
-    rng = random.Random(0)
+    rows = warm_and_cool_rows(160)
     warm, cold = ["sun", "fire", "summer", "hot"], ["snow", "ice", "winter", "cold"]
-    filler = ["the", "a", "day", "was", "very", "and", "today", "really"]
-    rows = []
-    for i in range(160):
-        label, words = ("warm", warm) if i % 2 else ("cool", cold)
-        rows.append({"text": " ".join(rng.sample(filler, 4) + [rng.choice(words)]), "label": label})
     reporter = MemoryReporter()
     spec = make_spec(max_steps=40, learning_rate=3e-3, eval_split=0.5, eval_steps=10)
     train(
