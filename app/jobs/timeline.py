@@ -142,27 +142,11 @@ def items_after(
     session: Session, job_id: int, after_seq: int, limit: int = 1000
 ) -> list[JobEvent | JobMetric | JobSamples]:
     """Events, metric points and sample answers with a sequence number above `after_seq`, in order."""
-    events = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq).order_by(JobEvent.seq).limit(limit)
-    ).all()
-    metrics = session.scalars(
-        select(JobMetric)
-        .where(JobMetric.job_id == job_id, JobMetric.seq > after_seq)
-        .order_by(JobMetric.seq)
-        .limit(limit)
-    ).all()
-    answers = session.scalars(
-        select(JobSamples)
-        .where(JobSamples.job_id == job_id, JobSamples.seq > after_seq)
-        .order_by(JobSamples.seq)
-        .limit(limit)
-    ).all()
-    return sorted([*events, *metrics, *answers], key=lambda item: item.seq)[:limit]
-
-
-def events(session: Session, job: Job, *, after_seq: int = 0, limit: int | None = None) -> list[JobEvent]:
-    query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.seq > after_seq).order_by(JobEvent.seq)
-    return list(session.scalars(query.limit(limit) if limit else query))
+    items: list[JobEvent | JobMetric | JobSamples] = []
+    for table in (JobEvent, JobMetric, JobSamples):
+        query = select(table).where(table.job_id == job_id, table.seq > after_seq).order_by(table.seq).limit(limit)
+        items.extend(session.scalars(query))
+    return sorted(items, key=lambda item: item.seq)[:limit]
 
 
 def items_newest_first(session: Session, job: Job, *, before_seq: int | None, limit: int) -> list[JobEvent | JobMetric]:

@@ -373,6 +373,18 @@ def make_tokenizer(*, vocab_size: int = 512, seed: int = 0):
     )
 
 
+def _write_random(auto_class, config, tokenizer, path: Path, *, seed: int, **options) -> Path:
+    """A model of `config` with random weights (the same for the same seed), written to `path` with its tokenizer."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = auto_class.from_config(config, **options)
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def make_tiny_model(
     path: Path,
     *,
@@ -418,12 +430,7 @@ def make_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _write_random(AutoModelForCausalLM, config, tokenizer, path, seed=seed, dtype=getattr(torch, dtype))
 
 
 # -- encoders and encoder-decoders ------------------------------------------------------------
@@ -478,7 +485,6 @@ def make_tiny_encoder(
 ) -> Path:
     """A random-weight BERT (the base model, "BertModel", as encoders are published) and its
     tokenizer at `path`: token classification and question answering put their heads on it."""
-    import torch
     from transformers import AutoConfig, AutoModel
 
     tokenizer = make_encoder_tokenizer(vocab_size=vocab_size, seed=seed)
@@ -492,19 +498,13 @@ def make_tiny_encoder(
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = AutoModel.from_config(config)
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _write_random(AutoModel, config, tokenizer, path, seed=seed)
 
 
 def make_tiny_seq2seq(
     path: Path, *, seed: int = 0, vocab_size: int = 600, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
 ) -> Path:
     """A random-weight T5 encoder-decoder and a word-piece tokenizer that ends every text with "</s>"."""
-    import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
     backend = _wordpiece_tokenizer(("<pad>", "<unk>", "</s>"), "$A </s>", None, vocab_size=vocab_size, seed=seed)
@@ -525,9 +525,4 @@ def make_tiny_seq2seq(
         decoder_start_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _write_random(AutoModelForSeq2SeqLM, config, tokenizer, path, seed=seed)
