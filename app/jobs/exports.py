@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.chat.catalog import find_model
-from app.chat.model_names import is_classifier
+from app.chat.model_names import is_classifier, job_task
 from app.config import get_settings
 from app.contract.export import GgufQuantization, gguf_refusal
-from app.contract.formats import TASK_EVAL_PREFIXES
+from app.contract.formats import QUESTION_ANSWERING, SEQ2SEQ, TASK_EVAL_PREFIXES, TOKEN_CLASSIFICATION
 from app.contract.spec import Method
-from app.core.errors import Conflict, InvalidField
+from app.core.errors import Conflict, DomainError, InvalidField
 from app.core.queue import commit_then_enqueue, enqueue_gguf_export, enqueue_merge
 from app.core.tables import Artifact, ArtifactKind, Job
 from app.jobs.artifacts import final_weights, merged_model
@@ -157,6 +157,31 @@ def gguf_export(session: Session, job: Job, quantization: GgufQuantization) -> A
     return session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.kind == kind))
 
 
+# What a job of a task format trains, as the GGUF refusal names it.
+TASK_MODELS = {
+    TOKEN_CLASSIFICATION: "a token classifier (NER)",
+    QUESTION_ANSWERING: "an extractive question answerer",
+    SEQ2SEQ: "an encoder-decoder (seq2seq)",
+}
+
+
+def gguf_unavailable(session: Session, job: Job) -> DomainError | None:
+    """Why the job's model cannot be exported to GGUF (the error `request_gguf` answers with), or
+    None when it can. The job page asks too, to show the reason instead of the export button."""
+    if is_classifier(session, job):
+        return Conflict("the job trains a text classifier: GGUF export converts language models, not classifier heads")
+    if (task := job_task(session, job)) is not None:
+        return InvalidField(
+            ("quantization",),
+            f"the job trains {TASK_MODELS[task]}: GGUF export converts causal language models "
+            "(the Llama family), not task heads or encoder-decoders",
+        )
+    base = find_model(job.base_model)
+    if base is not None and (refusal := gguf_refusal(base.architecture)) is not None:
+        return InvalidField(("quantization",), refusal)
+    return None
+
+
 def request_gguf(
     session: Session, access: TeamAccess, job_id: int, quantization: GgufQuantization, hub_repo: str | None = None
 ) -> Artifact | None:
@@ -165,18 +190,16 @@ def request_gguf(
     and push it to the Hub repository `hub_repo` when one is named. Returns the export when it
     exists already and no push is asked, else None once the work is queued.
 
-    Conflict when the job has no weights (yet) or a push is asked with no Hub token configured;
-    InvalidField for a base model GGUF export does not convert or a malformed repository id."""
+    Conflict when the job has no weights (yet), trains a classifier, or a push is asked with no Hub
+    token configured; InvalidField for a task head (NER, QA, seq2seq) or a base model GGUF export
+    does not convert, or a malformed repository id."""
     job = access.get(session, Job, job_id, write=True)
     if not job.state.is_terminal:
         raise Conflict(f"the job is {job.state.value}: export it once it has finished")
     if final_weights(session, job) is None:
         raise Conflict("the job left no weights to export")
-    if is_classifier(session, job):
-        raise Conflict("the job trains a text classifier: GGUF export converts language models, not classifier heads")
-    base = find_model(job.base_model)
-    if base is not None and (refusal := gguf_refusal(base.architecture)) is not None:
-        raise InvalidField(("quantization",), refusal)
+    if (refusal := gguf_unavailable(session, job)) is not None:
+        raise refusal
     if hub_repo is not None:
         if not HUB_REPO_PATTERN.match(hub_repo) or ".." in hub_repo:
             raise InvalidField(("hub_repo",), "a Hub repository is named owner/name (letters, digits, - _ .)")

@@ -17,6 +17,7 @@ from app.core.tables import Dataset, Job
 from app.datasets.team_datasets import list_datasets
 from app.jobs import artifacts, timeline
 from app.jobs.evaluations import evaluations
+from app.jobs.exports import gguf_unavailable
 from app.jobs.queries import continuations, list_jobs
 from app.jobs.workers import job_queue_warning
 from app.pages.rendering import in_current_team, page_json, render
@@ -106,6 +107,8 @@ def job_page(job_id: int, request: Request, access: PageAccessDep, session: Sess
         "last_seq": max([m.seq for m in metrics] + [e.seq for e in events] + [s.seq for s in samples] + [0]),
         "can_write": access.roles[job.team_id].can_write,
         "dataset": {"id": dataset.id, "name": dataset.name} if dataset else None,
+        # Why the page offers no GGUF export (a classifier, a task head, a base model not converted).
+        "gguf_refusal": refusal.message if (refusal := gguf_unavailable(session, job)) else None,
     }
     return render(
         request,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from app.core.tables import JobState
+from tests.chat.test_playground import page_data
 from tests.helpers import (
     TINY_MODEL,
     Account,
@@ -27,6 +28,7 @@ from tests.helpers import (
     tiny_spec,
     wait_for,
 )
+from tests.ml.test_tasks import ner_rows, qa_rows, seq2seq_rows
 
 TOKEN = "hf_tunelab_test_token_never_logged"
 REPO = "acme/colours-gguf"
@@ -226,3 +228,25 @@ def test_another_teams_job_is_not_found(acme, make_account, db, dataset):
     other = make_account(team="globex")
     response = other.client.post(f"/api/jobs/{job.id}/exports/gguf", json={"quantization": "q8_0"})
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("rows", "trains"),
+    [
+        (ner_rows(8), "a token classifier (NER)"),
+        (qa_rows(8), "an extractive question answerer"),
+        (seq2seq_rows(8), "an encoder-decoder (seq2seq)"),
+    ],
+)
+def test_a_tagger_question_answerer_or_seq2seq_job_is_refused_and_offered_no_export(acme, db, rows, trains):
+    job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=add_dataset(db, acme, rows)))
+    response = acme.client.post(f"/api/jobs/{job.id}/exports/gguf", json={"quantization": "q8_0"})
+    assert response.status_code == 422
+    assert f"the job trains {trains}: GGUF export converts causal language models" in response.text
+    page = page_data(acme.client.get(f"/jobs/{job.id}").text)
+    assert page["gguf_refusal"].startswith(f"the job trains {trains}")
+
+
+def test_a_language_model_job_is_offered_the_export(acme, db, dataset):
+    job = _with_adapter(db, add_job(db, acme, JobState.succeeded, dataset=dataset))
+    assert page_data(acme.client.get(f"/jobs/{job.id}").text)["gguf_refusal"] is None

@@ -232,7 +232,9 @@
     for (const gguf of artifacts.filter((a) => a.kind.startsWith("gguf-")))
       items.push(el("li", {}, el("a", { href: tl.teamUrl(`/api/jobs/${job.id}/artifacts/${gguf.id}/archive`), download: "", text: `GGUF ${gguf.kind.slice(5).toUpperCase()} + Ollama Modelfile (.zip)` }),
         el("span", { class: "muted", text: fmt.bytes(gguf.size_bytes) })));
-    if (data.can_write && ["succeeded", "cancelled", "failed"].includes(job.state) && (finalWeights || checkpoints.length))
+    if (data.can_write && data.gguf_refusal && (finalWeights || checkpoints.length))
+      items.push(el("li", { class: "gguf-export" }, el("span", { class: "muted", text: `No GGUF export: ${data.gguf_refusal}` })));
+    else if (data.can_write && ["succeeded", "cancelled", "failed"].includes(job.state) && (finalWeights || checkpoints.length))
       items.push(el("li", { class: "gguf-export" },
         el("select", { id: "gguf-quantization", "aria-label": "GGUF quantisation" }, ...GGUF_TYPES.map(([value, label]) => el("option", { value, text: label }))),
         el("button", { type: "button", class: "link", text: "Export GGUF", onclick: exportGguf }),
