@@ -1,6 +1,7 @@
-"""The playground for taggers (NER): the job is offered as one, a sentence typed there comes back
-with its entities (answered by the inference worker's own function, run in this process, on a
-tiny BERT trained for the module), and what is not a tagger's job is refused."""
+"""The playground for taggers (NER), question answerers and encoder-decoders: the job is offered as
+one, a sentence typed there comes back with its entities, a question on a context with its answer
+span, an input with its generated target (answered by the inference worker's own function, run in
+this process, on a tiny BERT or T5 trained for the module), and what is not such a job is refused."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from sqlalchemy import select
 from app.core.blobs import blob_store
 from app.core.tables import Artifact, Completion, JobState
 from tests.chat.test_playground import finished_job, inference_worker_in_this_process, page_data
-from tests.ml.test_tasks import ner_rows
+from tests.ml.test_tasks import ner_rows, qa_rows, seq2seq_rows
 
-BERT = "tiny-bert"
+BERT, T5 = "tiny-bert", "tiny-t5"
 
 
 @pytest.fixture
@@ -46,11 +47,77 @@ def trained_tagger(shared_models_dir, tmp_path_factory) -> Path:
     return result.final_dir
 
 
-def tagger_job(db, account, trained: Path):
-    job = finished_job(db, account, rows=ner_rows(64), base_model=BERT)
+def _trained(shared_models_dir, folder: Path, rows: list[dict], **spec) -> Path:
+    """The final folder of a run on `rows` (the base model in the shared models directory)."""
+    from app.contract.spec import TrainingSpec
+    from worker.ml import MemoryReporter, train
+
+    data = folder / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settled = {"warmup_ratio": 0.0, "lr_scheduler": "constant", "eval_split": 0.25}  # as tests/ml/test_tasks.py
+    result = train(
+        TrainingSpec(**settled, **spec),
+        train_file=data,
+        output_dir=folder / "run",
+        reporter=MemoryReporter(),
+        models_dir=shared_models_dir,
+    )
+    return result.final_dir
+
+
+@pytest.fixture(scope="module")
+def trained_answerer(shared_models_dir, tmp_path_factory) -> Path:
+    """A LoRA question answerer that finds the city in a context, on a tiny BERT."""
+    from worker.ml.tiny import make_tiny_encoder
+
+    if not (shared_models_dir / BERT).exists():
+        make_tiny_encoder(shared_models_dir / BERT)
+    folder = tmp_path_factory.mktemp("answerer")
+    return _trained(
+        shared_models_dir,
+        folder,
+        qa_rows(80),
+        base_model=BERT,
+        method="lora",
+        max_steps=120,
+        learning_rate=5e-3,
+        batch_size=8,
+        max_seq_length=64,
+        seed=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_writer(shared_models_dir, tmp_path_factory) -> Path:
+    """A tiny T5 fully fine-tuned to name the colour of a thing (its whole weights, no adapter)."""
+    from worker.ml.tiny import make_tiny_seq2seq
+
+    if not (shared_models_dir / T5).exists():
+        make_tiny_seq2seq(shared_models_dir / T5)
+    folder = tmp_path_factory.mktemp("writer")
+    return _trained(
+        shared_models_dir,
+        folder,
+        seq2seq_rows(48),
+        base_model=T5,
+        method="full",
+        max_steps=40,
+        learning_rate=3e-3,
+        batch_size=8,
+        max_seq_length=64,
+    )
+
+
+def task_job(db, account, trained: Path, rows: list[dict], base_model: str, weights: str = "adapter"):
+    """A finished job of `rows` on `base_model` whose final weights are the folder `trained`."""
+    job = finished_job(db, account, rows=rows, base_model=base_model, weights=weights)
     artifact = db.scalar(select(Artifact).where(Artifact.job_id == job.id))
     shutil.copytree(trained, blob_store().path(artifact.blob_key))
     return job
+
+
+def tagger_job(db, account, trained: Path):
+    return task_job(db, account, trained, ner_rows(64), BERT)
 
 
 def test_a_tagger_job_marks_the_entities_of_a_sentence(acme, app, db, trained_tagger, shared_models_dir):
@@ -92,6 +159,77 @@ def test_a_tagger_job_marks_the_entities_of_a_sentence(acme, app, db, trained_ta
         "kind": "predict",
         "text": "Ada Lovelace lives in Rome, with Acme.",
     }
+
+
+def test_a_question_answerer_job_finds_the_answer_in_a_context(
+    acme, app, db, trained_answerer, shared_models_dir, monkeypatch
+):
+    from peft import AutoPeftModelForQuestionAnswering
+    from transformers import AutoTokenizer
+
+    from worker.ml.token_tasks import predict_answers
+
+    job = task_job(db, acme, trained_answerer, qa_rows(80), BERT)
+    offered = page_data(acme.client.get("/playground").text)["jobs"]
+    assert [(choice["id"], choice["task"]) for choice in offered] == [(job.id, "question_answering")]
+
+    worker = inference_worker_in_this_process(db, requests=2)
+    asked = [
+        {"question": "Which city?", "context": "then a very Rome also with."},
+        {"question": "Which city?", "context": "a was Acme today."},
+    ]
+    responses = [acme.client.post(f"/api/jobs/{job.id}/predict", json=inputs) for inputs in asked]
+    worker.join(timeout=30)
+    assert [response.status_code for response in responses] == [200, 200], responses[0].text
+    answers = [response.json() for response in responses]
+
+    # The same spans and scores as the job's adapter loaded the ordinary way (its base: tiny-bert, here).
+    monkeypatch.chdir(shared_models_dir)
+    reloaded = AutoPeftModelForQuestionAnswering.from_pretrained(trained_answerer).eval()
+    tokenizer = AutoTokenizer.from_pretrained(trained_answerer)
+    expected = predict_answers(reloaded, tokenizer, [(row["question"], row["context"]) for row in asked])
+    for answer, inputs, prediction in zip(answers, asked, expected, strict=True):
+        assert answer["task"] == "question_answering"
+        assert (answer["answer"], answer["start"]) == (prediction.text, prediction.start)
+        assert answer["score"] == pytest.approx(prediction.score, abs=1e-5) and 0 < answer["score"] <= 1
+        if answer["answer"]:  # a span of the context, where it says
+            assert inputs["context"][answer["start"] :].startswith(answer["answer"])
+    assert answers[0]["answer"], "the city is found (the tiny model learns it)"
+    requests = db.scalars(select(Completion.request).order_by(Completion.id)).all()
+    assert requests == [{"kind": "predict", **inputs} for inputs in asked]
+
+
+def test_a_question_answerer_needs_a_context(acme, app, db, trained_answerer):
+    job = task_job(db, acme, trained_answerer, qa_rows(80), BERT)
+    worker = inference_worker_in_this_process(db)
+    response = acme.client.post(f"/api/jobs/{job.id}/predict", json={"question": "Which city?"})
+    worker.join(timeout=30)
+    assert response.status_code == 500 and response.json()["detail"] == 'give the "context" to try the model on'
+
+
+def test_an_encoder_decoder_job_writes_the_target_of_an_input(acme, app, db, trained_writer, shared_models_dir):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from worker.ml.seq2seq import generate
+
+    job = task_job(db, acme, trained_writer, seq2seq_rows(48), T5, weights="model")
+    offered = page_data(acme.client.get("/playground").text)["jobs"]
+    assert [(choice["id"], choice["task"]) for choice in offered] == [(job.id, "seq2seq")]
+
+    worker = inference_worker_in_this_process(db, requests=2)
+    written = [
+        acme.client.post(f"/api/jobs/{job.id}/predict", json={"text": f"what colour is the {thing}"})
+        for thing in ("sky", "snow")
+    ]
+    worker.join(timeout=30)
+    assert [response.status_code for response in written] == [200, 200], written[0].text
+    assert [response.json() for response in written] == [
+        {"task": "seq2seq", "target": "blue"},
+        {"task": "seq2seq", "target": "white"},
+    ]
+    model = AutoModelForSeq2SeqLM.from_pretrained(trained_writer).eval()
+    inputs = ["what colour is the sky", "what colour is the snow"]
+    assert generate(model, AutoTokenizer.from_pretrained(trained_writer), inputs) == ["blue", "white"]
 
 
 def test_predict_is_refused_for_what_is_not_a_finished_task_model(acme, make_account, db):
