@@ -45,6 +45,7 @@ class BaseModelInfo:
     num_heads: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
+    encoder_decoder: bool = False  # config.json's is_encoder_decoder (T5, BART): it trains seq2seq
 
     @property
     def parameters_human(self) -> str:
@@ -123,6 +124,7 @@ def read_model_info(name: str, folder: Path, source: str) -> BaseModelInfo | Non
         num_heads=config.get("num_attention_heads"),
         num_kv_heads=config.get("num_key_value_heads") or config.get("num_attention_heads"),
         head_dim=config.get("head_dim"),
+        encoder_decoder=bool(config.get("is_encoder_decoder")),
     )
 
 

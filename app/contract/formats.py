@@ -107,6 +107,25 @@ def objective_misfit(objective: str, fmt: str | None) -> str | None:
     return f"{objective} learns from {kinds}, not {title}"
 
 
+def architecture_misfit(fmt: str | None, model: str, architecture: str, encoder_decoder: bool) -> str | None:
+    """Why a dataset of task format `fmt` cannot train the base model `model` (of `architecture`,
+    an encoder-decoder or not), or None when it can: the rules the worker's `task_for` applies,
+    asked at submission so that a misfit is refused there rather than failing on a worker."""
+    if fmt not in TASK_FORMATS:
+        return None
+    causal = architecture.endswith(("ForCausalLM", "LMHeadModel"))
+    kind = "an encoder-decoder" if encoder_decoder else "a causal language model" if causal else "an encoder"
+    misfit = f"{FORMAT_TITLES[fmt]} data cannot train {model}, {kind} ({architecture})"
+    if fmt in (TOKEN_CLASSIFICATION, QUESTION_ANSWERING) and (encoder_decoder or causal):
+        return f"{misfit}: it puts a head on an encoder such as BERT, RoBERTa or MiniLM; choose one as the base model"
+    if fmt == SEQ2SEQ and not encoder_decoder:
+        return (
+            f"{misfit}: input / target rows train an encoder-decoder such as T5 or BART; choose one as the base "
+            "model, or write the rows as prompt / completion to train a causal language model"
+        )
+    return None
+
+
 FORMAT_TITLES = {
     CHAT: "Chat messages",
     SHAREGPT: "ShareGPT conversations",

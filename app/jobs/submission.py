@@ -15,7 +15,7 @@ from app.accounts.access import TeamAccess
 from app.chat.catalog import find_model
 from app.chat.model_names import model_suffix
 from app.config import get_settings
-from app.contract.formats import CLASSIFICATION, objective_misfit
+from app.contract.formats import CLASSIFICATION, architecture_misfit, objective_misfit
 from app.contract.spec import TrainingSpec
 from app.core.blobs import blob_store
 from app.core.errors import Conflict, InvalidField
@@ -99,6 +99,10 @@ def check_submission(session: Session, submission: JobSubmission, team_id: int) 
             f"model {spec.base_model!r} is not in the models directory or the Hugging Face cache "
             "(workers here do not download models)",
         )
+    if model is not None and (
+        misfit := architecture_misfit(dataset.format, spec.base_model, model.architecture, model.encoder_decoder)
+    ):
+        raise InvalidField(("dataset_id",), misfit)
     if model is not None and model.max_positions and spec.max_seq_length > model.max_positions:
         raise InvalidField(
             ("spec", "max_seq_length"), f"{spec.base_model} handles at most {model.max_positions} tokens"

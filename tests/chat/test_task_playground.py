@@ -232,16 +232,28 @@ def test_an_encoder_decoder_job_writes_the_target_of_an_input(acme, app, db, tra
     assert generate(model, AutoTokenizer.from_pretrained(trained_writer), inputs) == ["blue", "white"]
 
 
-def test_predict_is_refused_for_what_is_not_a_finished_task_model(acme, make_account, db):
+@pytest.fixture
+def tiny_bert(shared_models_dir) -> str:
+    """A tiny BERT in the shared models directory (NER data trains no other base); its name."""
+    from worker.ml.tiny import make_tiny_encoder
+
+    if not (shared_models_dir / BERT).exists():
+        make_tiny_encoder(shared_models_dir / BERT)
+    return BERT
+
+
+def test_predict_is_refused_for_what_is_not_a_finished_task_model(acme, make_account, db, tiny_bert):
     chat_job = finished_job(db, acme)
     refused = acme.client.post(f"/api/jobs/{chat_job.id}/predict", json={"text": "Ada"})
     assert refused.status_code == 409 and refused.json()["detail"] == (
         "this job's model chats or labels text: it was not trained to tag, answer from a context or write a target"
     )
-    nothing = finished_job(db, acme, state=JobState.failed, weights=None, rows=ner_rows(10, seed=5))
+    nothing = finished_job(
+        db, acme, state=JobState.failed, weights=None, rows=ner_rows(10, seed=5), base_model=tiny_bert
+    )
     refused = acme.client.post(f"/api/jobs/{nothing.id}/predict", json={"text": "Ada"})
     assert refused.json()["detail"] == "the job left no model to try: it saved no weights"
-    job = finished_job(db, acme, rows=ner_rows(12, seed=6))
+    job = finished_job(db, acme, rows=ner_rows(12, seed=6), base_model=tiny_bert)
     other_team = make_account(team="globex").client.post(f"/api/jobs/{job.id}/predict", json={"text": "Ada"})
     assert other_team.status_code == 404, "another team's job is not found"
     assert acme.client.post(f"/api/jobs/{job.id}/predict", json={"text": ""}).status_code == 422
