@@ -64,3 +64,24 @@ def test_the_job_page_downloads_gguf_exports_and_asks_for_another(pages, db, mak
     expect(page.get_by_role("button", name="Exporting…")).to_be_disabled()
     expect(page.locator("#events")).to_contain_text(f"GGUF Q4_0 export requested by {member.email}")
     screenshot(page, "job-gguf-export")
+
+
+def test_a_tagger_job_page_says_why_it_offers_no_gguf_export(pages, db, make_account):
+    from app.core.tables import ArtifactKind, JobState
+    from tests.helpers import add_dataset
+    from tests.ml.test_tasks import ner_rows
+
+    member = make_account(team="acme", role="member")
+    job = add_job(db, member, JobState.succeeded, name="tagger", dataset=add_dataset(db, member, ner_rows(8)))
+    job.base_model = "tiny-bert"
+    _stored(db, job, ArtifactKind.adapter, "final", {"adapter_model.safetensors": b"\0" * 4096})
+    db.commit()
+
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/{job.id}")
+    expect(page.locator("#downloads")).to_contain_text(
+        "No GGUF export: the job trains a token classifier (NER): GGUF export converts causal language models"
+    )
+    expect(page.get_by_role("button", name="Export GGUF")).to_have_count(0)
+    expect(page.get_by_label("GGUF quantisation")).to_have_count(0)
+    screenshot(page, "job-gguf-refused-for-tagger")
