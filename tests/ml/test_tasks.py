@@ -190,11 +190,14 @@ def test_question_answering_on_a_tiny_bert_finds_spans_and_says_when_there_is_no
     reloaded = AutoPeftModelForQuestionAnswering.from_pretrained(run.result.final_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run.result.final_dir)
     assert run.score(reloaded, tokenizer) == {"exact_match": exact[-1], "f1": run.series("eval_f1")[-1]}
-    answers = predict_answers(
-        reloaded, tokenizer, [("Which city?", "then a very Rome also with."), ("Which city?", "a was Acme today.")]
-    )
-    assert (answers[0].text, answers[0].start) == ("Rome", 12) and 0 < answers[0].score <= 1
-    assert answers[1].text == ""
+    # The playground's path on new rows: the city's text and where it starts, or no answer. One
+    # hand-picked row would hang on a near tie; most of a dozen fresh rows must come out right.
+    fresh = qa_rows(12, seed=7)
+    answers = predict_answers(reloaded, tokenizer, [(row["question"], row["context"]) for row in fresh])
+    expected = [(row["answer"], row["context"].index(row["answer"])) if "answer" in row else ("", -1) for row in fresh]
+    right = sum((answer.text, answer.start if answer.text else -1) == want for answer, want in zip(answers, expected))
+    assert right >= 9, list(zip([(a.text, a.start) for a in answers], expected))
+    assert all(0 < answer.score <= 1 for answer in answers if answer.text)
 
 
 def test_long_contexts_are_cut_into_overlapping_windows_that_keep_the_answer(task_models):
