@@ -149,6 +149,11 @@ def items_after(
     return sorted(items, key=lambda item: item.seq)[:limit]
 
 
+def events(session: Session, job: Job, *, after_seq: int = 0, limit: int | None = None) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.seq > after_seq).order_by(JobEvent.seq)
+    return list(session.scalars(query.limit(limit) if limit else query))
+
+
 def items_newest_first(session: Session, job: Job, *, before_seq: int | None, limit: int) -> list[JobEvent | JobMetric]:
     """A page of the job's events and metric points together, newest first; `before_seq` pages
     towards older ones."""
