@@ -100,7 +100,9 @@ def test_a_classification_dataset_gets_classifier_defaults_on_the_new_job_page(p
     expect(packing).to_have_value("on")
 
 
-def test_a_job_on_two_devices_with_its_evaluation_settings_is_launched_from_the_form_and_waits_for_a_worker_that_owns_two(pages, make_account, db):
+def test_a_job_on_two_devices_with_evaluation_settings_launched_from_the_form_waits_for_a_two_device_worker(
+    pages, make_account, db
+):
     member = make_account(team="acme", role="member")
     member.client.post("/api/datasets", files={"file": ("c.jsonl", jsonl(chat_rows(6)))})
     page = pages.sign_in(member.email)
@@ -124,7 +126,8 @@ def test_a_job_on_two_devices_with_its_evaluation_settings_is_launched_from_the_
     expect(page.get_by_text("No live worker with 2 devices serves the queue 'default'")).to_be_visible()
     job = member.client.get("/api/jobs").json()["data"][0]
     assert job["spec"]["num_devices"] == 2 and job["spec"]["parallelism"] == "ddp"
-    assert (job["spec"]["eval_split"], job["spec"]["eval_samples"], job["spec"]["eval_sample_max_new_tokens"]) == (0.2, 3, 20)
+    spec = job["spec"]
+    assert (spec["eval_split"], spec["eval_samples"], spec["eval_sample_max_new_tokens"]) == (0.2, 3, 20)
     assert job["spec"]["load_best_model_at_end"] is True
     assert job["spec"]["metric_for_best_model"] == "eval_mean_token_accuracy"
     assert job["spec"]["learning_check_at"] == 0.3
