@@ -311,7 +311,7 @@ def test_a_stopped_dpo_run_resumes_where_an_uninterrupted_one_goes(make_spec, mo
     )
 
 
-@pytest.mark.parametrize("objective", ["dpo", "kto"])
+@pytest.mark.parametrize("objective", ["dpo", "orpo", "kto"])
 def test_a_preference_run_answers_the_held_out_prompts_beside_the_chosen_answers_and_the_base_model(
     objective, make_spec, models_dir, tmp_path, write_jsonl, monkeypatch
 ):
