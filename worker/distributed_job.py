@@ -24,6 +24,7 @@ import ctypes
 import json
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -103,6 +104,26 @@ def _gpu_memory_bytes() -> int | None:
     return min(gpu.memory_total for gpu in gpus) if gpus else None
 
 
+def placement(spec: TrainingSpec, parallelism: Parallelism) -> dict:
+    """Where the ranks run, as the start event's data (the job page's devices line): the host,
+    each rank's device by name (rank i on the i-th GPU this worker owns, as torchrun's LOCAL_RANK
+    picks it, or on a CPU process), the world size and the parallelism."""
+    from worker.devices import cpu_entry, gpu_entries, read_gpus
+
+    gpus = gpu_entries(read_gpus())[: spec.num_devices]
+    if gpus:
+        devices = [f"GPU {gpu['index']}: {gpu['name']}" for gpu in gpus]
+    else:
+        cpu = cpu_entry()["name"]
+        devices = [f"CPU process {rank}: {cpu}" for rank in range(spec.num_devices)]
+    return {
+        "hostname": platform.node() or "unknown host",
+        "devices": devices,
+        "world_size": spec.num_devices,
+        "parallelism": parallelism.value,
+    }
+
+
 def train_on_devices(launch: Launch, reporter: Reporter) -> TrainResult:
     """Run the job on `spec.num_devices` processes and wait; the outcome rank 0 wrote. Raises the
     training error a rank reported (`ml.TrainingError`), or `RankFailure` when a rank died."""
@@ -122,11 +143,14 @@ def train_on_devices(launch: Launch, reporter: Reporter) -> TrainResult:
         (folder / stale).unlink(missing_ok=True)
     launch_file = folder / LAUNCH_FILE
     launch_file.write_text(json.dumps({**asdict(launch), "spec": spec.model_dump(mode="json")}))
+    where = placement(spec, parallelism)
     reporter.event(
         f"Training on {spec.num_devices} {'GPUs' if gpu_memory else 'CPU processes'} with "
-        f"{'FSDP (sharded)' if parallelism == Parallelism.fsdp else 'DDP'}, one process each (torchrun)",
+        f"{'FSDP (sharded)' if parallelism == Parallelism.fsdp else 'DDP'}, one process each (torchrun), "
+        f"on {where['hostname']}",
         num_devices=spec.num_devices,
         parallelism=parallelism.value,
+        placement=where,
     )
     command = [
         sys.executable,

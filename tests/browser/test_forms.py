@@ -100,7 +100,9 @@ def test_a_classification_dataset_gets_classifier_defaults_on_the_new_job_page(p
     expect(packing).to_have_value("on")
 
 
-def test_a_job_on_two_devices_is_launched_from_the_form_and_waits_for_a_worker_that_owns_two(pages, make_account, db):
+def test_a_job_on_two_devices_with_evaluation_settings_launched_from_the_form_waits_for_a_two_device_worker(
+    pages, make_account, db
+):
     member = make_account(team="acme", role="member")
     member.client.post("/api/datasets", files={"file": ("c.jsonl", jsonl(chat_rows(6)))})
     page = pages.sign_in(member.email)
@@ -109,8 +111,23 @@ def test_a_job_on_two_devices_is_launched_from_the_form_and_waits_for_a_worker_t
     page.fill("input[name='spec.num_devices']", "2")
     page.select_option("select[name='spec.parallelism']", "ddp")
     page.locator("#devices-section").screenshot(path=str(DOCS / "new-job-devices.png"))
+    evaluation = page.locator("#evaluation-section")
+    expect(evaluation.locator("input[name='spec.eval_samples']")).to_have_value("8")
+    expect(evaluation).to_contain_text("Most tokens in each sample answer")
+    evaluation.locator("input[name='spec.eval_split']").fill("0.2")
+    evaluation.locator("input[name='spec.eval_samples']").fill("3")
+    evaluation.locator("input[name='spec.eval_sample_max_new_tokens']").fill("20")
+    evaluation.locator("input[name='spec.load_best_model_at_end']").check()
+    evaluation.locator("select[name='spec.metric_for_best_model']").select_option("eval_mean_token_accuracy")
+    evaluation.locator("input[name='spec.learning_check_at']").fill("0.3")
+    evaluation.screenshot(path=str(DOCS / "new-job-evaluation.png"))
     page.click("#launch")
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     expect(page.get_by_text("No live worker with 2 devices serves the queue 'default'")).to_be_visible()
     job = member.client.get("/api/jobs").json()["data"][0]
     assert job["spec"]["num_devices"] == 2 and job["spec"]["parallelism"] == "ddp"
+    spec = job["spec"]
+    assert (spec["eval_split"], spec["eval_samples"], spec["eval_sample_max_new_tokens"]) == (0.2, 3, 20)
+    assert job["spec"]["load_best_model_at_end"] is True
+    assert job["spec"]["metric_for_best_model"] == "eval_mean_token_accuracy"
+    assert job["spec"]["learning_check_at"] == 0.3

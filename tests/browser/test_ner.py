@@ -88,10 +88,11 @@ class TestNamedEntitiesInTheBrowser:
         expect(chart).to_have_attribute("data-series", re.compile(r"\beval_f1\b.*\beval_f1_PER\b"))
         expect(page.locator("#task-chart-note")).to_contain_text("seqeval")
         shot(page, "job-ner-f1")
-        # The result file: a column per task metric, filled at each evaluation (steps 15, 30, 45, 60).
+        # The result file: a column per task metric, filled at each evaluation (the step-0 baseline of
+        # the untrained model, then steps 15, 30, 45, 60).
         rows = list(csv.DictReader(io.StringIO(page.request.get(f"/api/jobs/{job_id}/metrics.csv").text())))
         evaluated = [row for row in rows if row["valid_f1"]]
-        assert [int(row["step"]) for row in evaluated] == [15, 30, 45, 60]
+        assert [int(row["step"]) for row in evaluated] == [0, 15, 30, 45, 60]
         assert all(row["valid_f1_PER"] and row["valid_precision"] and row["valid_recall"] for row in evaluated)
 
         page.goto(f"/playground?job={job_id}")

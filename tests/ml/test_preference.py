@@ -9,9 +9,10 @@ from pydantic import ValidationError
 
 from app.contract.spec import TrainingSpec
 from tests.ml.conftest import COLOURS, TINY
-from worker.ml import training_run
+from worker.ml import samples, training_run
 from worker.ml.errors import DatasetError
 from worker.ml.reporting import MemoryReporter
+from worker.ml.samples import BASE, GENERATION
 
 
 def _pairs(count: int, seed: int) -> list[dict]:
@@ -308,3 +309,47 @@ def test_a_stopped_dpo_run_resumes_where_an_uninterrupted_one_goes(make_spec, mo
     assert [v for _, v in second.series("reward_margin")] == pytest.approx(
         [v for s, v in straight.series("reward_margin") if s > 3], rel=1e-3, abs=1e-5
     )
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo", "kto"])
+def test_a_preference_run_answers_the_held_out_prompts_beside_the_chosen_answers_and_the_base_model(
+    objective, make_spec, models_dir, tmp_path, write_jsonl, monkeypatch
+):
+    # Whole answers: time enough for them at every evaluation, however busy the machine is.
+    monkeypatch.setattr(samples, "MIN_TIME_S", samples.TIME_LIMIT_S)
+    monkeypatch.setattr(samples, "BASE_TIME_S", samples.TIME_LIMIT_S)
+    train_rows, held_rows = _pairs(40, 0), _pairs(12, 1)
+    if objective == "kto":
+        train_rows, held_rows = _feedback(train_rows), _feedback(held_rows)
+    spec = make_spec(
+        objective=objective,
+        max_steps=12,
+        eval_steps=4,
+        learning_rate=5e-3,
+        eval_samples=6,
+        eval_sample_max_new_tokens=12,
+    )
+    reporter = MemoryReporter()
+    training_run.train(
+        spec,
+        train_file=write_jsonl(tmp_path / "train.jsonl", train_rows),
+        eval_file=write_jsonl(tmp_path / "held.jsonl", held_rows),
+        output_dir=tmp_path / "run",
+        reporter=reporter,
+        models_dir=models_dir,
+    )
+
+    kinds = [(kind, step) for kind, step, _ in reporter.sample_sets]
+    assert kinds == [(BASE, 0), (GENERATION, 4), (GENERATION, 8), (GENERATION, 12)]
+    sets = [rows for _, _, rows in reporter.sample_sets]
+    assert all(len(rows) == 6 for rows in sets)
+    prompts = [[(row["row"], row["prompt"], row["reference"]) for row in rows] for rows in sets]
+    assert all(p == prompts[0] for p in prompts), "every evaluation answers the same prompts"
+    # The reference is the chosen answer (never a rejected one, nor a KTO answer marked bad).
+    chosen = {pair["prompt"][0]["content"]: pair["chosen"][0]["content"] for pair in _pairs(12, 1)}
+    for _, prompt, reference in prompts[0]:
+        question = next(q for q in chosen if q in prompt)
+        assert reference == chosen[question]
+    assert all(isinstance(row["answer"], str) and row["loss"] > 0 for rows in sets for row in rows)
+    # The trained adapter answers, not the base model: its losses on the references moved.
+    assert [row["loss"] for row in sets[-1]] != pytest.approx([row["loss"] for row in sets[0]], rel=1e-3)

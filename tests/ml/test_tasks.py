@@ -118,7 +118,8 @@ def test_ner_on_a_tiny_bert_learns_entities_and_reloads(make_spec, task_models, 
     run = Trained(spec, ner_rows(64), tmp_path, task_models, Task.token_classification)
 
     f1 = run.series("eval_f1")
-    assert len(f1) == len(run.series("eval_loss")) == 3, "a metric point at each evaluation"
+    # A metric point at each evaluation, after the step-0 baseline (the untrained model's).
+    assert len(f1) == len(run.series("eval_loss")) == 4, "a metric point at each evaluation"
     assert f1[-1] >= 0.75 and f1[-1] > run.before["f1"] + 0.5, (run.before, f1)
     assert {"eval_f1_PER", "eval_f1_LOC", "eval_f1_ORG", "eval_precision", "eval_recall"} <= set(
         run.reporter.metrics[-1][1]
@@ -182,18 +183,21 @@ def test_question_answering_on_a_tiny_bert_finds_spans_and_says_when_there_is_no
     )
     run = Trained(spec, qa_rows(80), tmp_path, task_models, Task.question_answering)
     exact = run.series("eval_exact_match")
-    assert len(exact) == len(run.series("eval_f1")) == 2
+    assert len(exact) == len(run.series("eval_f1")) == 3  # the step-0 baseline, then steps 60 and 120
     assert exact[-1] >= 0.9 and exact[-1] > run.before["exact_match"] + 0.5, (run.before, exact)
 
     monkeypatch.chdir(task_models)
     reloaded = AutoPeftModelForQuestionAnswering.from_pretrained(run.result.final_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run.result.final_dir)
     assert run.score(reloaded, tokenizer) == {"exact_match": exact[-1], "f1": run.series("eval_f1")[-1]}
-    answers = predict_answers(
-        reloaded, tokenizer, [("Which city?", "then a very Rome also with."), ("Which city?", "a was Acme today.")]
-    )
-    assert (answers[0].text, answers[0].start) == ("Rome", 12) and 0 < answers[0].score <= 1
-    assert answers[1].text == ""
+    # The playground's path on new rows: the city's text and where it starts, or no answer. One
+    # hand-picked row would hang on a near tie; most of a dozen fresh rows must come out right.
+    fresh = qa_rows(12, seed=7)
+    answers = predict_answers(reloaded, tokenizer, [(row["question"], row["context"]) for row in fresh])
+    expected = [(row["answer"], row["context"].index(row["answer"])) if "answer" in row else ("", -1) for row in fresh]
+    right = sum((answer.text, answer.start if answer.text else -1) == want for answer, want in zip(answers, expected))
+    assert right >= 9, list(zip([(a.text, a.start) for a in answers], expected))
+    assert all(0 < answer.score <= 1 for answer in answers if answer.text)
 
 
 def test_long_contexts_are_cut_into_overlapping_windows_that_keep_the_answer(task_models):
@@ -223,7 +227,7 @@ def test_seq2seq_lora_on_a_tiny_t5_learns_and_its_adapter_reloads(make_spec, tas
     spec = make_spec(base_model=T5, max_steps=60, learning_rate=5e-3, batch_size=8, eval_split=0.25, eval_steps=30)
     run = Trained(spec, seq2seq_rows(48), tmp_path, task_models, Task.seq2seq)
     rouge = run.series("eval_rougeL")
-    assert len(rouge) == len(run.series("eval_rouge1")) == 2
+    assert len(rouge) == len(run.series("eval_rouge1")) == 3  # the step-0 baseline, then steps 30 and 60
     assert rouge[-1] > run.before["rougeL"] + 0.5, (run.before, rouge)
     assert "rougeL" in (run.result.final_dir / "README.md").read_text()
 

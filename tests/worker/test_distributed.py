@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 
 import psutil
@@ -85,6 +86,7 @@ def test_a_job_on_two_processes_follows_the_single_process_loss_curve(acme, db, 
     messages = _messages(acme, split)
     expected = "FSDP (sharded)" if parallelism == "fsdp" else "DDP"
     assert any(m.startswith(f"Training on 2 CPU processes with {expected}") for m in messages), messages
+    _assert_reports_where_and_how_fast_each_rank_runs(acme, single, split, parallelism)
     assert sum(m.startswith("Loaded model") for m in messages) == 1, "only rank 0 tells"
 
     # The adapter is one ordinary PEFT folder, which loads as it is.
@@ -99,6 +101,33 @@ def test_a_job_on_two_processes_follows_the_single_process_loss_curve(acme, db, 
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == 8
     base = AutoModelForCausalLM.from_pretrained(get_settings().models_path / "tiny-llama")
     PeftModel.from_pretrained(base, folder)
+
+
+def _assert_reports_where_and_how_fast_each_rank_runs(account, single: int, split: int, parallelism: str) -> None:
+    """The job page's devices line and per-rank figures: the start event names the host and each
+    rank's device; every train point has each rank's tokens/s and memory, and the busiest's."""
+    (start,) = [
+        e
+        for e in account.client.get(f"/api/jobs/{split}/events", params={"limit": 1000}).json()
+        if e["message"].startswith("Training on 2")
+    ]
+    where = start["data"]["placement"]
+    assert where["hostname"] == platform.node() and where["world_size"] == 2
+    assert where["parallelism"] == parallelism
+    assert [name.split(":")[0] for name in where["devices"]] == ["CPU process 0", "CPU process 1"]
+
+    points = account.client.get(f"/api/jobs/{split}/metrics", params={"split": "train"}).json()
+    for point in points:
+        values = point["values"]
+        memory = [values["peak_memory_mb_rank0"], values["peak_memory_mb_rank1"]]
+        assert min(memory) > 0 and values["peak_memory_mb_busiest"] == max(memory)
+        assert values["tokens_per_second_rank0"] > 0 and values["tokens_per_second_rank1"] > 0
+    last = points[-1]["values"]
+    # Each rank trained on its own half of the tokens, in the same time: the two add up to the job's figure.
+    both = last["tokens_per_second_rank0"] + last["tokens_per_second_rank1"]
+    assert both == pytest.approx(last["tokens_per_second"], rel=0.25)
+    one_process = account.client.get(f"/api/jobs/{single}/metrics", params={"split": "train"}).json()
+    assert not any("tokens_per_second_rank0" in point["values"] for point in one_process), "one device: no ranks"
 
 
 def test_cancel_stops_every_rank_within_a_step(acme, db, workers):

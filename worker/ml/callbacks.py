@@ -66,6 +66,18 @@ def peak_memory_mb(cuda: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def per_rank_metrics(by_rank: list[list[float]]) -> dict[str, float]:
+    """Each rank's [tokens/s, peak memory MB] as flat metric values: `tokens_per_second_rank0`,
+    `peak_memory_mb_rank0`, ..., and `peak_memory_mb_busiest`, the memory of the device that
+    holds the most (the one a job runs out of first)."""
+    metrics = {}
+    for rank, (tokens_per_second, memory_mb) in enumerate(by_rank):
+        metrics[f"tokens_per_second_rank{rank}"] = tokens_per_second
+        metrics[f"peak_memory_mb_rank{rank}"] = memory_mb
+    metrics["peak_memory_mb_busiest"] = max(memory_mb for _, memory_mb in by_rank)
+    return metrics
+
+
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Share of the trained tokens (labels other than -100) whose most likely prediction is the label."""
     predicted = logits[:, :-1].argmax(-1)
@@ -108,7 +120,7 @@ class CountingTrainer(Trainer):
         real_tokens = inputs.pop(REAL_TOKENS_KEY)
         if model.training:
             # Every rank's tokens, once: the count is the run's, whichever rank saves the state.
-            self.state.num_input_tokens_seen += distributed.total_across_ranks(real_tokens)
+            self.state.num_input_tokens_seen += distributed.count_tokens(real_tokens)
         labels = inputs["labels"]
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         with torch.no_grad():
@@ -150,10 +162,12 @@ class ReporterCallback(TrainerCallback):
         self.stopped = False
         self._window_start = time.perf_counter()
         self._window_tokens = 0
+        self._window_rank_tokens = 0
 
     def _restart_window(self, state) -> None:
         self._window_start = time.perf_counter()
         self._window_tokens = state.num_input_tokens_seen
+        self._window_rank_tokens = distributed.tokens_on_this_rank()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._restart_window(state)
@@ -199,6 +213,10 @@ class ReporterCallback(TrainerCallback):
             tokens_seen=float(state.num_input_tokens_seen),
             peak_memory_mb=peak_memory_mb(self.cuda),
         )
+        if distributed.in_group():  # every rank logs at the same steps: each takes part in the gather
+            rank_tokens = distributed.tokens_on_this_rank() - self._window_rank_tokens
+            mine = [rank_tokens / elapsed if elapsed > 0 else 0.0, metrics["peak_memory_mb"]]
+            metrics.update(per_rank_metrics(distributed.gathered_from_ranks(mine)))
         self.reporter.log(metrics, state.global_step)
         self._restart_window(state)
 

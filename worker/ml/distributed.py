@@ -76,6 +76,34 @@ def total_across_ranks(count: int) -> int:
     return int(total.item())
 
 
+class _RankTokens:
+    """The real tokens this process (this rank) has trained on: its own throughput's numerator."""
+
+    seen = 0
+
+
+def count_tokens(count: int) -> int:
+    """A batch's `count` real tokens: added to this rank's own tally (`tokens_on_this_rank`) and
+    summed over the ranks, the run's count (every rank gets the total)."""
+    _RankTokens.seen += count
+    return total_across_ranks(count)
+
+
+def tokens_on_this_rank() -> int:
+    return _RankTokens.seen
+
+
+def gathered_from_ranks(values: list[float]) -> list[list[float]]:
+    """Every rank's `values`, by rank (every rank gets them all): one small all_gather, which every
+    rank must call at the same point, as any collective. `[values]` outside a group."""
+    if not in_group():
+        return [values]
+    mine = torch.tensor(values, dtype=torch.float64, device=_device())
+    every = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(every, mine)
+    return [tensor.tolist() for tensor in every]
+
+
 def summed_across_ranks(counts: torch.Tensor) -> torch.Tensor:
     """A tensor of counts summed over the ranks (every rank gets the sum): an evaluation's counts,
     each rank having evaluated its share of the rows."""

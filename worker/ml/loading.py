@@ -219,6 +219,7 @@ def load_model(
     if task not in (Task.causal_lm, Task.classification) and plan.attention == "sdpa":
         del kwargs["attn_implementation"]  # encoders without SDPA (T5) take their own default
 
+    set_seed(spec.seed)  # a new head's initial weights (a classifier's, a tagger's, QA's): the same run twice
     model = auto_model_class(task).from_pretrained(source, **kwargs)
     # Training never decodes; without a KV cache, transformers derives the packed-sequence
     # (block-diagonal) mask from position ids.

@@ -28,7 +28,7 @@ from transformers import Trainer
 from app.contract import formats
 from app.contract.spec import TrainingSpec
 
-from . import data, seq2seq, task_metrics, token_tasks
+from . import data, distributed, seq2seq, task_metrics, token_tasks
 from .data import REAL_TOKENS_KEY, Task
 from .errors import ConfigurationError, DatasetError
 from .reporting import Reporter, counted
@@ -282,7 +282,8 @@ class TaskTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real_tokens = inputs.pop(REAL_TOKENS_KEY)
         if model.training:
-            self.state.num_input_tokens_seen += real_tokens
+            # Every rank's tokens, once; and this rank's own, for its throughput on the job page.
+            self.state.num_input_tokens_seen += distributed.count_tokens(real_tokens)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -48,6 +48,7 @@ from .loading import (
     read_class_names,
     resolve_model,
 )
+from .preference_samples import preference_samples_callbacks
 from .reporting import Reporter, counted
 from .result import COMPLETED, STOPPED, TrainResult
 from .samples import samples_callbacks
@@ -345,6 +346,8 @@ def build_trainer(
     spec = prepared.spec
     if isinstance(prepared, PreparedPreference):
         callback, callbacks = _callbacks(spec, prepared.plan, reporter, trackers)
+        evaluation_rows = prepared.evaluation.rows if prepared.evaluation is not None else None
+        callbacks += preference_samples_callbacks(spec, prepared.tokenizer, evaluation_rows, reporter)
         trainer = preference.build_trainer(
             spec,
             plan=prepared.plan,

@@ -22,6 +22,12 @@
   const TASK_METRIC = /^eval_(precision|recall|f1|exact_match|rouge)(?!_macro$)/; // a classifier's macro F1 has its own chart
   // What the chart shows, by the first of these metrics the job logs (QA logs f1 too: its note comes first).
   const TASK_NOTES = { exact_match: "SQuAD exact match and F1", rouge1: "ROUGE F-measures", f1: "entity-level (seqeval), overall and per type" };
+  // A job on several devices: where its ranks run (the start event's `placement`), each rank's
+  // tokens/s series and latest peak memory (MB), and the busiest device's. None for one device.
+  let placement = null, placementSeq = -1;
+  const rankTps = [], rankMemory = [];
+  let busiestMemory = null;
+  const RANK_METRIC = /^(tokens_per_second|peak_memory_mb)_rank(\d+)$/;
   const seenMetric = new Set();
   const seenEvent = new Set();
 
@@ -33,6 +39,7 @@
   const logpChart = charts.line(document.getElementById("logp-chart"), { height: 190 });
   const evalMetricsChart = charts.line(document.getElementById("eval-metrics-chart"), { height: 220 });
   const taskChart = charts.line(document.getElementById("task-chart"), { height: 220 });
+  const rankTpsChart = charts.line(document.getElementById("rank-tps-chart"), { height: 190 });
   const logScale = document.getElementById("log-scale");
   const smoothing = document.getElementById("smoothing");
 
@@ -56,6 +63,15 @@
     if (v.loss !== undefined) train.push([point.step, v.loss]);
     if (v.learning_rate !== undefined) lr.push([point.step, v.learning_rate]);
     if (v.tokens_per_second !== undefined) tps.push([point.step, v.tokens_per_second]);
+    const latest = (old) => !old || point.step >= old[0];
+    for (const [name, value] of Object.entries(v)) {
+      const match = RANK_METRIC.exec(name);
+      if (!match) continue;
+      const rank = Number(match[2]);
+      if (match[1] === "tokens_per_second") (rankTps[rank] = rankTps[rank] || []).push([point.step, value]);
+      else if (latest(rankMemory[rank])) rankMemory[rank] = [point.step, value];
+    }
+    if (v.peak_memory_mb_busiest !== undefined && latest(busiestMemory)) busiestMemory = [point.step, v.peak_memory_mb_busiest];
   }
 
   let drawPending = false;
@@ -90,6 +106,7 @@
         chart.dataset.series = taskNames.join(" ");
         taskChart.draw(taskNames.map((name, i) => ({ label: name.slice(5), points: sorted(taskMetrics[name]), color: charts.palette[i % charts.palette.length], showPoints: true })));
       }
+      drawDevices(sorted);
       const shown = Object.keys(preference).length > 0;
       document.getElementById("preference-charts").hidden = !shown;
       if (shown) {
@@ -111,6 +128,39 @@
       }
     });
   }
+  /** Where a job on several devices runs, and how each rank does: its tokens/s over the steps, its
+      latest figures in a table, and the busiest device's peak memory. Hidden for one device. */
+  function drawDevices(sorted) {
+    const ranks = Math.max(rankTps.length, rankMemory.length, placement ? placement.devices.length : 0);
+    const card = document.getElementById("devices-card");
+    card.hidden = ranks < 2;
+    if (card.hidden) return;
+    const how = placement ? (placement.parallelism === "fsdp" ? "FSDP (sharded)" : "DDP") : "";
+    document.getElementById("devices-line").textContent =
+      placement ? `${placement.world_size} ranks on ${placement.hostname} · ${how}` : `${ranks} ranks`;
+    const memories = rankMemory.map((m) => (m ? m[1] : -1));
+    const busiest = memories.length ? memories.indexOf(Math.max(...memories)) : -1;
+    const last = (points) => (points && points.length ? sorted(points)[points.length - 1][1] : null);
+    const rows = [];
+    for (let rank = 0; rank < ranks; rank++) {
+      const tokens = last(rankTps[rank]);
+      rows.push(el("tr", { class: rank === busiest ? "busiest" : "", "data-rank": rank },
+        el("td", { text: String(rank) }),
+        el("td", { text: placement && placement.devices[rank] ? placement.devices[rank] : "–" }),
+        el("td", { text: tokens === null ? "–" : fmt.number(Math.round(tokens)) }),
+        el("td", { text: rankMemory[rank] ? fmt.bytes(rankMemory[rank][1] * 2 ** 20) : "–" })));
+    }
+    document.getElementById("per-rank").replaceChildren(
+      el("thead", {}, el("tr", {}, ["rank", "device", "tokens/s", "peak memory"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows));
+    document.getElementById("busiest-memory").textContent = busiestMemory
+      ? `Busiest device: ${fmt.bytes(busiestMemory[1] * 2 ** 20)} peak${busiest >= 0 ? ` (rank ${busiest})` : ""}, at step ${busiestMemory[0]}`
+      : "";
+    const chart = document.getElementById("rank-tps-chart");
+    chart.dataset.series = String(rankTps.filter(Boolean).length);
+    rankTpsChart.draw(rankTps.map((points, rank) => ({ label: `rank ${rank} tokens/s`, points: sorted(points || []), color: charts.palette[rank % charts.palette.length] })));
+  }
+
   /** The best evaluation after step 0 (the earliest of equals), as [step, value], or null. */
   function best(points, higher) {
     let found = null;
@@ -178,6 +228,11 @@
     list.insertBefore(item, older || null);
     if (event.data && event.data.evaluation) renderEvaluation(event.data.evaluation);
     if (event.data && event.data.verdict === "not_learning") showVerdict(event.data);
+    if (event.data && event.data.placement && event.seq > placementSeq) {
+      placement = event.data.placement; // the latest start: a resumed job may have started again
+      placementSeq = event.seq;
+      drawCharts();
+    }
     if (/^Saved checkpoint|^Saved the|^Job (succeeded|cancelled|paused)/.test(event.message)) refreshArtifacts();
   }
 
