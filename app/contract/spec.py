@@ -368,7 +368,7 @@ class TrainingSpec(_Strict):
         48,
         ge=1,
         le=1024,
-        description="Most tokens in each sample answer; answers also stop at 5% of the time since the last "
+        description="Most tokens in each sample answer; answers also stop at 4% of the time since the last "
         "evaluation (0.5-30 s).",
     )
 
