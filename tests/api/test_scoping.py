@@ -95,8 +95,10 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
         body = None
         if (path.endswith("/members") and method == "PUT") or (path.endswith("/invitations") and method == "POST"):
             body = {"email": outsider.email, "role": "member"}
-        elif path.endswith("/classify"):
+        elif path.endswith(("/classify", "/predict")):
             body = {"text": "is this theirs?"}
+        elif path.endswith("/evaluations") and method == "POST":
+            body = {"dataset_id": acme_objects["params"]["dataset_id"]}
         elif path.endswith("/webhooks") and method == "POST":
             body = {"url": "https://hooks.globex.test/", "event_types": ["fine_tuning.job.failed"]}
         elif "/webhooks/" in path and method == "PATCH":
@@ -107,8 +109,9 @@ def test_every_route_with_another_teams_id_answers_404(app, acme_objects, make_a
         assert response.status_code == 404, f"{method} {url} answered {response.status_code}: {response.text[:200]}"
         assert SECRET not in response.text
     # Compare names its jobs in the query string.
-    response = outsider.client.get("/api/compare", params={"jobs": acme_objects["params"]["job_id"]})
-    assert response.status_code == 404 and SECRET not in response.text
+    for path in ("/api/compare", "/api/compare/samples"):
+        response = outsider.client.get(path, params={"jobs": acme_objects["params"]["job_id"]})
+        assert response.status_code == 404 and SECRET not in response.text, path
 
 
 def test_missing_objects_answer_exactly_like_another_teams(app, acme_objects, make_account):
@@ -134,7 +137,9 @@ def test_lists_leave_other_teams_objects_out(app, acme_objects, make_account):
     lists = [
         (path, method)
         for path, method in _api_routes(app)
-        if "{" not in path and method == "GET" and path not in ("/healthz", "/api/stream", "/api/compare")
+        if "{" not in path
+        and method == "GET"
+        and path not in ("/healthz", "/api/stream", "/api/compare", "/api/compare/samples")
     ]
     assert {"/api/jobs", "/api/datasets", "/v1/files", "/v1/fine_tuning/jobs", "/v1/models"} <= {p for p, _ in lists}
     for path, _method in lists:
