@@ -42,6 +42,7 @@ def measure(args, workdir: Path) -> dict[str, float]:
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
         seed=0,
+        **({} if args.eval_samples is None else {"eval_samples": args.eval_samples}),
     )
     reporter = MemoryReporter()
     prepared = training_run.prepare(spec, train_file=args.data, reporter=reporter, models_dir=workdir / "models")
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-length", type=int, default=512)
+    parser.add_argument("--eval-samples", type=int, help="sample answers per evaluation (default: the spec's)")
     args = parser.parse_args()
     if args.device == "cpu":
         import os
