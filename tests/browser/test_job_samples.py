@@ -4,6 +4,8 @@ then the finished job is evaluated on another dataset from its page."""
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
@@ -35,8 +37,9 @@ def test_the_samples_table_updates_while_the_job_runs(pages, make_account, worke
     expect(samples.locator(".badge.bad")).to_have_count(1)
     expect(samples.locator(".badge.good")).to_have_count(1)
 
-    expect(caption).to_contain_text("at step 12", timeout=120_000)  # the next evaluation, no reload
-    expect(page.locator("#samples-table thead")).to_contain_text("Answer at step 12")
+    # A later evaluation, with no reload (the page shows the newest: under load it may skip one).
+    expect(caption).to_contain_text(re.compile(r"at step (12|18|24),"), timeout=120_000)
+    expect(page.locator("#samples-table thead")).to_contain_text(re.compile(r"Answer at step (12|18|24)"))
     assert sorted(rows.locator("td:nth-child(1)").all_text_contents()) == sorted(first_prompts), "the same prompts"
     page.locator("#samples-order").select_option("best")
     losses = [float(text.split()[0]) for text in rows.locator("td:nth-child(5)").all_text_contents()]

@@ -154,7 +154,8 @@ def test_final_output_has_adapter_tokenizer_and_model_card(
         reporter=reporter,
         models_dir=models_dir,
     )
-    assert [step for step, m in reporter.metrics if "eval_loss" in m] == [3]  # evaluated at the end
+    # The step-0 baseline (the base model), then an evaluation at the end.
+    assert [step for step, m in reporter.metrics if "eval_loss" in m] == [0, 3]
     final = result.final_dir
     assert final == tmp_path / "run" / "final"
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
