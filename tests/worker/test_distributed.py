@@ -144,9 +144,13 @@ def test_cancel_stops_every_rank_within_a_step(acme, db, workers):
     assert checkpoints[-1]["step"] == job["step"], "the step it stopped at is saved whole"
 
 
-def test_a_rank_killed_mid_job_resumes_from_the_last_whole_checkpoint(acme, db, workers):
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_a_rank_killed_mid_job_resumes_from_the_last_whole_checkpoint(acme, db, workers, parallelism):
+    """FSDP too: its checkpoint holds the whole (gathered) weights, loaded back into the shards."""
     worker = workers.start(devices=2)
-    job_id = _launch(acme, db, workers, max_steps=24, save_steps=4, batch_size=2, num_devices=2)
+    job_id = _launch(
+        acme, db, workers, max_steps=24, save_steps=4, batch_size=2, num_devices=2, parallelism=parallelism
+    )
     wait_for(
         lambda: len(acme.client.get(f"/api/jobs/{job_id}/checkpoints").json()) >= 2,
         timeout=300,

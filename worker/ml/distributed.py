@@ -121,7 +121,13 @@ def shard_on_cpu_too(trainer) -> None:
     state) it drops the plugin and wraps the model in DDP. torch's FSDP2 (`fully_shard`) runs on
     CPU over gloo all the same, so the plugin is put back into accelerate's state before the
     model is prepared: the sharding, the wrap policy and the whole-model checkpoints stay
-    accelerate's and torch's. A no-op on GPUs, where accelerate keeps the plugin itself."""
+    accelerate's and torch's. A no-op on GPUs, where accelerate keeps the plugin itself.
+
+    The type is set in PartialState's shared state too, as accelerate does itself for FSDP on
+    GPUs: every later `AcceleratorState()` copies PartialState's values over its own, and a
+    checkpoint load that saw MULTI_CPU there took rank 0 alone into the FSDP2 broadcast of the
+    weights (a resume hung until the collective timeout)."""
+    from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     if trainer.args.fsdp_plugin_args is None or trainer.is_fsdp_enabled:
@@ -131,6 +137,7 @@ def shard_on_cpu_too(trainer) -> None:
         return
     state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
     state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
     gather = trainer.accelerator.get_state_dict
 
