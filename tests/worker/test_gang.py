@@ -4,8 +4,11 @@ a gang that cannot form sends its job back to the queue, saying why."""
 
 from __future__ import annotations
 
+import os
 import platform
+import signal
 
+import psutil
 import pytest
 from sqlalchemy import select
 
@@ -106,3 +109,54 @@ def test_a_gang_that_cannot_form_goes_back_to_the_queue_saying_why(acme, db, wor
     assert job["state"] == "cancelled"
     assert worker.poll() is None, "the worker lives on"
     wait_for(lambda: _workers_running(db, job_id) == 0, timeout=30, message="the worker to be free again")
+
+
+def _follower_ranks(worker) -> list[psutil.Process]:
+    """The ranks a worker runs as a gang's follower: those of its torchrun that does not host the rendezvous."""
+    found = []
+    for process in psutil.Process(worker.pid).children(recursive=True):
+        try:
+            command = process.cmdline()
+            if "torch.distributed.run" in command and any("is_host=false" in part for part in command):
+                found += [child for child in process.children() if "worker.distributed_job" in child.cmdline()]
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_a_follower_rank_killed_mid_job_ends_the_gang_and_the_job_resumes(acme, db, workers, gang_settings):
+    gang_settings(timeout_s=120)
+    pool = [workers.start(devices=1), workers.start(devices=1)]
+    job_id = _launch(acme, db, workers, max_steps=16, save_steps=4, batch_size=2, num_nodes=2, num_devices=1)
+    wait_for(
+        lambda: len(acme.client.get(f"/api/jobs/{job_id}/checkpoints").json()) >= 2,
+        timeout=300,
+        message="two checkpoints",
+    )
+    ranks = [rank for worker in pool for rank in _follower_ranks(worker)]
+    assert len(ranks) == 1, "one follower, running one rank"
+    os.kill(ranks[0].pid, signal.SIGKILL)
+
+    job = wait_for(lambda: _finished(acme, job_id), timeout=400, message="the resumed job to finish")
+    assert job["state"] == "succeeded", job["error"]
+    assert job["step"] == 16 and job["attempts"] == 2
+    points = acme.client.get(f"/api/jobs/{job_id}/metrics", params={"split": "train"}).json()
+    assert [point["step"] for point in points] == list(range(1, 17)), "one continuous series"
+    messages = [e["message"] for e in _events(acme, job_id)]
+    assert any(m.startswith("Resuming from the checkpoint at step") for m in messages)
+    assert sum(m.startswith("Training on 2 nodes") for m in messages) == 2, "the gang formed again"
+
+
+def test_cancel_stops_the_ranks_on_every_node(acme, db, workers, gang_settings):
+    gang_settings(timeout_s=120)
+    pool = [workers.start(devices=1), workers.start(devices=1)]
+    job_id = _launch(acme, db, workers, max_steps=5000, save_steps=5, batch_size=2, num_nodes=2, num_devices=1)
+    wait_for(lambda: _job(acme, job_id)["step"] >= 3, timeout=240, message="training on two nodes")
+    assert sum(len(_follower_ranks(worker)) for worker in pool) == 1
+    cancel = acme.client.post(f"/api/jobs/{job_id}/cancel").json()
+    job = wait_for(lambda: _finished(acme, job_id), timeout=120, message="the cancel")
+    assert job["state"] == "cancelled"
+    assert cancel["step"] <= job["step"] <= cancel["step"] + 1, "every rank, on both nodes, stopped within a step"
+    wait_for(lambda: not any(_follower_ranks(worker) for worker in pool), timeout=30, message="the follower's rank")
+    wait_for(lambda: _workers_running(db, job_id) == 0, timeout=30, message="both workers to be free again")
+    assert all(worker.poll() is None for worker in pool)
