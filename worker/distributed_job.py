@@ -243,6 +243,8 @@ def train_on_devices(
     process = subprocess.Popen(command, env=_rank_env(spec), start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         if rendezvous is not None:
+            if invite is None:
+                raise ValueError("a multi-node job's leader needs a way to invite the other nodes")
             for _node in range(spec.num_nodes - 1):
                 invite(rendezvous)
             nodes = _wait_for_gang(process, rendezvous, reporter, devices=devices)
@@ -360,7 +362,7 @@ def _wait_for_gang(
     """Wait until every node has joined (the ranks started: each node's first rank writes its node
     file); the nodes by node rank. Raises `GangNotFormed` when the time is up or torchrun gave up,
     `GangStopped` when the job is no longer to run (cancelled, paused, taken back)."""
-    timeout = max(0.0, rendezvous.deadline - time.time())
+    timeout = get_settings().gang_timeout_s
     last_look = 0.0
     while not _node_files(rendezvous.gang_dir):
         if process.poll() is not None or time.time() > rendezvous.deadline + GANG_GRACE_S:
@@ -370,7 +372,7 @@ def _wait_for_gang(
                     f"every worker joined, but torchrun here ended with {process.returncode} (see the worker's log)"
                 )
             else:
-                reason = f"only {joined} of {rendezvous.num_nodes} workers joined within {timeout:.0f} s"
+                reason = f"only {joined} of {rendezvous.num_nodes} workers joined within {timeout:g} s"
             raise GangNotFormed(
                 f"The gang did not form: {reason}; each of them needs {devices} free, on this job's queue"
             )
