@@ -87,6 +87,19 @@ class Settings(BaseSettings):
         le=64,
         description="CPU processes (gloo) a worker without GPU trains one job on; set by `tunelab worker --cpu-processes`.",
     )
+    rendezvous_host: str | None = Field(
+        None,
+        description="Multi-node jobs: the address other hosts reach this worker's torchrun rendezvous at, when it "
+        "leads a gang (default: this host's name).",
+    )
+    rendezvous_ports: str = Field(
+        "29400-29499",
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="Multi-node jobs: the port range (FIRST-LAST) a gang's leader picks its rendezvous port from.",
+    )
+    gang_timeout_s: float = Field(
+        180.0, gt=0, description="Multi-node jobs: a gang not formed within this goes back to the queue."
+    )
     db_outage_tolerance_s: float = Field(
         120.0, ge=0, description="A training worker waits this long for an unreachable database before giving up."
     )
@@ -131,6 +144,19 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Wait before a delivery's first retry; it doubles at each retry (up to an hour)."
     )
     webhooks_per_team: int = Field(20, ge=1, description="Webhook endpoints one team may have.")
+
+    @field_validator("rendezvous_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        first, last = (int(part) for part in value.split("-"))
+        if not 1024 <= first <= last <= 65535:
+            raise ValueError("must be FIRST-LAST with 1024 <= FIRST <= LAST <= 65535, e.g. 29400-29499")
+        return value
+
+    @property
+    def rendezvous_port_range(self) -> range:
+        first, last = (int(part) for part in self.rendezvous_ports.split("-"))
+        return range(first, last + 1)
 
     @field_validator("data_dir", "models_dir")
     @classmethod

@@ -139,7 +139,7 @@ class WorkerProcesses:
         from sqlalchemy import select
 
         from app.core.database import session_scope
-        from app.core.queue import device_queues
+        from app.core.queue import worker_queues
         from app.core.tables import WorkerProcess
 
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
@@ -157,7 +157,7 @@ class WorkerProcesses:
                 "--concurrency",
                 "1",
                 "--queues",
-                ",".join(device_queues(queue or self.queue, devices)),
+                ",".join(worker_queues(queue or self.queue, devices)),
                 "--hostname",
                 name,
                 *recycle,

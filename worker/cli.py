@@ -86,15 +86,16 @@ def _worker_command(queues: str, concurrency: int | None = None, *, banner: bool
     so its loaded models; any other replaces its process after every task, which returns all
     of a training job's memory. `banner=False` leaves out Celery's start-up banner (one is enough
     when a command starts several workers). A training worker that owns several `devices` also
-    takes the jobs of its queues that need up to that many (`app.core.queue.device_queues`)."""
+    takes the jobs of its queues that need up to that many, and joins the multi-node jobs whose nodes
+    need up to that many (`app.core.queue.worker_queues`)."""
     from app.config import get_settings
-    from app.core.queue import device_queues
+    from app.core.queue import worker_queues
 
     settings = get_settings()
     # Chat and webhook workers keep their processes; a training worker's is replaced after every job.
     recycle = not set(queues.split(",")) <= {settings.inference_queue, settings.webhooks_queue}
-    if recycle and devices > 1:
-        queues = ",".join(name for queue in queues.split(",") for name in device_queues(queue, devices))
+    if recycle:
+        queues = ",".join(name for queue in queues.split(",") for name in worker_queues(queue, devices))
     if concurrency is None:  # webhook deliveries mostly wait on other servers: a few at a time
         concurrency = 4 if queues == settings.webhooks_queue else 1
     return [

@@ -11,6 +11,15 @@ through accelerate). Rank 0 reports to the database (`DatabaseReporter`) and wri
 outcome (`distributed/result.json`); the other ranks only hear the stop flag, and every rank
 takes rank 0's stop decision at the same step (`ml.distributed.agree_to_stop`).
 
+Several machines (`spec.num_nodes > 1`): the worker that took the job (the leader) starts its
+torchrun as the host of a c10d rendezvous (its address, a free port of `rendezvous_ports`, the id
+`job-<id>-attempt-<n>`), then asks `num_nodes - 1` more workers of the queue to join
+(`app.core.queue.enqueue_gang_join`). A worker that takes such a message (a follower,
+`join_gang`) starts its own torchrun on the same rendezvous and the same launch file (the job's
+output folder is shared storage), and only runs its ranks: the leader alone records the job's
+outcome. When the gang is not whole within `gang_timeout_s`, the leader ends its torchrun and
+raises `GangNotFormed`: the job goes back to the queue, saying why.
+
 No orphans: torchrun and its ranks are one session, killed together (`killpg`) when anything
 goes wrong here; each of them also dies with its parent (PR_SET_PDEATHSIG), so a worker killed
 by SIGKILL takes its torchrun, and torchrun its ranks, with it. A rank that dies ends the whole
@@ -20,15 +29,19 @@ last whole checkpoint, as a single-device job does when its worker crashes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import platform
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,8 +59,43 @@ RESULT_FILE = "result.json"
 STOP_FILE = "stop"  # present: every rank stops at its next step (the worker is shutting down)
 
 
+NODE_FILE = "node-{}.json"  # in a gang's folder: written by each node's first rank once the gang formed
+JOINED_FILE = "joined-{}.json"  # in a gang's folder: a follower took the join message
+
+# A node's ranks write their node file right after the rendezvous: the leader waits this much
+# longer than the gang timeout for it (its torchrun, whose join timeout is the gang timeout, ends too).
+GANG_GRACE_S = 10.0
+
+
 class RankFailure(Exception):
     """A training process died (killed, crashed): the job resumes from its last whole checkpoint."""
+
+
+class GangNotFormed(Exception):
+    """A multi-node job's workers did not all meet in time: the job goes back to the queue (not a
+    crash: it waits for enough free workers)."""
+
+
+class GangStopped(Exception):
+    """A multi-node job was cancelled, paused or taken back while its gang was forming."""
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a multi-node job meet: what a join message carries (JSON)."""
+
+    job_id: int
+    attempt: int
+    endpoint: str  # HOST:PORT of the leader's c10d store
+    run_id: str  # job-<id>-attempt-<n>: torchrun's rendezvous id
+    num_nodes: int
+    num_devices: int  # per node
+    launch_file: str  # on the storage every worker sees
+    deadline: float  # Unix time: a gang not formed by then is given up
+
+    @property
+    def gang_dir(self) -> Path:
+        return Path(self.launch_file).parent / self.run_id
 
 
 @dataclass(frozen=True)
@@ -104,29 +152,55 @@ def _gpu_memory_bytes() -> int | None:
     return min(gpu.memory_total for gpu in gpus) if gpus else None
 
 
-def placement(spec: TrainingSpec, parallelism: Parallelism) -> dict:
-    """Where the ranks run, as the start event's data (the job page's devices line): the host,
-    each rank's device by name (rank i on the i-th GPU this worker owns, as torchrun's LOCAL_RANK
-    picks it, or on a CPU process), the world size and the parallelism."""
+def node_devices(spec: TrainingSpec) -> list[str]:
+    """This machine's devices the job's ranks here run on, by local rank (torchrun's LOCAL_RANK
+    picks the i-th GPU this worker owns), or its CPU processes."""
     from worker.devices import cpu_entry, gpu_entries, read_gpus
 
     gpus = gpu_entries(read_gpus())[: spec.num_devices]
     if gpus:
-        devices = [f"GPU {gpu['index']}: {gpu['name']}" for gpu in gpus]
-    else:
-        cpu = cpu_entry()["name"]
-        devices = [f"CPU process {rank}: {cpu}" for rank in range(spec.num_devices)]
+        return [f"GPU {gpu['index']}: {gpu['name']}" for gpu in gpus]
+    cpu = cpu_entry()["name"]
+    return [f"CPU process {rank}: {cpu}" for rank in range(spec.num_devices)]
+
+
+def gang_placement(spec: TrainingSpec, parallelism: Parallelism, nodes: list[dict]) -> dict:
+    """`placement` of a multi-node job: every node (host and devices) by node rank, and each global
+    rank's device, named with its host (rank = node rank x devices per node + local rank)."""
+    return {
+        "hostname": ", ".join(node["hostname"] for node in nodes),
+        "devices": [f"{node['hostname']} · {device}" for node in nodes for device in node["devices"]],
+        "nodes": nodes,
+        "world_size": spec.world_size,
+        "parallelism": parallelism.value,
+    }
+
+
+def placement(spec: TrainingSpec, parallelism: Parallelism) -> dict:
+    """Where the ranks run, as the start event's data (the job page's devices line): the host,
+    each rank's device by name (rank i on the i-th GPU this worker owns, as torchrun's LOCAL_RANK
+    picks it, or on a CPU process), the world size and the parallelism."""
     return {
         "hostname": platform.node() or "unknown host",
-        "devices": devices,
+        "devices": node_devices(spec),
         "world_size": spec.num_devices,
         "parallelism": parallelism.value,
     }
 
 
-def train_on_devices(launch: Launch, reporter: Reporter) -> TrainResult:
+def train_on_devices(
+    launch: Launch,
+    reporter: Reporter,
+    *,
+    attempt: int = 1,
+    invite: Callable[[Rendezvous], None] | None = None,
+) -> TrainResult:
     """Run the job on `spec.num_devices` processes and wait; the outcome rank 0 wrote. Raises the
-    training error a rank reported (`ml.TrainingError`), or `RankFailure` when a rank died."""
+    training error a rank reported (`ml.TrainingError`), or `RankFailure` when a rank died.
+
+    A multi-node job (`spec.num_nodes > 1`): this worker leads its gang. It hosts the rendezvous,
+    calls `invite` once for each other node it needs, and raises `GangNotFormed` when they have not
+    all joined within `gang_timeout_s` (`GangStopped` when the job is cancelled meanwhile)."""
     from worker import ml
 
     spec = TrainingSpec.model_validate(launch.spec)
@@ -143,33 +217,46 @@ def train_on_devices(launch: Launch, reporter: Reporter) -> TrainResult:
         (folder / stale).unlink(missing_ok=True)
     launch_file = folder / LAUNCH_FILE
     launch_file.write_text(json.dumps({**asdict(launch), "spec": spec.model_dump(mode="json")}))
-    where = placement(spec, parallelism)
-    reporter.event(
-        f"Training on {spec.num_devices} {'GPUs' if gpu_memory else 'CPU processes'} with "
-        f"{'FSDP (sharded)' if parallelism == Parallelism.fsdp else 'DDP'}, one process each (torchrun), "
-        f"on {where['hostname']}",
-        num_devices=spec.num_devices,
-        parallelism=parallelism.value,
-        placement=where,
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={spec.num_devices}",
-        "--max-restarts=0",
-        "--monitor-interval=0.5",
-        "-m",
-        "worker.distributed_job",
-        str(launch_file),
-    ]
-    # The machine's cores shared out between the ranks, as torchrun would do (it sets 1).
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // spec.num_devices))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+    devices = _counted_devices(spec.num_devices, gpus=bool(gpu_memory))
+    how = "FSDP (sharded)" if parallelism == Parallelism.fsdp else "DDP"
+    rendezvous = None
+    if spec.multi_node:
+        rendezvous = _new_rendezvous(launch, spec, attempt, launch_file)
+        rendezvous.gang_dir.mkdir(parents=True, exist_ok=True)
+        reporter.event(
+            f"Forming a gang of {spec.num_nodes} workers with {devices} each, meeting at {rendezvous.endpoint} "
+            f"(torchrun rendezvous {rendezvous.run_id})",
+            num_nodes=spec.num_nodes,
+            num_devices=spec.num_devices,
+            rendezvous=rendezvous.endpoint,
+        )
+    else:
+        where = placement(spec, parallelism)
+        reporter.event(
+            f"Training on {devices} with {how}, one process each (torchrun), on {where['hostname']}",
+            num_devices=spec.num_devices,
+            parallelism=parallelism.value,
+            placement=where,
+        )
+    command = torchrun_command(spec, launch_file, rendezvous, host=True)
     # preexec_fn only makes one system call (no lock, no import): safe beside the reporter's threads.
-    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
+    process = subprocess.Popen(command, env=_rank_env(spec), start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
+        if rendezvous is not None:
+            if invite is None:
+                raise ValueError("a multi-node job's leader needs a way to invite the other nodes")
+            for _node in range(spec.num_nodes - 1):
+                invite(rendezvous)
+            nodes = _wait_for_gang(process, rendezvous, reporter, devices=devices)
+            where = gang_placement(spec, parallelism, nodes)
+            reporter.event(
+                f"Training on {spec.num_nodes} nodes x {devices} with {how}, one process each (torchrun), "
+                f"on {where['hostname']}",
+                num_devices=spec.num_devices,
+                num_nodes=spec.num_nodes,
+                parallelism=parallelism.value,
+                placement=where,
+            )
         while process.poll() is None:
             if shutdown_requested.is_set() and not (folder / STOP_FILE).exists():
                 (folder / STOP_FILE).touch()  # a warm shutdown: every rank stops at its next step
@@ -184,6 +271,173 @@ def train_on_devices(launch: Launch, reporter: Reporter) -> TrainResult:
     if process.returncode != 0 or outcome is None:
         raise RankFailure(_why_it_ended(process.returncode))
     return _result_from_json(outcome["result"])
+
+
+def _counted_devices(count: int, *, gpus: bool) -> str:
+    if gpus:
+        return f"{count} GPU{'s' if count != 1 else ''}"
+    return f"{count} CPU process{'es' if count != 1 else ''}"
+
+
+def _rank_env(spec: TrainingSpec) -> dict[str, str]:
+    # The machine's cores shared out between this node's ranks, as torchrun would do (it sets 1).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // spec.num_devices))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun_command(
+    spec: TrainingSpec, launch_file: Path, rendezvous: Rendezvous | None = None, *, host: bool = False
+) -> list[str]:
+    """torchrun for this node's ranks: a standalone run on one machine; for a node of a gang, the
+    gang's c10d rendezvous, hosted by the leader (`host`), which every node waits at for as long as
+    the gang may take to form (`join_timeout`)."""
+    if rendezvous is None:
+        where = ["--standalone", f"--nproc-per-node={spec.num_devices}"]
+    else:
+        wait = max(1, round(rendezvous.deadline - time.time()))
+        local_address = get_settings().rendezvous_host
+        where = [
+            f"--nnodes={rendezvous.num_nodes}",
+            f"--nproc-per-node={rendezvous.num_devices}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous.endpoint}",
+            f"--rdzv-id={rendezvous.run_id}",
+            f"--rdzv-conf=is_host={'true' if host else 'false'},join_timeout={wait}",
+            *([f"--local-addr={local_address}"] if local_address else []),
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        "--max-restarts=0",
+        "--monitor-interval=0.5",
+        "-m",
+        "worker.distributed_job",
+        str(launch_file),
+    ]
+
+
+def free_port(ports: range) -> int | None:
+    """A port of `ports` nothing listens on now (tried in a random order, so that two leaders on
+    one host rarely pick the same one), or None."""
+    candidates = list(ports)
+    random.shuffle(candidates)
+    for port in candidates:
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+            return port
+    return None
+
+
+def _new_rendezvous(launch: Launch, spec: TrainingSpec, attempt: int, launch_file: Path) -> Rendezvous:
+    settings = get_settings()
+    port = free_port(settings.rendezvous_port_range)
+    if port is None:
+        raise GangNotFormed(
+            f"The gang could not form: no free port in TUNELAB_RENDEZVOUS_PORTS ({settings.rendezvous_ports}) on this worker"
+        )
+    return Rendezvous(
+        job_id=launch.job_id,
+        attempt=attempt,
+        endpoint=f"{settings.rendezvous_host or socket.getfqdn()}:{port}",
+        run_id=f"job-{launch.job_id}-attempt-{attempt}",
+        num_nodes=spec.num_nodes,
+        num_devices=spec.num_devices,
+        launch_file=str(launch_file),
+        deadline=time.time() + settings.gang_timeout_s,
+    )
+
+
+def _node_files(gang_dir: Path) -> list[Path]:
+    return sorted(gang_dir.glob(NODE_FILE.format("*")), key=lambda path: int(path.stem.split("-")[1]))
+
+
+def _wait_for_gang(
+    process: subprocess.Popen, rendezvous: Rendezvous, reporter: Reporter, *, devices: str
+) -> list[dict]:
+    """Wait until every node has joined (the ranks started: each node's first rank writes its node
+    file); the nodes by node rank. Raises `GangNotFormed` when the time is up or torchrun gave up,
+    `GangStopped` when the job is no longer to run (cancelled, paused, taken back)."""
+    timeout = get_settings().gang_timeout_s
+    last_look = 0.0
+    while not _node_files(rendezvous.gang_dir):
+        if process.poll() is not None or time.time() > rendezvous.deadline + GANG_GRACE_S:
+            joined = 1 + len(list(rendezvous.gang_dir.glob(JOINED_FILE.format("*"))))
+            if joined >= rendezvous.num_nodes and process.returncode not in (None, 0):
+                reason = (
+                    f"every worker joined, but torchrun here ended with {process.returncode} (see the worker's log)"
+                )
+            else:
+                reason = f"only {joined} of {rendezvous.num_nodes} workers joined within {timeout:g} s"
+            raise GangNotFormed(
+                f"The gang did not form: {reason}; each of them needs {devices} free, on this job's queue"
+            )
+        if time.monotonic() - last_look >= 1.0:
+            last_look = time.monotonic()
+            if reporter.should_stop():
+                raise GangStopped("The job stopped while its gang was forming")
+        time.sleep(0.2)
+    # Every node's first rank writes its file as it starts, right after the rendezvous.
+    settle = time.monotonic() + 30
+    while len(found := _node_files(rendezvous.gang_dir)) < rendezvous.num_nodes and time.monotonic() < settle:
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    return [json.loads(path.read_text()) for path in found]
+
+
+def join_gang(rendezvous: Rendezvous, *, still_wanted: Callable[[], bool]) -> int | None:
+    """Be one node of a multi-node job that another worker leads: start torchrun for this node's
+    ranks on the gang's rendezvous and the job's launch file, and wait until they end, or until
+    `still_wanted` (asked every few seconds) says the job has moved on. Changes nothing of the job:
+    its leader records the outcome. torchrun's exit status, or None when this worker came too late."""
+    launch_file = Path(rendezvous.launch_file)
+    if time.time() >= rendezvous.deadline:
+        log.info("job %s: gang %s gave up already; not joining", rendezvous.job_id, rendezvous.run_id)
+        return None
+    if not launch_file.is_file():
+        log.error(
+            "job %s: %s is not here: every worker of a multi-node job must see the same blob store "
+            "(TUNELAB_DATA_DIR on shared storage)",
+            rendezvous.job_id,
+            launch_file,
+        )
+        return None
+    spec = TrainingSpec.model_validate(json.loads(launch_file.read_text())["spec"])
+    folder = launch_file.parent
+    rendezvous.gang_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        rendezvous.gang_dir / JOINED_FILE.format(f"{socket.gethostname()}-{os.getpid()}"),
+        {"hostname": platform.node() or "unknown host", "pid": os.getpid()},
+    )
+    command = torchrun_command(spec, launch_file, rendezvous, host=False)
+    process = subprocess.Popen(command, env=_rank_env(spec), start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
+    try:
+        last_look = time.monotonic()
+        while process.poll() is None:
+            if shutdown_requested.is_set() and not (folder / STOP_FILE).exists():
+                (folder / STOP_FILE).touch()  # a warm shutdown: every rank, on every node, stops at its next step
+            if time.monotonic() - last_look >= 2.0:
+                last_look = time.monotonic()
+                if not still_wanted():
+                    log.info(
+                        "job %s: attempt %s is over; ending this node's ranks", rendezvous.job_id, rendezvous.attempt
+                    )
+                    break
+            time.sleep(0.2)
+    finally:
+        _kill_group(process)
+    return process.returncode
+
+
+def _write_json(path: Path, data: dict) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(json.dumps(data))
+    staging.replace(path)
 
 
 def _why_it_ended(returncode: int) -> str:
@@ -280,6 +534,12 @@ def run_rank(launch_file: Path) -> int:
         keep_bitsandbytes_unloaded()  # this process trains one job, without 4-bit layers
     folder = launch_file.parent
     settings = get_settings()
+    if spec.multi_node and os.environ.get("LOCAL_RANK") == "0":
+        # The gang formed (torchrun starts the ranks after the rendezvous): say where this node is.
+        gang_dir = folder / os.environ["TORCHELASTIC_RUN_ID"]
+        gang_dir.mkdir(parents=True, exist_ok=True)
+        node = {"hostname": platform.node() or "unknown host", "devices": node_devices(spec)}
+        _write_json(gang_dir / NODE_FILE.format(os.environ.get("GROUP_RANK", "0")), node)
     distributed.start_process_group()
     main = distributed.is_main_process()
     reporter = (

@@ -6,6 +6,7 @@ from app.core.queue import (
     DELIVER_WEBHOOK_TASK,
     EVALUATE_JOB_TASK,
     EXPORT_GGUF_TASK,
+    JOIN_GANG_TASK,
     MERGE_ADAPTER_TASK,
     RUN_COMPLETION_TASK,
     RUN_JOB_TASK,
@@ -18,6 +19,13 @@ from worker.celery_app import celery_app
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: int) -> None:
     training_job.run_job(job_id)
+
+
+# Acknowledged on receipt: a join message is for one attempt of the job, which its leader gives up
+# when the gang does not form; redelivering it later would be of no use.
+@celery_app.task(name=JOIN_GANG_TASK, ignore_result=True)
+def join_gang(job_id: int, join: dict) -> None:
+    training_job.run_gang_node(job_id, join)
 
 
 @celery_app.task(name=MERGE_ADAPTER_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

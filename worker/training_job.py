@@ -10,14 +10,15 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from app.config import get_settings
 from app.contract.spec import Method, TrainingSpec
 from app.core.blobs import BlobStore, blob_store
 from app.core.database import session_scope
-from app.core.queue import devices_of, enqueue_job
+from app.core.queue import DEFAULT_QUEUE, devices_of, enqueue_gang_join, enqueue_job
 from app.core.tables import ArtifactKind, Dataset, Job, JobState, utcnow
 from app.core.worker_registry import set_current_job
 from app.jobs.artifacts import final_weights, job_output_key, record_artifact, record_tracking_files
@@ -25,8 +26,17 @@ from app.jobs.recovery import is_orphaned, recover_orphan, worker_identity
 from app.jobs.states import IllegalTransition, back_to_queue, transition
 from app.sweeps.scheduling import after_trial
 from worker.database_reporter import DatabaseReporter
-from worker.distributed_job import Launch, RankFailure, train_on_devices
+from worker.distributed_job import (
+    GangNotFormed,
+    GangStopped,
+    Launch,
+    RankFailure,
+    Rendezvous,
+    join_gang,
+    train_on_devices,
+)
 from worker.ml.reporting import counted
+from worker.ml.result import STOPPED, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,7 @@ class Claimed:
     parent_weights_key: str | None = None  # the blob of the adapter (or weights) a continued job starts from
     sweep_id: int | None = None  # the sweep this job is a trial of
     run_name: str | None = None  # the job as experiment trackers name its run
+    queue: str = DEFAULT_QUEUE  # the job's queue (a multi-node job's other nodes come from it)
 
 
 def claim(job_id: int, owner: str) -> Claimed | None:
@@ -113,6 +124,7 @@ def claim(job_id: int, owner: str) -> Claimed | None:
             parent_weights_key=parent_weights.blob_key if parent_weights else None,
             sweep_id=job.sweep_id,
             run_name=f"tunelab-job-{job.id}-{job.name}" if job.name else f"tunelab-job-{job.id}",
+            queue=job.queue,
         )
 
 
@@ -152,7 +164,7 @@ def run_job(job_id: int) -> None:
     if one_job_per_process and claimed.spec.method != Method.qlora:
         keep_bitsandbytes_unloaded()
     reporter = DatabaseReporter(job_id, store).start()
-    result, error, retry = None, None, False
+    result, error, retry, requeue_reason = None, None, False, None
     try:
         train_file = _input_file(store, claimed.dataset_key, "training")
         eval_file = _input_file(store, claimed.validation_key, "validation") if claimed.validation_key else None
@@ -179,6 +191,10 @@ def run_job(job_id: int) -> None:
             )
     except (ml.DiskFullError, RankFailure) as failure:  # the machine's fault, not the job's: resume it
         error, retry = str(failure), True
+    except GangNotFormed as failure:  # not enough free workers now: the job waits in the queue again
+        requeue_reason, result = f"{failure}. The job goes back to the queue", _not_started(job_id)
+    except GangStopped:  # cancelled or paused while its gang was forming
+        result = _not_started(job_id)
     except (ml.TrainingError, JobInputError) as failure:
         error = str(failure)
     except Exception as failure:
@@ -187,7 +203,7 @@ def run_job(job_id: int) -> None:
     finally:
         reporter.close()
     try:
-        _finish(job_id, claimed, store, result, error, retry=retry)
+        _finish(job_id, claimed, store, result, error, retry=retry, requeue_reason=requeue_reason)
         if claimed.sweep_id is not None:
             _advance_sweep(job_id)
     finally:
@@ -211,7 +227,64 @@ def _train_on_devices(claimed: Claimed, store: BlobStore, reporter, train_file, 
         start_from_name=f"job #{claimed.parent_job_id}" if start_from else None,
         run_name=claimed.run_name,
     )
-    return train_on_devices(launch, reporter)
+    return train_on_devices(launch, reporter, attempt=claimed.attempt, invite=_invite(claimed))
+
+
+def _invite(claimed: Claimed):
+    """How a multi-node job's leader asks one more worker of the job's queue to join its gang."""
+
+    def invite(rendezvous: Rendezvous) -> None:
+        enqueue_gang_join(
+            claimed.job_id,
+            claimed.queue,
+            claimed.spec.num_devices,
+            join=asdict(rendezvous),
+            expires_in_s=max(1.0, rendezvous.deadline - time.time()),
+        )
+
+    return invite
+
+
+def _not_started(job_id: int) -> TrainResult:
+    """The outcome of an attempt that trained no step (its gang never formed): the job where it was."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        step, total = (job.step or 0, job.total_steps or 0) if job is not None else (0, 0)
+    return TrainResult(status=STOPPED, step=step, total_steps=total)
+
+
+def run_gang_node(job_id: int, join: dict) -> None:
+    """Be one node (not the leader) of a multi-node job's gang: run this worker's ranks, shown on
+    its row of the Workers page. Never changes the job's state: its leader's worker owns that."""
+    rendezvous = Rendezvous(**join)
+    if not _gang_attempt_goes_on(rendezvous):
+        log.info("job %s: attempt %s is over; not joining its gang", job_id, rendezvous.attempt)
+        return
+    try:
+        with session_scope() as session:
+            _show_on_worker_row(session, job_id)
+        join_gang(rendezvous, still_wanted=lambda: _gang_attempt_goes_on(rendezvous))
+    finally:
+        try:
+            with session_scope() as session:
+                _show_on_worker_row(session, None)
+        except Exception:
+            log.exception("could not clear the job from this worker's row")
+
+
+def _gang_attempt_goes_on(rendezvous: Rendezvous) -> bool:
+    """Whether the attempt a join message is for is still the job's own (running, not requeued)."""
+    try:
+        with session_scope() as session:
+            job = session.get(Job, rendezvous.job_id)
+            return (
+                job is not None
+                and job.attempts == rendezvous.attempt
+                and job.state in (JobState.running, JobState.cancelling, JobState.pausing)
+            )
+    except Exception:  # the database is away: the ranks carry on (rank 0 waits outages out itself)
+        log.exception("job %s: could not read its state", rendezvous.job_id)
+        return True
 
 
 def _advance_sweep(job_id: int) -> None:
@@ -223,10 +296,20 @@ def _advance_sweep(job_id: int) -> None:
         log.exception("job %s: could not launch its sweep's next trial", job_id)
 
 
-def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str | None, *, retry: bool) -> None:
+def _finish(
+    job_id: int,
+    claimed: Claimed,
+    store: BlobStore,
+    result,
+    error: str | None,
+    *,
+    retry: bool,
+    requeue_reason: str | None = None,
+) -> None:
     """Record how the run ended. A failure worth retrying (a full disk) sends the job back to
     the queue, to resume from its last whole checkpoint, as a crash counts: up to the job's
-    allowed attempts, then it fails with the reason."""
+    allowed attempts, then it fails with the reason. `requeue_reason`: the run did not start
+    (a multi-node job's gang did not form) and the job waits in the queue again, no crash counted."""
     requeue = False
     max_attempts = get_settings().job_max_attempts
     with session_scope() as session:
@@ -268,10 +351,10 @@ def _finish(job_id: int, claimed: Claimed, store: BlobStore, result, error: str 
                     message=f"Job paused at step {result.step}; resuming continues from the checkpoint there",
                 )
             elif job.state == JobState.running:
-                # Stopped without a cancel: this worker is shutting down. Another one resumes it.
-                back_to_queue(
-                    session, job, message=f"Worker stopped at step {result.step}; the job will resume from there"
-                )
+                # Stopped without a cancel: this worker is shutting down (another one resumes it), or
+                # the gang of a multi-node job did not form.
+                message = requeue_reason or f"Worker stopped at step {result.step}; the job will resume from there"
+                back_to_queue(session, job, message=message)
                 requeue = True
         except IllegalTransition as race:
             log.warning("job %s: could not record the outcome (%s)", job_id, race)

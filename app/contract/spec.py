@@ -379,6 +379,13 @@ class TrainingSpec(_Strict):
         description="Devices (GPUs, or CPU processes) one job trains on at once, one process each (torchrun); "
         "batch_size is per device.",
     )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Machines (workers) one job trains on at once, each with num_devices devices: the world size is "
+        "num_nodes x num_devices. More than 1: the job is gang-placed on that many workers of its queue.",
+    )
     parallelism: Parallelism = Field(
         Parallelism.auto,
         description="With several devices: ddp (a whole model on each), fsdp (sharded), or auto (ddp when it fits).",
@@ -442,17 +449,20 @@ class TrainingSpec(_Strict):
 
     def _check_parallelism(self) -> None:
         """The combinations of devices, method and objective that are refused, and why."""
-        if self.num_devices == 1:
+        if self.world_size == 1:
             if self.parallelism != Parallelism.auto:
                 raise ValueError(
                     f"parallelism {self.parallelism.value} splits a job across devices: set num_devices to 2 or more"
                 )
             return
         if self.is_preference:
+            where = "num_devices to 1" if self.num_nodes == 1 else "num_nodes and num_devices to 1"
             raise ValueError(
-                f"{self.objective.value} trains on one device only for now: set num_devices to 1 "
+                f"{self.objective.value} trains on one device only for now: set {where} "
                 "(its reference model is not yet split across devices)"
             )
+        if self.world_size > 512:
+            raise ValueError(f"num_nodes x num_devices is {self.world_size}: at most 512 processes train one job here")
         if self.method == Method.qlora and self.parallelism == Parallelism.fsdp:
             raise ValueError(
                 "qlora cannot be sharded with fsdp here: bitsandbytes' 4-bit weights shard only when stored in the "
@@ -466,9 +476,19 @@ class TrainingSpec(_Strict):
             )
 
     @property
+    def world_size(self) -> int:
+        """The processes that train the job together: one per device, on every node."""
+        return self.num_nodes * self.num_devices
+
+    @property
     def distributed(self) -> bool:
         """Trained by several processes (torchrun), one per device."""
-        return self.num_devices > 1
+        return self.world_size > 1
+
+    @property
+    def multi_node(self) -> bool:
+        """Trained by several workers at once (a gang, meeting through torchrun's rendezvous)."""
+        return self.num_nodes > 1
 
     def integration(self, kind: str) -> WandbSettings | MlflowSettings | None:
         """The settings of the `kind` integration ("wandb", "mlflow"), or None when not asked for."""
@@ -515,6 +535,8 @@ class TrainingSpec(_Strict):
             del used["quantization"]
         if not self.uses_adapter:
             del used["lora"]
+        if not self.multi_node:
+            del used["num_nodes"]
         if not self.distributed:
             del used["num_devices"], used["parallelism"], used["fsdp"]
         elif self.parallelism == Parallelism.ddp:

@@ -33,6 +33,7 @@ EXPORT_GGUF_TASK = "tunelab.export_gguf"
 EVALUATE_JOB_TASK = "tunelab.evaluate_job"
 RUN_COMPLETION_TASK = "tunelab.run_completion"
 DELIVER_WEBHOOK_TASK = "tunelab.deliver_webhook"
+JOIN_GANG_TASK = "tunelab.join_gang"
 DEFAULT_QUEUE = "default"
 
 
@@ -98,8 +99,29 @@ def device_queues(queue: str, devices: int) -> list[str]:
     return [device_queue(queue, count) for count in range(1, devices + 1)]
 
 
+def gang_queue(queue: str, num_devices: int = 1) -> str:
+    """The broker queue of the "join" messages of a multi-node job of `queue` whose nodes each need
+    `num_devices` devices: only a worker owning that many takes them (`queue.N-devices.gang`)."""
+    return f"{queue}.{num_devices}-devices.gang"
+
+
+def worker_queues(queue: str, devices: int) -> list[str]:
+    """Every broker queue a training worker owning `devices` devices takes from for `queue`: the
+    jobs that fit it (`device_queues`), then the gangs it can join as one of their nodes."""
+    return [*device_queues(queue, devices), *(gang_queue(queue, count) for count in range(1, devices + 1))]
+
+
 def enqueue_job(job_id: int, queue: str = DEFAULT_QUEUE, num_devices: int = 1) -> None:
     get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=device_queue(queue, num_devices))
+
+
+def enqueue_gang_join(job_id: int, queue: str, num_devices: int, *, join: dict, expires_in_s: float) -> None:
+    """Ask one more worker of `queue` (owning `num_devices` devices) to join a multi-node job's gang
+    as a node: `join` says where its rendezvous is (JSON). The message expires with the gang's
+    timeout, so a worker that comes later does not join a gang that has given up."""
+    get_celery().send_task(
+        JOIN_GANG_TASK, args=[job_id, join], queue=gang_queue(queue, num_devices), expires=expires_in_s
+    )
 
 
 def enqueue_merge(job_id: int, queue: str) -> None:

@@ -150,8 +150,9 @@ _SHARDED_PARTS = (
 def _split_across_devices(
     parts: dict[str, float], spec: TrainingSpec, *, params: int, trainable: int, layers: int
 ) -> None:
-    """`parts` (one device's, unsplit) as the busiest of `spec.num_devices` devices holds them."""
-    devices = spec.num_devices
+    """`parts` (one device's, unsplit) as the busiest of the job's devices holds them: FSDP shards
+    across every process of the job, on every node (`spec.world_size`), not only this node's."""
+    devices = spec.world_size
     if spec.parallelism != Parallelism.fsdp:
         # DDP: a whole model per device, and its gradients once more in the all-reduce buckets.
         parts["DDP gradient buckets"] = (2 if spec.method == Method.full else 4) * trainable

@@ -73,3 +73,30 @@ def test_a_job_on_one_device_has_no_devices_card(pages, db, member):
     page.goto(f"/jobs/{job.id}")
     expect(page.get_by_test_id("loss-chart")).to_have_attribute("data-points", "6")
     expect(page.get_by_test_id("devices")).to_be_hidden()
+
+
+def test_a_job_on_two_nodes_shows_each_node_and_where_each_rank_runs(pages, db, member):
+    from app.contract.spec import Parallelism, TrainingSpec
+    from app.core.tables import JobState
+    from app.jobs import timeline
+    from worker.distributed_job import gang_placement
+
+    job = add_job(db, member, JobState.succeeded, name="two-nodes")
+    nodes = [
+        {"hostname": host, "devices": [f"GPU {index}: NVIDIA H100" for index in range(2)]}
+        for host in ("gpu-a", "gpu-b")
+    ]
+    spec = TrainingSpec.model_validate(tiny_spec(num_nodes=2, num_devices=2))
+    where = gang_placement(spec, Parallelism.ddp, nodes)
+    timeline.add_event(db, job, "Training on 2 nodes x 2 GPUs with DDP", placement=where)
+    _timeline(db, job, steps=4, ranks=[(450.0, 700.0), (440.0, 710.0), (430.0, 720.0), (420.0, 1500.0)])
+
+    page = pages.sign_in(member.email)
+    page.goto(f"/jobs/{job.id}")
+    card = page.get_by_test_id("devices")
+    expect(card).to_be_visible()
+    expect(card.locator("#devices-line")).to_have_text("4 ranks on 2 nodes (gpu-a: 2, gpu-b: 2) · DDP")
+    rows = page.get_by_test_id("per-rank").locator("tbody tr")
+    expect(rows).to_have_count(4)
+    expect(rows.nth(2).locator("td").nth(1)).to_have_text("gpu-b · GPU 0: NVIDIA H100")
+    expect(rows.nth(3)).to_have_class("busiest")

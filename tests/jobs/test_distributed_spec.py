@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from app.chat.catalog import BaseModelInfo
 from app.contract.spec import Parallelism, TrainingSpec
-from app.core.queue import device_queue, device_queues
+from app.core.queue import device_queue, device_queues, gang_queue, worker_queues
 from app.core.tables import Job, JobState
 from app.jobs.memory_estimate import GIB, estimate_memory
 from app.jobs.workers import queue_warning
@@ -58,6 +58,12 @@ def test_one_device_is_the_default_and_leaves_the_spec_as_it_was():
             "with fsdp, set fsdp.activation_checkpointing instead of gradient_checkpointing",
         ),
         ({"num_devices": 0}, "greater than or equal to 1"),
+        ({"num_nodes": 0}, "greater than or equal to 1"),
+        ({"num_nodes": 33}, "less than or equal to 32"),
+        ({"num_nodes": 2, "objective": "dpo"}, "dpo trains on one device only for now: set num_nodes and num_devices"),
+        ({"num_nodes": 2, "num_devices": 2, "objective": "kto", "batch_size": 2}, "kto trains on one device only"),
+        ({"num_nodes": 2, "method": "qlora", "parallelism": "fsdp"}, "qlora cannot be sharded with fsdp here"),
+        ({"num_nodes": 32, "num_devices": 64}, "num_nodes x num_devices is 2048: at most 512 processes"),
     ],
 )
 def test_refused_combinations_say_why(settings, message):
@@ -111,3 +117,31 @@ def test_fsdp_splits_the_training_state_across_devices_and_ddp_does_not():
     assert fsdp.parts["AdamW states (fp32), 1/8 shard"] == pytest.approx(one.parts["AdamW states (fp32)"] / 8)
     assert fsdp.total_bytes < 40 * GIB < one.total_bytes, "sharded over 8 GPUs it fits a 40 GB card"
     assert offload.total_bytes < fsdp.total_bytes
+
+
+def test_several_nodes_multiply_the_world_size():
+    single = spec()
+    assert single.num_nodes == 1 and single.world_size == 1 and not single.multi_node
+    assert "num_nodes" not in single.values_used()
+    gang = spec(num_nodes=2)  # one device on each of two machines: already a job of two processes
+    assert gang.world_size == 2 and gang.distributed and gang.multi_node
+    assert gang.values_used()["num_nodes"] == 2 and gang.values_used()["parallelism"] == "auto"
+    assert spec(num_nodes=4, num_devices=8, parallelism="fsdp").world_size == 32
+    assert spec(num_nodes=2, parallelism="ddp").distributed, "ddp across nodes of one device each"
+
+
+def test_a_gang_joins_through_a_queue_that_only_workers_owning_enough_devices_take():
+    assert gang_queue("a100", 1) == "a100.1-devices.gang"
+    assert gang_queue("a100", 4) == "a100.4-devices.gang"
+    assert worker_queues("a100", 2) == ["a100", "a100.2-devices", "a100.1-devices.gang", "a100.2-devices.gang"]
+    assert gang_queue("a100", 4) not in worker_queues("a100", 2)
+
+
+def test_fsdp_across_nodes_shards_over_the_whole_world():
+    full = {"method": "full", "batch_size": 1, "max_seq_length": 2048, "parallelism": "fsdp"}
+    one_node = estimate_memory(LLAMA_8B, spec(num_devices=8, **full))
+    two_nodes = estimate_memory(LLAMA_8B, spec(num_nodes=2, num_devices=8, **full))
+    assert two_nodes.parts["AdamW states (fp32), 1/16 shard"] == pytest.approx(
+        one_node.parts["AdamW states (fp32), 1/8 shard"] / 2
+    )
+    assert two_nodes.total_bytes < one_node.total_bytes

@@ -77,6 +77,12 @@ def test_a_launched_job_is_queued_with_its_spec_and_defaults(acme, dataset, db):
             ["body", "spec", "load_best_model_at_end"],
             "found by evaluation",
         ),
+        (
+            {"spec": tiny_spec(num_nodes=2, objective="orpo")},
+            ["body", "spec"],
+            "orpo trains on one device only for now: set num_nodes and num_devices to 1",
+        ),
+        ({"spec": tiny_spec(num_nodes=0)}, ["body", "spec", "num_nodes"], "greater than or equal to 1"),
         ({"spec": tiny_spec(unknown_knob=1)}, ["body", "spec", "unknown_knob"], "Extra inputs are not permitted"),
         ({"dataset_id": 999_999}, ["body", "dataset_id"], "dataset not found"),
         ({"queue": "GPU; rm -rf"}, ["body", "queue"], "should match pattern"),

@@ -153,7 +153,9 @@ def test_a_worker_given_a_gpu_index_sees_that_gpu_in_nvidia_smis_order(db, setti
             item.split("=", 1) for item in Path(f"/proc/{process.pid}/environ").read_text().split("\0") if "=" in item
         )
         assert environ["CUDA_VISIBLE_DEVICES"] == "0" and environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-        assert row.queues == "cli-gpu-test" and row.devices, "its heartbeat says what it runs on"
+        assert row.queues == "cli-gpu-test,cli-gpu-test.1-devices.gang" and row.devices, (
+            "its heartbeat says what it runs on"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -177,7 +179,9 @@ def test_a_worker_with_cpu_processes_advertises_them_and_takes_jobs_needing_up_t
             db.expire_all()
             row = db.scalar(select(WorkerProcess).where(WorkerProcess.pid == process.pid))
         assert row is not None, "the worker did not come up"
-        assert row.queues == "cli-cpu-test,cli-cpu-test.2-devices", "one- and two-device jobs, not more"
+        assert row.queues == (
+            "cli-cpu-test,cli-cpu-test.1-devices.gang,cli-cpu-test.2-devices,cli-cpu-test.2-devices.gang"
+        ), "one- and two-device jobs (and gangs of such nodes), not more"
         assert [(device["kind"], device["processes"]) for device in row.devices] == [("cpu", 2)]
     finally:
         process.send_signal(signal.SIGTERM)

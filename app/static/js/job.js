@@ -136,8 +136,13 @@
     card.hidden = ranks < 2;
     if (card.hidden) return;
     const how = placement ? (placement.parallelism === "fsdp" ? "FSDP (sharded)" : "DDP") : "";
+    // A multi-node job's placement lists its nodes (each host and its devices), by node rank.
+    const nodes = placement && placement.nodes && placement.nodes.length > 1 ? placement.nodes : null;
+    const where = nodes
+      ? `${nodes.length} nodes (${nodes.map((node) => `${node.hostname}: ${node.devices.length}`).join(", ")})`
+      : placement ? placement.hostname : "";
     document.getElementById("devices-line").textContent =
-      placement ? `${placement.world_size} ranks on ${placement.hostname} · ${how}` : `${ranks} ranks`;
+      placement ? `${placement.world_size} ranks on ${where} · ${how}` : `${ranks} ranks`;
     const memories = rankMemory.map((m) => (m ? m[1] : -1));
     const busiest = memories.length ? memories.indexOf(Math.max(...memories)) : -1;
     const last = (points) => (points && points.length ? sorted(points)[points.length - 1][1] : null);
