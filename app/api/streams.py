@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -129,7 +130,7 @@ async def stream_job(
 def _read_team_jobs(team_ids: list[int], since) -> list[JobOut]:
     with session_scope() as session:
         jobs = jobs_changed_since(session, team_ids, since)
-        served = served_queues(session) if any(job.state == JobState.queued for job in jobs) else set()
+        served = served_queues(session) if any(job.state == JobState.queued for job in jobs) else Counter()
         return [JobOut.of(job, warning=queue_warning(job, served)) for job in jobs]
 
 

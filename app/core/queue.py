@@ -83,8 +83,13 @@ def get_celery() -> Celery:
 
 
 def devices_of(spec: dict) -> int:
-    """The devices a job (its stored spec) trains on at once."""
+    """The devices a job (its stored spec) trains on at once, on each of its nodes."""
     return int(spec.get("num_devices") or 1)
+
+
+def nodes_of(spec: dict) -> int:
+    """The workers (nodes) a job (its stored spec) trains on at once."""
+    return int(spec.get("num_nodes") or 1)
 
 
 def device_queue(queue: str, num_devices: int = 1) -> str:

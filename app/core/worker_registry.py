@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import func, select, update
@@ -20,9 +21,12 @@ def live_worker_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(live_workers_query().subquery())) or 0
 
 
-def served_queues(session: Session) -> set[str]:
-    """The queues live workers take tasks from."""
-    return {queue for worker in session.scalars(live_workers_query()) for queue in worker.queues.split(",") if queue}
+def served_queues(session: Session) -> Counter[str]:
+    """The queues live workers take tasks from, each with how many live workers take from it
+    (a job on several nodes needs that many at once)."""
+    return Counter(
+        queue for worker in session.scalars(live_workers_query()) for queue in set(worker.queues.split(",")) if queue
+    )
 
 
 def serves_queue(session: Session, queue: str) -> bool:

@@ -8,6 +8,7 @@ shows as "busy", never by name.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.config import get_settings
-from app.core.queue import device_queue, devices_of, queue_length
+from app.core.queue import device_queue, devices_of, nodes_of, queue_length
 from app.core.tables import Job, JobState, WorkerProcess, utcnow
 from app.core.worker_registry import live_workers_query, served_queues
 
@@ -177,23 +178,28 @@ def live_gpus(session: Session) -> list[dict]:
     return list(seen.values())
 
 
-def queue_warning(job: Job, served: set[str]) -> str | None:
-    """What to tell about a queued job that no live worker would take, given the queues the live
-    workers serve (`served_queues`); None when a worker serves its queue or it is not queued.
-    Computed on every view, so it goes away as soon as a worker for the queue starts."""
-    devices = devices_of(job.spec)
-    if job.state != JobState.queued or device_queue(job.queue, devices) in served:
+def queue_warning(job: Job, served: Counter[str]) -> str | None:
+    """What to tell about a queued job that the live workers would not take, given the queues they
+    serve and how many serve each (`served_queues`); None when enough of them serve its queue or
+    it is not queued. Computed on every view, so it goes away as soon as the workers start."""
+    if job.state != JobState.queued:
         return None
-    if devices > 1:
-        return (
-            f"No live worker with {devices} devices serves the queue '{job.queue}': the job waits until one "
-            f"starts (tunelab worker --queues {job.queue} --gpus-per-worker {devices}, or --cpu-processes "
-            f"{devices} on a machine without GPU)."
-        )
-    return (
-        f"No live worker serves the queue '{job.queue}': the job waits until one starts "
-        f"(tunelab worker --queues {job.queue})."
+    devices = devices_of(job.spec)
+    nodes = nodes_of(job.spec)
+    serving = served[device_queue(job.queue, devices)]
+    if serving >= nodes:
+        return None
+    size = f" with {devices} devices" if devices > 1 else ""
+    start = f"tunelab worker --queues {job.queue}" + (
+        f" --gpus-per-worker {devices}, or --cpu-processes {devices} on a machine without GPU" if devices > 1 else ""
     )
+    if nodes > 1:
+        return (
+            f"The job runs on {nodes} nodes at once and {serving or 'no'} live worker{'' if serving == 1 else 's'}"
+            f"{size} serve{'s' if serving == 1 else ''} the queue '{job.queue}': it waits until {nodes} do "
+            f"(start one per machine: {start})."
+        )
+    return f"No live worker{size} serves the queue '{job.queue}': the job waits until one starts ({start})."
 
 
 def job_queue_warning(session: Session, job: Job) -> str | None:

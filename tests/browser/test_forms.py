@@ -100,7 +100,7 @@ def test_a_classification_dataset_gets_classifier_defaults_on_the_new_job_page(p
     expect(packing).to_have_value("on")
 
 
-def test_a_job_on_two_devices_with_evaluation_settings_launched_from_the_form_waits_for_a_two_device_worker(
+def test_a_job_on_two_nodes_of_two_devices_with_evaluation_settings_launched_from_the_form_waits_for_its_workers(
     pages, make_account, db
 ):
     member = make_account(team="acme", role="member")
@@ -109,6 +109,7 @@ def test_a_job_on_two_devices_with_evaluation_settings_launched_from_the_form_wa
     page.goto("/jobs/new")
     page.select_option("select[name='spec.base_model']", TINY_MODEL)
     page.fill("input[name='spec.num_devices']", "2")
+    page.fill("input[name='spec.num_nodes']", "2")
     page.select_option("select[name='spec.parallelism']", "ddp")
     page.locator("#devices-section").screenshot(path=str(DOCS / "new-job-devices.png"))
     evaluation = page.locator("#evaluation-section")
@@ -123,9 +124,11 @@ def test_a_job_on_two_devices_with_evaluation_settings_launched_from_the_form_wa
     evaluation.screenshot(path=str(DOCS / "new-job-evaluation.png"))
     page.click("#launch")
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
-    expect(page.get_by_text("No live worker with 2 devices serves the queue 'default'")).to_be_visible()
+    expect(
+        page.get_by_text("The job runs on 2 nodes at once and no live workers with 2 devices serve the queue 'default'")
+    ).to_be_visible()
     job = member.client.get("/api/jobs").json()["data"][0]
-    assert job["spec"]["num_devices"] == 2 and job["spec"]["parallelism"] == "ddp"
+    assert (job["spec"]["num_devices"], job["spec"]["num_nodes"], job["spec"]["parallelism"]) == (2, 2, "ddp")
     spec = job["spec"]
     assert (spec["eval_split"], spec["eval_samples"], spec["eval_sample_max_new_tokens"]) == (0.2, 3, 20)
     assert job["spec"]["load_best_model_at_end"] is True

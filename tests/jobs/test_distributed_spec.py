@@ -3,6 +3,7 @@ message goes to, the warning while no worker owns enough devices, and its memory
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -99,10 +100,20 @@ def test_a_job_goes_to_the_queue_of_its_device_count_which_only_big_enough_worke
 
 def test_the_queue_warning_names_the_devices_a_job_waits_for():
     job = Job(queue="a100", spec=spec(num_devices=4).model_dump(mode="json"), state=JobState.queued)
-    warning = queue_warning(job, served={"a100", "a100.2-devices"})
+    warning = queue_warning(job, served=Counter(["a100", "a100.2-devices"]))
     assert warning.startswith("No live worker with 4 devices serves the queue 'a100'")
     assert "--gpus-per-worker 4" in warning and "--cpu-processes 4" in warning
-    assert queue_warning(job, served=set(device_queues("a100", 4))) is None
+    assert queue_warning(job, served=Counter(device_queues("a100", 4))) is None
+
+
+def test_the_queue_warning_of_a_job_on_several_nodes_counts_the_workers_it_needs_at_once():
+    job = Job(queue="a100", spec=spec(num_devices=2, num_nodes=3).model_dump(mode="json"), state=JobState.queued)
+    two_workers = Counter(device_queues("a100", 2) * 2)
+    warning = queue_warning(job, served=two_workers)
+    assert warning.startswith("The job runs on 3 nodes at once and 2 live workers with 2 devices serve the queue")
+    assert "--gpus-per-worker 2" in warning
+    assert "no live workers" in queue_warning(job, served=Counter(["a100"]))
+    assert queue_warning(job, served=two_workers + Counter(device_queues("a100", 4))) is None
 
 
 def test_fsdp_splits_the_training_state_across_devices_and_ddp_does_not():

@@ -31,7 +31,7 @@
     "preference.reference_free": "Reference-free",
     load_best_model_at_end: "Keep the best checkpoint", metric_for_best_model: "Best by", learning_check_at: "Check learning at (share of run)",
     eval_samples: "Sample answers", eval_sample_max_new_tokens: "Sample answer tokens",
-    "num_devices": "Devices", "fsdp.auto_wrap": "FSDP wrap", "fsdp.cpu_offload": "FSDP CPU offload",
+    "num_devices": "Devices (per node)", "num_nodes": "Nodes (workers)", "fsdp.auto_wrap": "FSDP wrap", "fsdp.cpu_offload": "FSDP CPU offload",
     "fsdp.activation_checkpointing": "FSDP activation checkpointing",
   };
   const label = (path) => {
