@@ -32,7 +32,7 @@ def test_the_web_app_starts_without_loading_torch(tmp_path):
     )
     env = dict(os.environ, TUNELAB_DATA_DIR=str(tmp_path))
     timings = []
-    for _ in range(3):  # the best of three: other work on the machine only ever adds time
+    for _ in range(5):  # the best of five: other work on the machine only ever adds time
         result = subprocess.run(
             [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
         )

@@ -104,10 +104,19 @@ def device_queues(queue: str, devices: int) -> list[str]:
     return [device_queue(queue, count) for count in range(1, devices + 1)]
 
 
+GANG_SUFFIX = ".gang"
+
+
 def gang_queue(queue: str, num_devices: int = 1) -> str:
     """The broker queue of the "join" messages of a multi-node job of `queue` whose nodes each need
     `num_devices` devices: only a worker owning that many takes them (`queue.N-devices.gang`)."""
-    return f"{queue}.{num_devices}-devices.gang"
+    return f"{queue}.{num_devices}-devices{GANG_SUFFIX}"
+
+
+def is_gang_queue(queue: str) -> bool:
+    """Whether `queue` only carries the join messages of multi-node jobs (plumbing, not a queue
+    a user submits to)."""
+    return queue.endswith(GANG_SUFFIX)
 
 
 def worker_queues(queue: str, devices: int) -> list[str]:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.access import TeamAccess
 from app.config import get_settings
-from app.core.queue import device_queue, devices_of, nodes_of, queue_length
+from app.core.queue import device_queue, devices_of, is_gang_queue, nodes_of, queue_length
 from app.core.tables import Job, JobState, WorkerProcess, utcnow
 from app.core.worker_registry import live_workers_query, served_queues
 
@@ -78,7 +78,9 @@ class WorkersOverview:
 
 
 def _queues_of(row: WorkerProcess) -> list[str]:
-    return [queue for queue in row.queues.split(",") if queue]
+    """The queues a worker serves, as the Workers page lists them: without the gang queues,
+    which only carry the join messages of multi-node jobs."""
+    return [queue for queue in row.queues.split(",") if queue and not is_gang_queue(queue)]
 
 
 def _running_jobs(session: Session, rows: list[WorkerProcess]) -> dict[int, Job]:
